@@ -1,0 +1,64 @@
+using System.CommandLine;
+using PaLM.Dsl;
+using PaLM.IR;
+
+namespace PaLM.Cli.Commands;
+
+/// <summary>What every command shares: loading a graph from DSL or protobuf, and turning failures into clean errors.</summary>
+internal static class Common
+{
+    public static Argument<string> FileArgument(string description = "a .palm DSL file (or an IR file: .pb, .json)") =>
+        new("FILE") { Description = description };
+
+    /// <summary>Loads a graph by extension: .pb and .json are IR files, anything else is DSL.</summary>
+    public static Graph Load(string path)
+    {
+        if (!File.Exists(path)) throw new UserError($"{path}: error: no such file");
+        return Path.GetExtension(path).ToLowerInvariant() switch
+        {
+            ".pb" => Serialization.FromBytes(File.ReadAllBytes(path)),
+            ".json" => Serialization.FromJson(File.ReadAllText(path)),
+            _ => Frontend.CompileFile(path),
+        };
+    }
+
+    /// <summary>Runs a command body: user errors print cleanly with exit code 1, never a stack trace.</summary>
+    public static int Guard(Func<int> body)
+    {
+        try
+        {
+            return body();
+        }
+        catch (DslException e)
+        {
+            Console.Error.WriteLine(e.FormatAll());
+            var n = e.Diagnostics.Count;
+            Console.Error.WriteLine($"{n} error{(n == 1 ? "" : "s")}");
+            return 1;
+        }
+        catch (IrFormatException e)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 1;
+        }
+        catch (UserError e)
+        {
+            Console.Error.WriteLine(e.Message);
+            return 1;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 1;
+        }
+        catch (Exception e) when (Environment.GetEnvironmentVariable("PALMC_DEBUG") is null)
+        {
+            Console.Error.WriteLine($"palmc: internal error: {e.GetType().Name}: {e.Message}");
+            Console.Error.WriteLine("(set PALMC_DEBUG=1 for the stack trace, and please report it)");
+            return 70;
+        }
+    }
+}
+
+/// <summary>An error in what the user asked for; its message is printed as is.</summary>
+internal sealed class UserError(string message) : Exception(message);

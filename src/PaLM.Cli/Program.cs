@@ -1,0 +1,21 @@
+using System.CommandLine;
+using PaLM.Cli.Commands;
+
+namespace PaLM.Cli;
+
+/// <summary>palmc's entry point: one subcommand per pipeline stage a user wants to see.</summary>
+public static class Program
+{
+    public static int Main(string[] args)
+    {
+        var root = new RootCommand("palmc: compiles PaLM-family models written in the palmc DSL to C# over TorchSharp.")
+        {
+            CheckCommand.Create(),
+            IrCommand.Create(),
+            StatsCommand.Create(),
+            CompileCommand.Create(),
+            RunCommand.Create(),
+        };
+        return root.Parse(args).Invoke();
+    }
+}

@@ -1,0 +1,42 @@
+using PaLM.Dsl.Binding;
+using PaLM.IR;
+
+namespace PaLM.Dsl;
+
+/// <summary>The DSL front end: file → statements → verified IR graph.</summary>
+public static class Frontend
+{
+    /// <summary>Compiles a DSL file (and what it includes). Throws <see cref="DslException"/> with every error found.</summary>
+    public static Graph CompileFile(string path) => Compile(path, File.ReadAllText);
+
+    /// <summary>Compiles DSL text held in memory; <paramref name="includes"/> supplies included files by path.</summary>
+    public static Graph CompileText(string path, string text, IReadOnlyDictionary<string, string>? includes = null) =>
+        Compile(path, p => p == path ? text
+            : includes is not null && includes.TryGetValue(p, out var t) ? t
+            : File.ReadAllText(p));
+
+    private static Graph Compile(string path, Func<string, string> readFile)
+    {
+        var diags = new List<Diagnostic>();
+        var loader = new SourceLoader(readFile, diags);
+        var stmts = loader.Load(path);
+        var name = Path.GetFileNameWithoutExtension(path);
+        Graph? g = null;
+        if (diags.Count == 0 || stmts.Length > 0)
+        {
+            var bindDiags = new List<Diagnostic>();
+            g = Binder.Bind(name, stmts, bindDiags);
+            // Binding errors after syntax errors are often consequences of them; keep those in files without syntax errors.
+            var badFiles = diags.Select(d => d.Loc.File).ToHashSet();
+            diags.AddRange(bindDiags.Where(d => !badFiles.Contains(d.Loc.File) || !diags.Any(s => s.Loc.File == d.Loc.File && s.Loc.Line <= d.Loc.Line)));
+        }
+        if (diags.Count > 0 || g is null)
+        {
+            var order = loader.Sources.Keys.Select((f, i) => (f, i)).ToDictionary(p => p.f, p => p.i);
+            var sorted = diags.Distinct().OrderBy(d => order.GetValueOrDefault(d.Loc.File)).ThenBy(d => d.Loc.Line).ThenBy(d => d.Loc.Column).ToList();
+            throw new DslException(sorted, loader.Sources);
+        }
+        Verifier.Verify(g);
+        return g;
+    }
+}

@@ -1,0 +1,123 @@
+using System.Collections.Immutable;
+
+namespace PaLM.IR;
+
+/// <summary>
+/// An SSA value: produced once (by a node or as a block argument), typed, with a display name unique in its graph.
+/// Identity is by reference; <see cref="Id"/> orders values deterministically.
+/// </summary>
+public sealed class Value
+{
+    public Value(int id, string name, TensorType type, Sharding? sharding = null, SourceLoc? loc = null)
+    {
+        Id = id;
+        Name = name;
+        Type = type;
+        Sharding = sharding;
+        Loc = loc;
+    }
+
+    public int Id { get; }
+    public string Name { get; }
+    public TensorType Type { get; }
+
+    /// <summary>The user's sharding annotation, if any (propagation fills the rest later).</summary>
+    public Sharding? Sharding { get; }
+
+    /// <summary>Where the value was named in the DSL, if it was.</summary>
+    public SourceLoc? Loc { get; }
+
+    public override string ToString() => "%" + Name;
+}
+
+/// <summary>One operation: an op from the table applied to values, with attributes and optional nested regions.</summary>
+public sealed class Node
+{
+    public Node(OpDef op, ImmutableArray<Value> inputs, ImmutableArray<Value> outputs,
+        ImmutableSortedDictionary<string, Attr>? attrs = null, ImmutableArray<Block> regions = default, SourceLoc? loc = null)
+    {
+        Op = op;
+        Inputs = inputs;
+        Outputs = outputs;
+        Attrs = attrs ?? ImmutableSortedDictionary<string, Attr>.Empty;
+        Regions = regions.IsDefault ? ImmutableArray<Block>.Empty : regions;
+        Loc = loc;
+    }
+
+    public OpDef Op { get; }
+    public ImmutableArray<Value> Inputs { get; }
+    public ImmutableArray<Value> Outputs { get; }
+    public ImmutableSortedDictionary<string, Attr> Attrs { get; }
+    public ImmutableArray<Block> Regions { get; }
+    public SourceLoc? Loc { get; }
+
+    public T Attr<T>(string name) where T : Attr =>
+        Attrs.TryGetValue(name, out var a) && a is T t ? t : throw new InvalidOperationException($"{Op.Name}: missing attribute '{name}'");
+
+    public override string ToString() => Printer.FormatNode(this);
+}
+
+/// <summary>A straight-line list of nodes with arguments and results. Regions are isolated: they see only their arguments.</summary>
+public sealed class Block
+{
+    public Block(ImmutableArray<Value> args, ImmutableArray<Node> nodes, ImmutableArray<Value> results)
+    {
+        Args = args;
+        Nodes = nodes;
+        Results = results;
+    }
+
+    public ImmutableArray<Value> Args { get; }
+    public ImmutableArray<Node> Nodes { get; }
+    public ImmutableArray<Value> Results { get; }
+}
+
+/// <summary>How a parameter gets its initial value.</summary>
+public sealed record Init(InitKind Kind, double Value)
+{
+    public string Format() => Kind == InitKind.Normal ? $"normal({IR.Attr.FormatFloat(Value)})" : $"constant({IR.Attr.FormatFloat(Value)})";
+}
+
+public enum InitKind { Normal, Constant }
+
+public enum ArgKind { Parameter, Input }
+
+/// <summary>A graph argument: a parameter (trained, with an initializer) or an input (data).</summary>
+public sealed record GraphArg(Value Value, ArgKind Kind, Init? Init);
+
+/// <summary>
+/// A whole model: declared dims, the mesh, arguments, and the top-level block whose results are the outputs.
+/// Layer repetition stays one <c>repeat</c> node whose body is stored once.
+/// </summary>
+public sealed class Graph
+{
+    public Graph(string name, ImmutableArray<Dim> dims, Mesh? mesh, ImmutableArray<GraphArg> args, Block body, ImmutableArray<string> outputNames)
+    {
+        Name = name;
+        Dims = dims;
+        Mesh = mesh;
+        Args = args;
+        Body = body;
+        OutputNames = outputNames;
+        DimsByName = dims.ToImmutableDictionary(d => d.Name);
+    }
+
+    public string Name { get; }
+
+    /// <summary>Every declared dim, in declaration order.</summary>
+    public ImmutableArray<Dim> Dims { get; }
+
+    public ImmutableDictionary<string, Dim> DimsByName { get; }
+
+    public Mesh? Mesh { get; }
+    public ImmutableArray<GraphArg> Args { get; }
+    public Block Body { get; }
+
+    /// <summary>The user's names for the outputs, in order (the values are <c>Body.Results</c>).</summary>
+    public ImmutableArray<string> OutputNames { get; }
+
+    public IEnumerable<GraphArg> Parameters => Args.Where(a => a.Kind == ArgKind.Parameter);
+    public IEnumerable<GraphArg> Inputs => Args.Where(a => a.Kind == ArgKind.Input);
+
+    public override string ToString() => Printer.Print(this);
+}

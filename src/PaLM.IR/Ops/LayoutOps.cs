@@ -1,0 +1,110 @@
+using System.Collections.Immutable;
+using static PaLM.IR.OpHelpers;
+
+namespace PaLM.IR;
+
+/// <summary>Ops that move data without arithmetic: reshape, transpose, split, concat.</summary>
+internal static class LayoutOps
+{
+    public static void Register(Action<OpDef> add)
+    {
+        add(new OpDef
+        {
+            Name = "reshape",
+            Doc = "reinterprets the elements (row-major) with new dims of the same total size",
+            Signature = Sig(1, 1, Dims("to")),
+            Infer = c =>
+            {
+                var to = NewDims(c, c.DimNames("to"), "reshape");
+                var t = c.Inputs[0].WithDims(to);
+                if (t.ElementCount != c.Inputs[0].ElementCount)
+                    throw InferContext.Fail($"reshape: {c.Inputs[0]} has {c.Inputs[0].ElementCount} elements but [{string.Join(", ", to.Select(d => d.Name))}] has {t.ElementCount}");
+                return One(t);
+            },
+            Flops = _ => 0,
+            Lower = c => new RtCall("Reshape", LArg.In(0), LArg.Lit(c.Out().Shape)),
+        });
+
+        add(new OpDef
+        {
+            Name = "transpose",
+            Doc = "reorders dims by name",
+            Signature = Sig(1, 1, Dims("to")),
+            Infer = c =>
+            {
+                var t = c.Inputs[0];
+                var to = c.DimNames("to");
+                if (to.Length != t.Rank || to.Distinct().Count() != to.Length || to.Any(d => !t.Has(d)))
+                    throw InferContext.Fail($"transpose: [{string.Join(", ", to)}] is not a permutation of the dims of {t}");
+                return One(t.WithDims(to.Select(d => t.Dims[t.IndexOf(d)])));
+            },
+            Flops = _ => 0,
+            Lower = c => new RtCall("Permute", LArg.In(0), LArg.Lit(c.Out().Dims.Select(d => (long)c.In(0).IndexOf(d.Name)).ToArray())),
+        });
+
+        add(new OpDef
+        {
+            Name = "split",
+            Doc = "splits one dim into consecutive pieces, one result per piece: a, b = split(x, along=d, into=[da, db])",
+            Signature = Sig(1, 1, Dim("along"), Dims("into")),
+            Infer = c =>
+            {
+                var t = c.Inputs[0];
+                var axis = c.AxisOf(0, "along");
+                var into = NewDims(c, c.DimNames("into"), "split");
+                var total = into.Sum(d => d.Size);
+                if (total != t.Dims[axis].Size)
+                    throw InferContext.Fail($"split: pieces [{string.Join(", ", into.Select(d => $"{d.Name}={d.Size}"))}] sum to {total}, not {t.Dims[axis].Name}={t.Dims[axis].Size}");
+                return into.Select(d => Replace(c, t, axis, d)).ToImmutableArray();
+            },
+            Flops = _ => 0,
+            Lower = c => new RtCall("Split", LArg.In(0), LArg.Lit(c.Axis(0, "along")),
+                LArg.Lit(c.Node.Outputs.Select(o => o.Type.Dims[(int)c.Axis(0, "along")].Size).ToArray())),
+        });
+
+        add(new OpDef
+        {
+            Name = "concat",
+            Doc = "joins operands along one dim each (along=[da, db]) into a new dim (as=d)",
+            Signature = Sig(2, OpSignature.Variadic, Dims("along"), Dim("as")),
+            Infer = c =>
+            {
+                var along = c.DimNames("along");
+                if (along.Length != c.Inputs.Length)
+                    throw InferContext.Fail($"concat: {c.Inputs.Length} operands but along names {along.Length} dims");
+                c.SameDType("operand");
+                var first = c.Inputs[0];
+                var axis = first.IndexOf(along[0]);
+                for (int i = 0; i < c.Inputs.Length; i++)
+                {
+                    var t = c.Inputs[i];
+                    if (t.IndexOf(along[i]) != axis || t.Rank != first.Rank)
+                        throw InferContext.Fail($"concat: operand {i + 1} {t} must have '{along[i]}' at position {axis + 1}");
+                    for (int k = 0; k < t.Rank; k++)
+                        if (k != axis && t.Dims[k] != first.Dims[k])
+                            throw InferContext.Fail($"concat: operand {i + 1} {t} differs from {first} outside the concatenated dim");
+                }
+                var asDim = c.Dim(c.DimNames("as").Single());
+                var total = Enumerable.Range(0, c.Inputs.Length).Sum(i => c.Inputs[i].Dims[axis].Size);
+                if (asDim.Size != total)
+                    throw InferContext.Fail($"concat: the pieces sum to {total} but '{asDim.Name}' has size {asDim.Size}");
+                return One(Replace(c, first, axis, asDim));
+            },
+            Flops = _ => 0,
+            Lower = c => new RtCall("Concat", new LAllInputs(), LArg.Lit(c.Axis(0, "along"))),
+        });
+    }
+
+    private static ImmutableArray<Dim> NewDims(InferContext c, ImmutableArray<string> names, string op)
+    {
+        if (names.Distinct().Count() != names.Length) throw InferContext.Fail($"{op}: a dim is named twice in [{string.Join(", ", names)}]");
+        return names.Select(c.Dim).ToImmutableArray();
+    }
+
+    private static TensorType Replace(InferContext c, TensorType t, int axis, Dim d)
+    {
+        if (t.Dims.Where((_, k) => k != axis).Any(x => x.Name == d.Name))
+            throw InferContext.Fail($"{c.Op.Name}: dim '{d.Name}' already occurs in {t}");
+        return t.WithDims(t.Dims.SetItem(axis, d));
+    }
+}

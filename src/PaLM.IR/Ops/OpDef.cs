@@ -1,0 +1,138 @@
+using System.Collections.Immutable;
+
+namespace PaLM.IR;
+
+/// <summary>Kinds of attribute a DSL call can supply; the binder converts source syntax by this kind.</summary>
+public enum AttrKind { Dim, Dims, Float, Int, DType, DimLists }
+
+/// <summary>One attribute an op accepts. A null default means required.</summary>
+public sealed record AttrSpec(string Name, AttrKind Kind, Attr? Default = null, bool FromSyntax = false);
+
+/// <summary>What an op takes: operand count range and attributes.</summary>
+public sealed record OpSignature(int MinOperands, int MaxOperands, ImmutableArray<AttrSpec> Attrs)
+{
+    public const int Variadic = int.MaxValue;
+
+    public AttrSpec? FindAttr(string name) => Attrs.FirstOrDefault(a => a.Name == name);
+}
+
+/// <summary>A type error found by an op's inference rule; the caller attaches the source location.</summary>
+public sealed class TypeErrorException(string message) : Exception(message);
+
+/// <summary>What an inference rule sees: operand types, attributes and the graph's declared dims.</summary>
+public sealed class InferContext(OpDef op, ImmutableArray<TensorType> inputs, ImmutableSortedDictionary<string, Attr> attrs,
+    IReadOnlyDictionary<string, Dim> dims)
+{
+    public OpDef Op { get; } = op;
+    public ImmutableArray<TensorType> Inputs { get; } = inputs;
+    public ImmutableSortedDictionary<string, Attr> Attrs { get; } = attrs;
+    public IReadOnlyDictionary<string, Dim> Dims { get; } = dims;
+
+    public static TypeErrorException Fail(string message) => new(message);
+
+    public T Attr<T>(string name) where T : Attr =>
+        Attrs.TryGetValue(name, out var a) && a is T t ? t : throw Fail($"{Op.Name}: missing or mistyped attribute '{name}'");
+
+    public double Float(string name) => Attr<FloatAttr>(name).Value;
+
+    public long Int(string name) => Attr<IntAttr>(name).Value;
+
+    public ImmutableArray<string> DimNames(string name) => Attr<DimsAttr>(name).Names;
+
+    /// <summary>A declared dim by name (attributes name dims; sizes come from the declarations).</summary>
+    public Dim Dim(string name) =>
+        Dims.TryGetValue(name, out var d) ? d : throw Fail($"unknown dim '{name}'");
+
+    /// <summary>The single dim named by attribute <paramref name="attr"/>, which must be a dim of operand <paramref name="operand"/>.</summary>
+    public int AxisOf(int operand, string attr)
+    {
+        var names = DimNames(attr);
+        if (names.Length != 1) throw Fail($"{Op.Name}: '{attr}' names one dim, got {names.Length}");
+        var t = Inputs[operand];
+        var i = t.IndexOf(names[0]);
+        if (i < 0) throw Fail($"{Op.Name}: dim '{names[0]}' ({attr}=) is not a dim of operand {operand + 1} {t}");
+        return i;
+    }
+
+    public void SameDType(string what)
+    {
+        for (int i = 1; i < Inputs.Length; i++)
+            if (Inputs[i].DType != Inputs[0].DType)
+                throw Fail($"{Op.Name}: {what} dtypes differ: {Inputs[0]} and {Inputs[i]}");
+    }
+
+    public void RequireFloat(int operand)
+    {
+        if (!DTypes.IsFloat(Inputs[operand].DType))
+            throw Fail($"{Op.Name}: operand {operand + 1} must be floating point, got {Inputs[operand]}");
+    }
+}
+
+/// <summary>
+/// How an op becomes a call into the runtime facade (<c>PaLM.Runtime.Rt</c>): data, not C#, so the IR stays free of
+/// Roslyn and code generation reads one lowering per op from the table.
+/// </summary>
+public abstract record Lowering;
+
+/// <summary>A call <c>Rt.Method(args...)</c>; returns a tensor, or a tensor array when the op has several outputs.</summary>
+public sealed record RtCall(string Method, ImmutableArray<LArg> Args) : Lowering
+{
+    public RtCall(string method, params LArg[] args) : this(method, args.ToImmutableArray()) { }
+}
+
+/// <summary>Structured control flow (a counted loop over a region); code generation emits the loop.</summary>
+public sealed record LoopLowering : Lowering;
+
+/// <summary>An argument of a lowered call.</summary>
+public abstract record LArg
+{
+    public static LArg In(int i) => new LInput(i);
+    public static LArg Lit(object v) => new LLiteral(v);
+}
+
+/// <summary>Operand <c>Index</c> of the node.</summary>
+public sealed record LInput(int Index) : LArg;
+
+/// <summary>All operands as one array argument.</summary>
+public sealed record LAllInputs : LArg;
+
+/// <summary>A literal: long, double, string, long[] or <see cref="DType"/>.</summary>
+public sealed record LLiteral(object Value) : LArg;
+
+/// <summary>A nested runtime call (e.g. aligning a broadcast operand).</summary>
+public sealed record LNested(RtCall Call) : LArg;
+
+/// <summary>What a lowering rule sees.</summary>
+public sealed record LowerContext(Node Node)
+{
+    public TensorType In(int i) => Node.Inputs[i].Type;
+    public TensorType Out(int i = 0) => Node.Outputs[i].Type;
+    public long Axis(int operand, string attr) => In(operand).IndexOf(Node.Attr<DimsAttr>(attr).Names[0]);
+}
+
+/// <summary>
+/// One op and every rule about it, registered once (see <see cref="OpTable"/>): its signature, type inference,
+/// FLOP count and lowering. Later stages (sharding, VJP) add their rules here, never as switches elsewhere.
+/// </summary>
+public sealed class OpDef
+{
+    public required string Name { get; init; }
+    public required string Doc { get; init; }
+    public required OpSignature Signature { get; init; }
+
+    /// <summary>Infers output types from operand types and attributes; throws <see cref="TypeErrorException"/>.</summary>
+    public required Func<InferContext, ImmutableArray<TensorType>> Infer { get; init; }
+
+    /// <summary>FLOPs of one execution of the node, not counting nested regions.</summary>
+    public required Func<Node, long> Flops { get; init; }
+
+    /// <summary>True for ops with a body region (repeat): structured control flow, written as a statement in the DSL.</summary>
+    public bool HasRegion { get; init; }
+
+    /// <summary>True for contractions (einsum): counted as matmul FLOPs.</summary>
+    public bool IsMatmul { get; init; }
+
+    public required Func<LowerContext, Lowering> Lower { get; init; }
+
+    public override string ToString() => Name;
+}

@@ -1,0 +1,65 @@
+using System.Collections.Immutable;
+using static PaLM.IR.OpHelpers;
+
+namespace PaLM.IR;
+
+/// <summary>Reductions over named dims, and the normalizers over one dim (softmax, logsumexp).</summary>
+internal static class ReductionOps
+{
+    public static void Register(Action<OpDef> add)
+    {
+        foreach (var (name, method) in new[] { ("sum", "Sum"), ("mean", "Mean"), ("max", "Max") })
+            add(new OpDef
+            {
+                Name = name,
+                Doc = $"{name} over the named dims, which disappear from the result",
+                Signature = Sig(1, 1, Dims("over")),
+                Infer = c => One(Reduced(c, c.DimNames("over"))),
+                Flops = n => Numel(n),
+                Lower = c => new RtCall(method, LArg.In(0),
+                    LArg.Lit(c.Node.Attr<DimsAttr>("over").Names.Select(d => (long)c.In(0).IndexOf(d)).ToArray())),
+            });
+
+        add(new OpDef
+        {
+            Name = "softmax",
+            Doc = "softmax over one dim",
+            Signature = Sig(1, 1, Dim("over")),
+            Infer = c =>
+            {
+                c.RequireFloat(0);
+                c.AxisOf(0, "over");
+                return One(c.Inputs[0]);
+            },
+            Flops = n => 5 * Numel(n), // max, subtract, exp, sum, divide
+            Lower = c => new RtCall("Softmax", LArg.In(0), LArg.Lit(c.Axis(0, "over"))),
+        });
+
+        add(new OpDef
+        {
+            Name = "logsumexp",
+            Doc = "log(sum(exp(x))) over one dim, which disappears",
+            Signature = Sig(1, 1, Dim("over")),
+            Infer = c =>
+            {
+                c.RequireFloat(0);
+                return One(Reduced(c, c.DimNames("over")));
+            },
+            Flops = n => 4 * Numel(n), // max, subtract, exp, sum (+ one log per row)
+            Lower = c => new RtCall("LogSumExp", LArg.In(0), LArg.Lit(c.Axis(0, "over"))),
+        });
+    }
+
+    /// <summary>Operand 0's type without the given dims (each must be one of its dims, named once).</summary>
+    public static TensorType Reduced(InferContext c, ImmutableArray<string> over)
+    {
+        var t = c.Inputs[0];
+        if (over.IsEmpty) throw InferContext.Fail($"{c.Op.Name}: 'over' names no dim");
+        foreach (var d in over)
+        {
+            if (!t.Has(d)) throw InferContext.Fail($"{c.Op.Name}: dim '{d}' is not a dim of {t}");
+            if (over.Count(x => x == d) > 1) throw InferContext.Fail($"{c.Op.Name}: dim '{d}' named twice");
+        }
+        return t.WithDims(t.Dims.Where(d => !over.Contains(d.Name)));
+    }
+}

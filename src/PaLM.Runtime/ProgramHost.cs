@@ -1,0 +1,68 @@
+using System.Globalization;
+using static TorchSharp.torch;
+
+namespace PaLM.Runtime;
+
+/// <summary>The entry point of compiled programs: initializes parameters, makes a batch, runs the graph, prints results.</summary>
+public static class ProgramHost
+{
+    /// <summary>
+    /// Runs <paramref name="program"/> once on parameters from <paramref name="seed"/> and a random batch from
+    /// <c>seed + 1</c> (inputs named "tokens" and "targets"; the vocabulary size comes from the parameter with a dim named
+    /// "vocab"). Prints <c>loss = …</c> for a scalar output named "loss", else every scalar output as <c>name = value</c>.
+    /// </summary>
+    /// <returns>The process exit code (0).</returns>
+    public static int RunLoss(IGraphProgram program, long seed = 0, TextWriter? output = null)
+    {
+        output ??= Console.Out;
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var parameters = program.InitParameters(seed);
+        var inputs = MakeInputs(program, seed + 1);
+        var results = program.Forward(parameters, inputs);
+
+        var loss = program.Outputs.Select((o, i) => (o, i)).Where(p => p.o.Name == "loss" && p.o.Shape.Length == 0).ToList();
+        var shown = loss.Count == 1 ? loss : program.Outputs.Select((o, i) => (o, i)).Where(p => p.o.Shape.Length == 0).ToList();
+        foreach (var (spec, i) in shown)
+        {
+            var value = results[i].to_type(ScalarType.Float64).item<double>();
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{spec.Name} = {value:F6}"));
+        }
+        return 0;
+    }
+
+    private static Tensor[] MakeInputs(IGraphProgram program, long seed)
+    {
+        var inputs = new Tensor[program.Inputs.Count];
+        (Tensor tokens, Tensor targets)? batch = null;
+        for (var i = 0; i < inputs.Length; i++)
+        {
+            var spec = program.Inputs[i];
+            if (spec.Name is not ("tokens" or "targets") || spec.Shape.Length != 2 || !IsInteger(spec.DType))
+            {
+                throw new NotSupportedException(
+                    $"Program '{program.Name}': cannot make input '{spec.Name}' ({spec.DType}[{string.Join(", ", spec.Shape)}]); "
+                    + "only integer [batch, seq] inputs named 'tokens' and 'targets' are supported.");
+            }
+            batch ??= Batches.Random(seed, spec.Shape[0], spec.Shape[1], VocabSize(program));
+            var t = spec.Name == "tokens" ? batch.Value.tokens : batch.Value.targets;
+            inputs[i] = t.dtype == spec.DType ? t : t.to_type(spec.DType);
+        }
+        return inputs;
+    }
+
+    private static long VocabSize(IGraphProgram program)
+    {
+        foreach (var p in program.Parameters)
+        {
+            var d = Array.IndexOf(p.Dims, "vocab");
+            if (d >= 0)
+                return p.Shape[d];
+        }
+        throw new InvalidOperationException(
+            $"Program '{program.Name}' has token inputs but no parameter with a dim named 'vocab' to size them from.");
+    }
+
+    private static bool IsInteger(ScalarType t) =>
+        t is ScalarType.Int8 or ScalarType.Int16 or ScalarType.Int32 or ScalarType.Int64 or ScalarType.Byte;
+}

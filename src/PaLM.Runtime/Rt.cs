@@ -1,0 +1,252 @@
+using PaLM.Runtime.Native;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PaLM.Runtime;
+
+/// <summary>
+/// The runtime facade generated code calls: a small set of tensor operations over TorchSharp.
+/// Axis arguments are non-negative positional indices; broadcasting is positional (NumPy rules).
+/// </summary>
+public static class Rt
+{
+    private static readonly object s_initLock = new();
+    private static bool s_initialized;
+
+    /// <summary>Opens a dispose scope (one per step: tensors created inside are freed when it is disposed).</summary>
+    public static IDisposable Scope() => torch.NewDisposeScope();
+
+    /// <summary>Moves <paramref name="t"/> out of the current dispose scope so it outlives it.</summary>
+    public static Tensor Keep(Tensor t) => t.MoveToOuterDisposeScope();
+
+    /// <summary>
+    /// Loads TorchSharp's native libraries (once) and sets the intra-op thread count
+    /// (<paramref name="threads"/>, or the processor count on first use). Throws an
+    /// <see cref="InvalidOperationException"/> explaining the cause when the native libraries cannot load.
+    /// </summary>
+    public static void Initialize(int? threads = null)
+    {
+        lock (s_initLock)
+        {
+            if (s_initialized)
+            {
+                if (threads is int n)
+                    torch.set_num_threads(n);
+                return;
+            }
+            ThrowIfUnpatched();
+            try
+            {
+                torch.InitializeDeviceType(DeviceType.CPU);
+                torch.set_num_threads(threads ?? Environment.ProcessorCount);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                throw new InvalidOperationException(LoadFailureMessage(e.GetBaseException().Message), e);
+            }
+            s_initialized = true;
+        }
+    }
+
+    /// <summary>A CPU random generator with the given seed.</summary>
+    public static Generator NewGenerator(long seed) => new((ulong)seed);
+
+    /// <summary>A 0-d tensor holding <paramref name="value"/>.</summary>
+    public static Tensor Constant(double value, ScalarType dtype) => torch.tensor(value, dtype);
+
+    /// <summary>Samples N(0, std²) in fp32 with <paramref name="g"/>, then casts to <paramref name="dtype"/>.</summary>
+    public static Tensor InitNormal(Generator g, long[] shape, double std, ScalarType dtype)
+    {
+        using var z = torch.randn(shape, ScalarType.Float32, generator: g);
+        var scaled = z.mul(std);
+        if (dtype == ScalarType.Float32)
+            return scaled;
+        using (scaled)
+            return scaled.to_type(dtype);
+    }
+
+    /// <summary>A tensor of <paramref name="shape"/> filled with <paramref name="value"/>.</summary>
+    public static Tensor InitConstant(long[] shape, double value, ScalarType dtype) => torch.full(shape, value, dtype);
+
+    /// <summary>a + b.</summary>
+    public static Tensor Add(Tensor a, Tensor b) => a.add(b);
+
+    /// <summary>a - b.</summary>
+    public static Tensor Sub(Tensor a, Tensor b) => a.sub(b);
+
+    /// <summary>a * b.</summary>
+    public static Tensor Mul(Tensor a, Tensor b) => a.mul(b);
+
+    /// <summary>a / b.</summary>
+    public static Tensor Div(Tensor a, Tensor b) => a.div(b);
+
+    /// <summary>Elementwise max(a, b).</summary>
+    public static Tensor Maximum(Tensor a, Tensor b) => torch.maximum(a, b);
+
+    /// <summary>-x.</summary>
+    public static Tensor Neg(Tensor x) => x.neg();
+
+    /// <summary>eˣ.</summary>
+    public static Tensor Exp(Tensor x) => x.exp();
+
+    /// <summary>Natural logarithm.</summary>
+    public static Tensor Log(Tensor x) => x.log();
+
+    /// <summary>1/√x.</summary>
+    public static Tensor Rsqrt(Tensor x) => x.rsqrt();
+
+    /// <summary>√x.</summary>
+    public static Tensor Sqrt(Tensor x) => x.sqrt();
+
+    /// <summary>tanh x.</summary>
+    public static Tensor Tanh(Tensor x) => x.tanh();
+
+    /// <summary>1/(1+e⁻ˣ).</summary>
+    public static Tensor Sigmoid(Tensor x) => x.sigmoid();
+
+    /// <summary>x·sigmoid(x).</summary>
+    public static Tensor Silu(Tensor x) => nn.functional.silu(x);
+
+    /// <summary>x².</summary>
+    public static Tensor Square(Tensor x) => x.square();
+
+    /// <summary>Reorders axes: result axis i is input axis perm[i].</summary>
+    public static Tensor Permute(Tensor x, long[] perm) => x.permute(perm);
+
+    /// <summary>Reshapes (a view where possible).</summary>
+    public static Tensor Reshape(Tensor x, long[] shape) => x.reshape(shape);
+
+    /// <summary>Splits along <paramref name="axis"/> into pieces of the given sizes.</summary>
+    public static Tensor[] Split(Tensor x, long axis, long[] sizes) => x.split(sizes, axis);
+
+    /// <summary>Concatenates along <paramref name="axis"/>.</summary>
+    public static Tensor Concat(Tensor[] xs, long axis) => torch.cat(xs, axis);
+
+    /// <summary>Index <paramref name="index"/> of <paramref name="axis"/>, dropping the axis (e.g. one layer of a stacked parameter).</summary>
+    public static Tensor Select(Tensor x, long axis, long index) => x.select(axis, index);
+
+    /// <summary>Converts to <paramref name="dtype"/> (x itself, under a new handle, when it already has that type).</summary>
+    public static Tensor Cast(Tensor x, ScalarType dtype) => x.dtype == dtype ? x.alias() : x.to_type(dtype);
+
+    /// <summary>Einstein summation with a letter spec such as <c>"bsd,dhk->bshk"</c>.</summary>
+    public static Tensor Einsum(string spec, params Tensor[] xs) => torch.einsum(spec, xs);
+
+    /// <summary>Sum over <paramref name="axes"/> (dropped). No axes: x (new handle).</summary>
+    public static Tensor Sum(Tensor x, long[] axes) => axes.Length == 0 ? x.alias() : x.sum(axes);
+
+    /// <summary>Mean over <paramref name="axes"/> (dropped). No axes: x (new handle).</summary>
+    public static Tensor Mean(Tensor x, long[] axes) => axes.Length == 0 ? x.alias() : x.mean(axes);
+
+    /// <summary>Max over <paramref name="axes"/> (dropped). No axes: x (new handle).</summary>
+    public static Tensor Max(Tensor x, long[] axes) => axes.Length == 0 ? x.alias() : x.amax(axes);
+
+    /// <summary>Softmax along <paramref name="axis"/>.</summary>
+    public static Tensor Softmax(Tensor x, long axis) => x.softmax(axis);
+
+    /// <summary>log Σ exp along <paramref name="axis"/> (dropped).</summary>
+    public static Tensor LogSumExp(Tensor x, long axis) => torch.logsumexp(x, axis);
+
+    /// <summary>
+    /// Layer norm over the last axis without bias (PaLM): (x - mean) / √(var + eps) · scale, with the biased variance.
+    /// </summary>
+    public static Tensor LayerNorm(Tensor x, Tensor scale, double eps)
+    {
+        var d = x.shape[^1];
+        if (scale.dim() == 1 && scale.shape[0] == d && scale.dtype == x.dtype)
+            return nn.functional.layer_norm(x, [d], weight: scale, eps: eps);
+        using var normed = nn.functional.layer_norm(x, [d], eps: eps);
+        return normed.mul(scale);
+    }
+
+    /// <summary>
+    /// Rotary position embedding. Positions 0..S-1 run along <paramref name="seqAxis"/>; the feature axis (size K, even)
+    /// is rotated in halves: x·[cos,cos] + concat(-x₂, x₁)·[sin,sin], with angle(s, i) = s·10000^(-2i/K).
+    /// </summary>
+    public static Tensor Rope(Tensor x, long seqAxis, long featureAxis)
+    {
+        var rank = x.dim();
+        long s = x.shape[seqAxis], k = x.shape[featureAxis];
+        if (k % 2 != 0)
+            throw new ArgumentException($"Rope needs an even feature size, got {k}.", nameof(x));
+        using var scope = torch.NewDisposeScope();
+
+        // Angles in fp64, then cast: the tables are exact to the dtype of x whatever it is.
+        var invFreq = torch.arange(0, k, 2, ScalarType.Float64).mul(-Math.Log(10000.0) / k).exp();   // 10000^(-2i/K)
+        var angles = torch.outer(torch.arange(s, ScalarType.Float64), invFreq);     // [S, K/2]
+        var full = torch.cat([angles, angles], 1);                                  // [S, K]
+        if (seqAxis > featureAxis)
+            full = full.t();
+        var view = new long[rank];
+        Array.Fill(view, 1L);
+        view[seqAxis] = s;
+        view[featureAxis] = k;
+        var cos = full.cos().to_type(x.dtype).reshape(view);
+        var sin = full.sin().to_type(x.dtype).reshape(view);
+
+        var halves = x.split([k / 2, k / 2], featureAxis);
+        var rotated = torch.cat([halves[1].neg(), halves[0]], featureAxis);
+        return x.mul(cos).add(rotated.mul(sin)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>x with -∞ wherever the index along <paramref name="keyAxis"/> exceeds the one along <paramref name="queryAxis"/>.</summary>
+    public static Tensor CausalMask(Tensor x, long queryAxis, long keyAxis)
+    {
+        using var scope = torch.NewDisposeScope();
+        long q = x.shape[queryAxis], k = x.shape[keyAxis];
+        var mask = torch.ones(q, k, ScalarType.Bool).triu(1);                      // [Q, K]: true where key > query
+        if (queryAxis > keyAxis)
+            mask = mask.t();
+        var view = new long[x.dim()];
+        Array.Fill(view, 1L);
+        view[queryAxis] = q;
+        view[keyAxis] = k;
+        return x.masked_fill(mask.reshape(view), double.NegativeInfinity).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>NumPy <c>take</c>: result shape is table.shape[:axis] + indices.shape + table.shape[axis+1:].</summary>
+    public static Tensor Gather(Tensor table, Tensor indices, long axis)
+    {
+        using var scope = torch.NewDisposeScope();
+        var shape = new List<long>(table.shape[..(int)axis]);
+        shape.AddRange(indices.shape);
+        shape.AddRange(table.shape[((int)axis + 1)..]);
+        var picked = table.index_select(axis, indices.reshape(-1).to_type(ScalarType.Int64));
+        return picked.reshape([.. shape]).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Per-position cross-entropy with z-loss: lse - logits[target] + zLoss·lse², where lse = logsumexp along
+    /// <paramref name="axis"/>. The result has the shape of <paramref name="targets"/> (logits' shape without axis).
+    /// </summary>
+    public static Tensor CrossEntropy(Tensor logits, Tensor targets, long axis, double zLoss)
+    {
+        using var scope = torch.NewDisposeScope();
+        var lse = torch.logsumexp(logits, axis);
+        var picked = logits.gather(axis, targets.to_type(ScalarType.Int64).unsqueeze(axis)).squeeze(axis);
+        var loss = lse.sub(picked);
+        if (zLoss != 0)
+            loss = loss.add(lse.square().mul(zLoss));
+        return loss.MoveToOuterDisposeScope();
+    }
+
+    // Fails early with the real cause when the output copy of libLibTorchSharp.so was not patched.
+    private static void ThrowIfUnpatched()
+    {
+        if (!OperatingSystem.IsLinux())
+            return;
+        foreach (var dir in new[] { AppContext.BaseDirectory, Path.Combine(AppContext.BaseDirectory, "runtimes", "linux-x64", "native") })
+        {
+            var lib = Path.Combine(dir, LibTorchSharpPatch.LibraryName);
+            if (File.Exists(lib) && LibTorchSharpPatch.NeedsPatch(lib))
+                throw new InvalidOperationException(LoadFailureMessage($"{lib} is unpatched."));
+        }
+    }
+
+    private static string LoadFailureMessage(string cause) =>
+        "TorchSharp's native libraries failed to load. On systems whose libstdc++ predates GCC 13 (e.g. Debian 12, "
+        + $"which ends at GLIBCXX_3.4.30), {LibTorchSharpPatch.LibraryName} cannot load because it requires "
+        + $"{LibTorchSharpPatch.Version}, though it never uses it. Building through this repository's "
+        + "Directory.Build.targets (build/TorchSharpNative.targets) marks that requirement weak in the output copy; "
+        + "for files copied elsewhere call PaLM.Runtime.Native.LibTorchSharpPatch.PatchDirectory(folder) before "
+        + $"the first torch call. Cause: {cause}";
+}
