@@ -7,6 +7,30 @@ namespace PaLM.Runtime;
 public static class ProgramHost
 {
     /// <summary>
+    /// The <c>Main</c> of a compiled program: <c>dotnet graph.dll [--seed N]</c>. Errors print one line and exit 1.
+    /// </summary>
+    public static int Main(IGraphProgram program, string[] args)
+    {
+        long seed = 0;
+        if (args.Length == 2 && args[0] == "--seed" && long.TryParse(args[1], NumberStyles.Integer, CultureInfo.InvariantCulture, out var s))
+            seed = s;
+        else if (args.Length != 0)
+        {
+            Console.Error.WriteLine($"usage: dotnet {program.Name}.dll [--seed N]");
+            return 2;
+        }
+        try
+        {
+            return RunLoss(program, seed);
+        }
+        catch (Exception e) when (e is NotSupportedException or InvalidOperationException)
+        {
+            Console.Error.WriteLine($"{program.Name}: error: {e.Message}");
+            return 1;
+        }
+    }
+
+    /// <summary>
     /// Runs <paramref name="program"/> once on parameters from <paramref name="seed"/> and a random batch from
     /// <c>seed + 1</c> (inputs named "tokens" and "targets"; the vocabulary size comes from the parameter with a dim named
     /// "vocab"). Prints <c>loss = …</c> for a scalar output named "loss", else every scalar output as <c>name = value</c>.

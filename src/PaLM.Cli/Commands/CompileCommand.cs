@@ -1,8 +1,31 @@
 using System.CommandLine;
+using System.Diagnostics;
+using PaLM.CodeGen;
 
 namespace PaLM.Cli.Commands;
 
+/// <summary><c>palmc compile FILE -o DIR</c>: a runnable program, <c>dotnet DIR/NAME.dll</c>, and its C# source.</summary>
 internal static class CompileCommand
 {
-    public static Command Create() => new("compile", "not yet");
+    public static Command Create()
+    {
+        var file = Common.FileArgument();
+        var output = new Option<string>("--output", "-o") { Description = "output folder", Required = true };
+        var cmd = new Command("compile", "Compile a graph to C# and a runnable program: DIR/NAME.cs, DIR/NAME.dll.") { file, output };
+        cmd.SetAction(r => Common.Guard(() =>
+        {
+            var path = r.GetValue(file)!;
+            var dir = r.GetValue(output)!;
+            var sw = Stopwatch.StartNew();
+            var g = Common.Load(path);
+            var name = Path.GetFileNameWithoutExtension(path);
+            var source = Emitter.Emit(g, name + ".cs");
+            var written = ProgramWriter.Write(source, dir, name);
+            Console.WriteLine($"wrote {written.Source} and {written.Assembly} in {sw.Elapsed.TotalSeconds:F1} s " +
+                $"({written.FilesLinked} files linked, {written.FilesCopied} copied{(written.LibrariesPatched > 0 ? ", libLibTorchSharp patched" : "")})");
+            Console.WriteLine($"run it: dotnet {written.Assembly}");
+            return 0;
+        }));
+        return cmd;
+    }
 }

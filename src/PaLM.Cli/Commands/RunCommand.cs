@@ -1,8 +1,41 @@
 using System.CommandLine;
+using PaLM.CodeGen;
+using PaLM.Reference;
+using PaLM.Runtime;
 
 namespace PaLM.Cli.Commands;
 
+/// <summary>
+/// <c>palmc run FILE [--seed N] [--reference]</c>: compiles in memory and prints the loss on a seeded batch, the same
+/// way the compiled program does. <c>--reference</c> also runs the hand-written eager TorchSharp PaLM on the same
+/// weights and batch, for comparison.
+/// </summary>
 internal static class RunCommand
 {
-    public static Command Create() => new("run", "not yet");
+    public static Command Create()
+    {
+        var file = Common.FileArgument();
+        var seed = new Option<long>("--seed") { Description = "seed of the parameters (the batch uses seed + 1)", DefaultValueFactory = _ => 0 };
+        var reference = new Option<bool>("--reference") { Description = "also print the eager reference model's loss (PaLM graphs only)" };
+        var cmd = new Command("run", "Compile in memory and print the loss on a seeded batch.") { file, seed, reference };
+        cmd.SetAction(r => Common.Guard(() =>
+        {
+            var g = Common.Load(r.GetValue(file)!);
+            var program = RoslynCompiler.CompileInMemory(Emitter.Emit(g));
+            var s = r.GetValue(seed);
+            var code = ProgramHost.RunLoss(program, s);
+            if (code == 0 && r.GetValue(reference)) code = RunReference(program, s);
+            return code;
+        }));
+        return cmd;
+    }
+
+    private static int RunReference(IGraphProgram program, long seed)
+    {
+        var config = ReferenceRunner.ConfigFrom(program)
+            ?? throw new UserError($"error: --reference needs a PaLM graph (parameters {string.Join(", ", PalmModel.WeightNames)})");
+        var loss = ReferenceRunner.Loss(program, config, seed);
+        Console.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"reference loss = {loss:F6}"));
+        return 0;
+    }
 }
