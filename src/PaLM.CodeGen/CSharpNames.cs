@@ -48,7 +48,7 @@ public sealed class CSharpNames
         if (!SyntaxFacts.IsValidIdentifier(safe) || safe.Any(c => c > 127))
             throw new ArgumentException($"not a sanitized identifier: {safe}");
         return SyntaxFacts.GetKeywordKind(safe) != SyntaxKind.None || SyntaxFacts.GetContextualKeywordKind(safe) != SyntaxKind.None
-            ? SyntaxFactory.VerbatimIdentifier(default, "@" + safe, safe, default)
+            ? SyntaxFactory.VerbatimIdentifier(default, safe, safe, default)
             : SyntaxFactory.Identifier(safe);
     }
 
