@@ -25,10 +25,10 @@ public static class Frontend
         if (diags.Count == 0 || stmts.Length > 0)
         {
             var bindDiags = new List<Diagnostic>();
-            g = Binder.Bind(name, stmts, bindDiags);
+            g = Binder.Bind(path, name, stmts, bindDiags, reportMissingOutput: diags.Count == 0);
             // Binding errors after syntax errors are often consequences of them; keep those in files without syntax errors.
-            var badFiles = diags.Select(d => d.Loc.File).ToHashSet();
-            diags.AddRange(bindDiags.Where(d => !badFiles.Contains(d.Loc.File) || !diags.Any(s => s.Loc.File == d.Loc.File && s.Loc.Line <= d.Loc.Line)));
+            var firstSyntaxError = diags.GroupBy(d => d.Loc.File).ToDictionary(g => g.Key, g => g.Min(d => d.Loc.Line));
+            diags.AddRange(bindDiags.Where(d => !firstSyntaxError.TryGetValue(d.Loc.File, out var line) || d.Loc.Line < line).ToList());
         }
         if (diags.Count > 0 || g is null)
         {
