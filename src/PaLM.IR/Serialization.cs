@@ -112,6 +112,10 @@ public static class Serialization
     {
         if (p.Version != Version) throw new IrFormatException($"IR format version {p.Version}, this palmc reads {Version}");
         var dims = p.Dims.Select(d => new Dim(d.Name, d.Size)).ToImmutableArray();
+        if (dims.GroupBy(d => d.Name).FirstOrDefault(g => g.Count() > 1) is { } dup)
+            throw new IrFormatException($"dim '{dup.Key}' is declared {dup.Count()} times");
+        if (p.Mesh is not null && p.Mesh.Axes.GroupBy(a => a.Name).FirstOrDefault(g => g.Count() > 1) is { } dupAxis)
+            throw new IrFormatException($"mesh axis '{dupAxis.Key}' is declared {dupAxis.Count()} times");
         var reader = new Reader(dims.GroupBy(d => d.Name).ToDictionary(g => g.Key, g => g.First()));
         var mesh = p.Mesh is null ? null : new Mesh(p.Mesh.Axes.Select(a => new MeshAxis(a.Name, a.Size)).ToImmutableArray());
         var args = p.Args.Select(a => new GraphArg(reader.Define(a.Value), a.IsInput ? ArgKind.Input : ArgKind.Parameter,

@@ -17,6 +17,9 @@ public static class Verifier
     {
         foreach (var d in g.Dims)
             if (d.Size <= 0) throw new VerifyException($"dim '{d.Name}' has non-positive size {d.Size}");
+        if (g.Mesh is { } mesh)
+            foreach (var a in mesh.Axes)
+                if (a.Size <= 0) throw new VerifyException($"mesh axis '{a.Name}' has non-positive size {a.Size}");
         if (!g.Args.Select(a => a.Value).SequenceEqual(g.Body.Args))
             throw new VerifyException("the body's arguments are not the graph's parameters and inputs");
         if (g.OutputNames.Length != g.Body.Results.Length)

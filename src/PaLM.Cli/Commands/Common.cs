@@ -46,6 +46,11 @@ internal static class Common
             Console.Error.WriteLine(e.Message);
             return 1;
         }
+        catch (OverflowException)
+        {
+            Console.Error.WriteLine("error: a size or FLOP count of this graph does not fit in 64 bits");
+            return 1;
+        }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             Console.Error.WriteLine($"error: {e.Message}");

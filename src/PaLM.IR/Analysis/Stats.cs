@@ -46,15 +46,15 @@ public static class Stats
         foreach (var n in b.Nodes)
         {
             var f = checked(n.Op.Flops(n) * trips);
-            flops += f;
-            if (n.Op.IsMatmul) matmul += f;
+            flops = checked(flops + f);
+            if (n.Op.IsMatmul) matmul = checked(matmul + f);
             foreach (var r in n.Regions)
             {
                 var count = ControlOps.Count(n, g.DimsByName);
                 if (top) layers += count;
                 var (rf, rm) = Count(g, r, checked(trips * count), top: false, ref layers);
-                flops += rf;
-                matmul += rm;
+                flops = checked(flops + rf);
+                matmul = checked(matmul + rm);
             }
         }
         return (flops, matmul);
