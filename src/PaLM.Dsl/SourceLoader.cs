@@ -16,15 +16,18 @@ internal sealed class SourceLoader(Func<string, string> readFile, List<Diagnosti
 
     public ImmutableArray<Stmt> Load(string path, SourceLoc? includedFrom = null)
     {
-        var full = Path.GetFullPath(path);
-        if (_including.Contains(full))
+        string full, text;
+        try
         {
-            diagnostics.Add(new Diagnostic(includedFrom!, $"include cycle: '{path}' includes itself"));
-            return ImmutableArray<Stmt>.Empty;
+            full = Path.GetFullPath(path);
+            if (_including.Contains(full))
+            {
+                diagnostics.Add(new Diagnostic(includedFrom!, $"include cycle: '{path}' includes itself"));
+                return ImmutableArray<Stmt>.Empty;
+            }
+            text = readFile(path);
         }
-        string text;
-        try { text = readFile(path); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {
             diagnostics.Add(new Diagnostic(includedFrom ?? new SourceLoc(path, 1, 1), $"cannot read '{path}': {e.Message}"));
             return ImmutableArray<Stmt>.Empty;

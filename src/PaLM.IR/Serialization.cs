@@ -118,7 +118,7 @@ public static class Serialization
             throw new IrFormatException($"mesh axis '{dupAxis.Key}' is declared {dupAxis.Count()} times");
         var reader = new Reader(dims.GroupBy(d => d.Name).ToDictionary(g => g.Key, g => g.First()));
         var mesh = p.Mesh is null ? null : new Mesh(p.Mesh.Axes.Select(a => new MeshAxis(a.Name, a.Size)).ToImmutableArray());
-        var args = p.Args.Select(a => new GraphArg(reader.Define(a.Value), a.IsInput ? ArgKind.Input : ArgKind.Parameter,
+        var args = p.Args.Select(a => new GraphArg(reader.Define(a.Value ?? throw new IrFormatException("a graph argument has no value")), a.IsInput ? ArgKind.Input : ArgKind.Parameter,
             a.Init is null ? null : new Init(a.Init.Kind == InitProto.Types.Kind.Normal ? InitKind.Normal : InitKind.Constant, a.Init.Value))).ToImmutableArray();
         if (p.Body is null) throw new IrFormatException("graph has no body");
         var body = reader.Block(p.Body, args.Select(a => a.Value).ToImmutableArray());
@@ -135,13 +135,16 @@ public static class Serialization
         public Value Define(ValueProto v)
         {
             if (v.Type is null) throw new IrFormatException($"value {v.Name} has no type");
-            var type = new TensorType((DType)v.Type.Dtype, v.Type.Dims.Select(n =>
+            var type = new TensorType(DTypeOf(v.Type.Dtype), v.Type.Dims.Select(n =>
                 dims.TryGetValue(n, out var d) ? d : throw new IrFormatException($"value {v.Name} uses undeclared dim '{n}'")).ToImmutableArray());
             var sharding = v.Sharding is null ? null : new Sharding(v.Sharding.Dims.Select(l => l.Items.ToImmutableArray()).ToImmutableArray());
             var value = new Value(v.Id, v.Name, type, sharding, v.Loc is null ? null : new SourceLoc(v.Loc.File, v.Loc.Line, v.Loc.Column));
             if (!_values.TryAdd(v.Id, value)) throw new IrFormatException($"value id {v.Id} defined twice");
             return value;
         }
+
+        private static DType DTypeOf(DTypeProto t) =>
+            Enum.IsDefined((DType)t) ? (DType)t : throw new IrFormatException($"unknown dtype {(int)t}");
 
         private Value Use(int id) => _values.TryGetValue(id, out var v) ? v : throw new IrFormatException($"value id {id} used before it is defined");
 
@@ -166,7 +169,7 @@ public static class Serialization
             AttrProto.KindOneofCase.I => new IntAttr(a.I),
             AttrProto.KindOneofCase.F => new FloatAttr(a.F),
             AttrProto.KindOneofCase.S => new StringAttr(a.S),
-            AttrProto.KindOneofCase.Dtype => new DTypeAttr((DType)a.Dtype),
+            AttrProto.KindOneofCase.Dtype => new DTypeAttr(DTypeOf(a.Dtype)),
             AttrProto.KindOneofCase.Dims => new DimsAttr(a.Dims.Items.ToImmutableArray()),
             AttrProto.KindOneofCase.DimLists => new DimListsAttr(a.DimLists.Lists.Select(l => l.Items.ToImmutableArray()).ToImmutableArray()),
             _ => throw new IrFormatException("attribute with no value"),

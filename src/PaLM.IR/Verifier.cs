@@ -61,7 +61,7 @@ public static class Verifier
                 throw new VerifyException(Where($"{n.Op.Name} produces {types.Length} results, the node has {n.Outputs.Length}"));
             for (int k = 0; k < types.Length; k++)
                 if (!types[k].Equals(n.Outputs[k].Type))
-                    throw new VerifyException(Where($"result {n.Outputs[k]} has type {n.Outputs[k].Type} but {n.Op.Name} infers {types[k]}"));
+                    throw new VerifyException(Where($"result {n.Outputs[k]} has type {Describe(n.Outputs[k].Type, types[k])} but {n.Op.Name} infers {Describe(types[k], n.Outputs[k].Type)}"));
             if (n.Op.HasRegion) VerifyRepeat(g, n, names, Where);
             else if (n.Regions.Length > 0) throw new VerifyException(Where($"{n.Op.Name} takes no regions"));
             foreach (var o in n.Outputs) Define(g, o, scope, names, n, block, i);
@@ -114,6 +114,11 @@ public static class Verifier
                 throw new VerifyException(where($"{v}: mesh axis '{axis}' is used twice in one sharding"));
         }
     }
+
+    /// <summary>A type's text, with dim sizes when it prints like the type it is compared with (same names, other sizes).</summary>
+    private static string Describe(TensorType t, TensorType other) =>
+        t.ToString() != other.ToString() ? t.ToString()
+            : $"{DTypes.Name(t.DType)}[{string.Join(", ", t.Dims.Select(d => $"{d.Name}={d.Size}"))}]";
 
     private static string Arity(OpSignature s) =>
         s.MaxOperands == OpSignature.Variadic ? $"at least {s.MinOperands}" : s.MinOperands == s.MaxOperands ? $"{s.MinOperands}" : $"{s.MinOperands}-{s.MaxOperands}";

@@ -186,6 +186,7 @@ internal sealed partial class Binder
             }
         }
 
+        var given = new HashSet<string>(StringComparer.Ordinal);
         foreach (var na in named)
         {
             var spec = sig.FindAttr(na.Key.Name);
@@ -196,14 +197,14 @@ internal sealed partial class Binder
                 ok = false;
                 continue;
             }
-            if (attrs.ContainsKey(na.Key.Name)) { Error(na.Key.Loc, $"attribute '{na.Key.Name}' given twice"); ok = false; continue; }
+            if (!given.Add(na.Key.Name)) { Error(na.Key.Loc, $"attribute '{na.Key.Name}' given twice"); ok = false; continue; }
             var a = BindAttr(spec, na.Value, scope);
             if (a is null) ok = false;
             else attrs[na.Key.Name] = a;
         }
         foreach (var spec in sig.Attrs.Where(a => !a.FromSyntax))
         {
-            if (attrs.ContainsKey(spec.Name)) continue;
+            if (attrs.ContainsKey(spec.Name) || given.Contains(spec.Name)) continue;
             if (spec.Default is { } d) attrs[spec.Name] = d;
             else { Error(call.Callee.Loc, $"'{name}' needs attribute '{spec.Name}=' ({Describe(spec.Kind)})"); ok = false; }
         }

@@ -161,7 +161,15 @@ internal sealed partial class Binder
             }
             else dims.Add(dim);
         }
-        return ok ? new TensorType(dtype, dims.ToImmutableArray()) : null;
+        if (!ok) return null;
+        var type = new TensorType(dtype, dims.ToImmutableArray());
+        try { _ = type.ElementCount; }
+        catch (OverflowException)
+        {
+            Error(t.Loc, $"{type} has more than 2^63 elements");
+            return null;
+        }
+        return type;
     }
 
     private Init? BindInit(InitSyntax i)

@@ -20,22 +20,24 @@ internal sealed partial class Binder
 
     private Binder(List<Diagnostic> diags) => _diags = diags;
 
-    public static Graph? Bind(string graphName, ImmutableArray<Stmt> stmts, List<Diagnostic> diags)
+    /// <summary>Binds a file's statements. A missing output is reported at <paramref name="file"/>:1:1, unless
+    /// <paramref name="reportMissingOutput"/> is false (syntax errors dropped statements; the output may be among them).</summary>
+    public static Graph? Bind(string file, string graphName, ImmutableArray<Stmt> stmts, List<Diagnostic> diags, bool reportMissingOutput = true)
     {
         var b = new Binder(diags);
-        return b.Run(graphName, stmts);
+        return b.Run(file, graphName, stmts, reportMissingOutput);
     }
 
     private void Error(SourceLoc loc, string message) => _diags.Add(new Diagnostic(loc, message));
 
-    private Graph? Run(string graphName, ImmutableArray<Stmt> stmts)
+    private Graph? Run(string file, string graphName, ImmutableArray<Stmt> stmts, bool reportMissingOutput)
     {
         DeclareDimsAndMesh(stmts);
         _builder = new GraphBuilder(_dims);
         var top = new Scope(null, null);
         foreach (var s in stmts) BindStatement(s, top);
-        if (_outputs.Count == 0 && _diags.Count == 0)
-            Error(new SourceLoc(stmts.FirstOrDefault()?.Loc.File ?? graphName, 1, 1), "the graph has no 'output' statement");
+        if (_outputs.Count == 0 && _diags.Count == 0 && reportMissingOutput)
+            Error(new SourceLoc(file, 1, 1), "the graph has no 'output' statement");
         if (_diags.Count > 0) return null;
         var dims = _dims.Values.OrderBy(d => _dimOrder[d.Name]).ToImmutableArray();
         var body = new Block(_args.Select(a => a.Value).ToImmutableArray(), top.Nodes.ToImmutableArray(),
@@ -118,9 +120,14 @@ internal sealed partial class Binder
     {
         var v = EvalConst(e, dim);
         if (v is null) return null;
-        if (Math.Abs(v.Value - Math.Round(v.Value)) > 1e-9 || double.IsInfinity(v.Value))
+        if (!double.IsFinite(v.Value) || Math.Abs(v.Value - Math.Round(v.Value)) > 1e-9)
         {
             Error(e.Loc, $"{what} must be an integer, got {v.Value}");
+            return null;
+        }
+        if (Math.Abs(v.Value) >= 9223372036854775808.0) // 2^63
+        {
+            Error(e.Loc, $"{what} is too large for 64 bits, got {v.Value}");
             return null;
         }
         return (long)Math.Round(v.Value);
@@ -133,7 +140,8 @@ internal sealed partial class Binder
             case NumberExpr n: return n.Value;
             case NameExpr n:
                 var d = dim(n.Name);
-                if (d is null) Error(n.Loc, $"unknown dim '{n.Name}'{Suggest(n.Name, _dimOrder.Keys)}");
+                // A declared dim without a size had its own error (cycle, bad size); do not report its uses.
+                if (d is null && !_dimOrder.ContainsKey(n.Name)) Error(n.Loc, $"unknown dim '{n.Name}'{Suggest(n.Name, _dimOrder.Keys)}");
                 return d;
             case UnaryExpr u: return -EvalConst(u.Operand, dim);
             case BinaryExpr b:
@@ -154,7 +162,7 @@ internal sealed partial class Binder
     /// <summary>" (did you mean 'x'?)" for a close enough known name.</summary>
     internal static string Suggest(string name, IEnumerable<string> known)
     {
-        var best = known.Select(k => (k, d: Distance(name, k))).Where(p => p.d <= Math.Max(1, name.Length / 3))
+        var best = known.Select(k => (k, d: Distance(name, k))).Where(p => p.d <= Math.Max(1, name.Length / 3) && p.d < name.Length)
             .OrderBy(p => p.d).ThenBy(p => p.k, StringComparer.Ordinal).FirstOrDefault();
         return best.k is null ? "" : $" (did you mean '{best.k}'?)";
     }

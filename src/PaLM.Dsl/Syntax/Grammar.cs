@@ -18,6 +18,12 @@ internal sealed class Grammar
     private readonly int _line0;
     private readonly int _col0;
 
+    // The furthest input position where a token was expected and not found, and what was expected there. Sprache's
+    // alternatives report the failure of the last branch tried (for "y = f(x" that is '(' after a plain name), so
+    // the error is placed where parsing got furthest instead.
+    private IInput? _failAt;
+    private readonly List<string> _failExpected = new();
+
     private Grammar(string file, int line0, int col0)
     {
         _file = file;
@@ -31,11 +37,22 @@ internal sealed class Grammar
         var g = new Grammar(file, s.Line, s.Column);
         var result = g.Statement.End()(new Input(s.Text));
         if (result.WasSuccessful) return (result.Value, null);
-        var rem = result.Remainder;
+        g.NoteFailure(Ws(result.Remainder).Remainder, result.Expectations);
+        var rem = g._failAt!;
         var found = rem.AtEnd ? "end of line" : $"'{Snippet(s.Text, rem.Position)}'";
-        var expected = result.Expectations.Distinct().Take(6).ToList();
+        var expected = g._failExpected.Select(x => x == "end of input" ? "end of line" : x).Distinct().Take(8).ToList();
         var msg = $"syntax error: unexpected {found}" + (expected.Count > 0 ? $"; expected {string.Join(" or ", expected)}" : "");
         return (null, new Diagnostic(g.Loc(rem.Line, rem.Column), msg));
+    }
+
+    private void NoteFailure(IInput at, IEnumerable<string> expectations)
+    {
+        if (_failAt is null || at.Position > _failAt.Position)
+        {
+            _failAt = at;
+            _failExpected.Clear();
+        }
+        if (at.Position == _failAt.Position) _failExpected.AddRange(expectations);
     }
 
     private static string Snippet(string text, int pos)
@@ -56,9 +73,9 @@ internal sealed class Grammar
     {
         var afterWs = Ws(i).Remainder;
         var r = p(afterWs);
-        return r.WasSuccessful
-            ? Result.Success(make(r.Value, Loc(afterWs.Line, afterWs.Column)), r.Remainder)
-            : Result.Failure<T>(r.Remainder, r.Message, r.Expectations);
+        if (r.WasSuccessful) return Result.Success(make(r.Value, Loc(afterWs.Line, afterWs.Column)), r.Remainder);
+        NoteFailure(afterWs, r.Expectations);
+        return Result.Failure<T>(r.Remainder, r.Message, r.Expectations);
     };
 
     private Parser<SourceLoc> Sym(string s) => Tok(Parse.String(s).Text().Named($"'{s}'"), (_, l) => l);
@@ -112,7 +129,7 @@ internal sealed class Grammar
 
     private Parser<Expr> Binary(Parser<Expr> operand, char a, char b) =>
         from first in operand
-        from rest in (from op in Tok(Parse.Chars(a, b), (c, l) => (c, l)) from right in operand select (op, right)).Many()
+        from rest in (from op in Tok(Parse.Chars(a, b).Named($"'{a}' or '{b}'"), (c, l) => (c, l)) from right in operand select (op, right)).Many()
         select rest.Aggregate(first, (left, r) => new BinaryExpr(r.op.c, left, r.right, r.op.l));
 
     private Parser<Expr> Unary => Parse.Ref(() =>

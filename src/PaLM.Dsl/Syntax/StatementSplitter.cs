@@ -6,6 +6,8 @@ internal readonly record struct StatementText(string Text, int Line, int Column)
 /// <summary>
 /// Cuts a file into statements before parsing, so a syntax error in one statement does not hide errors in the next:
 /// a statement ends at the end of a line unless a ( or [ is still open. Comments run from # to the end of the line.
+/// A line that starts with a keyword or '}' always starts a new statement (neither can continue an expression), so an
+/// unclosed bracket does not swallow the rest of the file.
 /// </summary>
 internal static class StatementSplitter
 {
@@ -17,6 +19,12 @@ internal static class StatementSplitter
         for (int i = 0; i < lines.Length; i++)
         {
             var line = StripComment(lines[i]);
+            if (buffer.Length > 0 && StartsStatement(line))
+            {
+                yield return new StatementText(buffer.ToString().TrimEnd(), startLine, startCol);
+                buffer.Clear();
+                depth = 0;
+            }
             if (buffer.Length == 0)
             {
                 var first = FirstNonSpace(line);
@@ -38,6 +46,16 @@ internal static class StatementSplitter
             }
         }
         if (buffer.Length > 0) yield return new StatementText(buffer.ToString().TrimEnd(), startLine, startCol);
+    }
+
+    private static bool StartsStatement(string line)
+    {
+        var first = FirstNonSpace(line);
+        if (first < 0) return false;
+        if (line[first] == '}') return true;
+        var end = first;
+        while (end < line.Length && (char.IsLetterOrDigit(line[end]) || line[end] == '_')) end++;
+        return Grammar.Keywords.Contains(line[first..end]);
     }
 
     private static int FirstNonSpace(string s)

@@ -19,7 +19,7 @@ public static class ControlOps
         Signature = Sig(1, OpSignature.Variadic, Dim("count"), new AttrSpec("carried", AttrKind.Int), new AttrSpec("stacked", AttrKind.Int)),
         Infer = c =>
         {
-            var count = c.Dim(c.DimNames("count").Single());
+            var count = c.OneDim("count");
             var carried = (int)c.Int("carried");
             var stacked = (int)c.Int("stacked");
             if (carried < 1 || stacked < 0 || carried + stacked > c.Inputs.Length)

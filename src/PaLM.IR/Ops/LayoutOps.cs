@@ -17,8 +17,9 @@ internal static class LayoutOps
             {
                 var to = NewDims(c, c.DimNames("to"), "reshape");
                 var t = c.Inputs[0].WithDims(to);
-                if (t.ElementCount != c.Inputs[0].ElementCount)
-                    throw InferContext.Fail($"reshape: {c.Inputs[0]} has {c.Inputs[0].ElementCount} elements but [{string.Join(", ", to.Select(d => d.Name))}] has {t.ElementCount}");
+                var (n, m) = (Elements(c.Inputs[0]), Elements(t));
+                if (n != m)
+                    throw InferContext.Fail($"reshape: {c.Inputs[0]} has {n} elements but [{string.Join(", ", to.Select(d => d.Name))}] has {m}");
                 return One(t);
             },
             Flops = _ => 0,
@@ -75,6 +76,7 @@ internal static class LayoutOps
                 c.SameDType("operand");
                 var first = c.Inputs[0];
                 var axis = first.IndexOf(along[0]);
+                if (axis < 0) throw InferContext.Fail($"concat: '{along[0]}' is not a dim of operand 1 {first}");
                 for (int i = 0; i < c.Inputs.Length; i++)
                 {
                     var t = c.Inputs[i];
@@ -84,7 +86,7 @@ internal static class LayoutOps
                         if (k != axis && t.Dims[k] != first.Dims[k])
                             throw InferContext.Fail($"concat: operand {i + 1} {t} differs from {first} outside the concatenated dim");
                 }
-                var asDim = c.Dim(c.DimNames("as").Single());
+                var asDim = c.OneDim("as");
                 var total = Enumerable.Range(0, c.Inputs.Length).Sum(i => c.Inputs[i].Dims[axis].Size);
                 if (asDim.Size != total)
                     throw InferContext.Fail($"concat: the pieces sum to {total} but '{asDim.Name}' has size {asDim.Size}");
@@ -93,6 +95,12 @@ internal static class LayoutOps
             Flops = _ => 0,
             Lower = c => new RtCall("Concat", new LAllInputs(), LArg.Lit(c.Axis(0, "along"))),
         });
+    }
+
+    private static long Elements(TensorType t)
+    {
+        try { return t.ElementCount; }
+        catch (OverflowException) { throw InferContext.Fail($"reshape: {t} has more than 2^63 elements"); }
     }
 
     private static ImmutableArray<Dim> NewDims(InferContext c, ImmutableArray<string> names, string op)

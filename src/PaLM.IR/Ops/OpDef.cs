@@ -43,6 +43,14 @@ public sealed class InferContext(OpDef op, ImmutableArray<TensorType> inputs, Im
     public Dim Dim(string name) =>
         Dims.TryGetValue(name, out var d) ? d : throw Fail($"unknown dim '{name}'");
 
+    /// <summary>The declared dim named by attribute <paramref name="attr"/>, which must name exactly one.</summary>
+    public Dim OneDim(string attr)
+    {
+        var names = DimNames(attr);
+        if (names.Length != 1) throw Fail($"{Op.Name}: '{attr}' names one dim, got {names.Length}");
+        return Dim(names[0]);
+    }
+
     /// <summary>The single dim named by attribute <paramref name="attr"/>, which must be a dim of operand <paramref name="operand"/>.</summary>
     public int AxisOf(int operand, string attr)
     {
