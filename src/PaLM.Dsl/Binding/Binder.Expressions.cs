@@ -209,13 +209,12 @@ internal sealed partial class Binder
             else { Error(call.Callee.Loc, $"'{name}' needs attribute '{spec.Name}=' ({Describe(spec.Kind)})"); ok = false; }
         }
 
-        var inputs = new List<Value>();
-        foreach (var p in positional)
-        {
-            var b = BindExpr(p.Value, scope, hint + "_" + name);
-            if (b.Failed) { ok = false; continue; }
-            inputs.Add(b.Value ?? Constant(b.Const!.Value, inputs.FirstOrDefault()?.Type.DType ?? DType.F32, scope, p.Loc));
-        }
+        var bound = positional.Select(p => (p, b: BindExpr(p.Value, scope, hint + "_" + name))).ToList();
+        if (bound.Any(x => x.b.Failed)) ok = false;
+        // A number operand takes the dtype of the first tensor operand, wherever that stands (maximum(0, x)).
+        var dtype = bound.Select(x => x.b.Value?.Type.DType).FirstOrDefault(t => t is not null) ?? DType.F32;
+        var inputs = bound.Where(x => !x.b.Failed)
+            .Select(x => x.b.Value ?? Constant(x.b.Const!.Value, dtype, scope, x.p.Loc)).ToList();
         if (!ok) return null;
 
         var frozen = attrs.ToImmutableSortedDictionary(StringComparer.Ordinal);

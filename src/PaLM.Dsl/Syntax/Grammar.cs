@@ -82,7 +82,7 @@ internal sealed class Grammar
 
     private static readonly Parser<string> RawIdent =
         from first in Parse.Char(c => char.IsLetter(c) || c == '_', "letter")
-        from rest in Parse.Char(c => char.IsLetterOrDigit(c) || c == '_' || char.GetUnicodeCategory(c) == UnicodeCategory.Format, "letter or digit").Many().Text()
+        from rest in Parse.Char(c => char.IsLetterOrDigit(c) || c == '_', "letter or digit").Many().Text()
         select first + rest;
 
     private Parser<NameRef> Name => Tok(RawIdent.Where(s => !Keywords.Contains(s)).Named("name"), (s, l) => new NameRef(s, l));
