@@ -147,7 +147,7 @@ public sealed class Emitter
         foreach (var n in block.Nodes)
         {
             var comment = Comment("// " + CSharpNames.CommentText(
-                (n.Loc is { } l ? $"{Path.GetFileName(l.File)}:{l.Line}: " : "") + Printer.FormatNode(n).Split(" : ")[0]));
+                (n.Loc is { } l ? $"{Path.GetFileName(l.File)}:{l.Line}: " : "") + Printer.FormatNodeHead(n)));
             var start = body.Count;
             var lowering = n.Op.Lower(new LowerContext(n));
             switch (lowering)

@@ -35,13 +35,20 @@ public static class Printer
         return sb.ToString().TrimEnd('\n');
     }
 
-    private static void AppendNode(StringBuilder sb, Node n, string indent, bool withRegions = true)
+    /// <summary>A node without types, location or regions: <c>%y = op(%a, %b) {attrs}</c>.</summary>
+    public static string FormatNodeHead(Node n)
     {
-        sb.Append(indent);
+        var sb = new StringBuilder();
         sb.Append(string.Join(", ", n.Outputs.Select(o => o.ToString()))).Append(" = ").Append(n.Op.Name);
         sb.Append('(').Append(string.Join(", ", n.Inputs.Select(i => i.ToString()))).Append(')');
         if (n.Attrs.Count > 0)
             sb.Append(" {").Append(string.Join(", ", n.Attrs.Select(kv => $"{kv.Key}={kv.Value.Format()}"))).Append('}');
+        return sb.ToString();
+    }
+
+    private static void AppendNode(StringBuilder sb, Node n, string indent, bool withRegions = true)
+    {
+        sb.Append(indent).Append(FormatNodeHead(n));
         sb.Append(" : ").Append(string.Join(", ", n.Outputs.Select(FormatType)));
         if (withRegions && n.Regions.Length > 0)
         {

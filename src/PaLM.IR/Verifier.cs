@@ -41,7 +41,7 @@ public static class Verifier
             string Where(string msg) => Context(block, i, msg);
             var sig = n.Op.Signature;
             if (n.Inputs.Length < sig.MinOperands || n.Inputs.Length > sig.MaxOperands)
-                throw new VerifyException(Where($"{n.Op.Name} takes {Arity(sig)} operands, has {n.Inputs.Length}"));
+                throw new VerifyException(Where($"{n.Op.Name} takes {sig.OperandCount} operands, has {n.Inputs.Length}"));
             foreach (var input in n.Inputs)
                 if (!scope.Contains(input))
                     throw new VerifyException(Where($"operand {input} is not defined before its use in this block"));
@@ -119,9 +119,6 @@ public static class Verifier
     private static string Describe(TensorType t, TensorType other) =>
         t.ToString() != other.ToString() ? t.ToString()
             : $"{DTypes.Name(t.DType)}[{string.Join(", ", t.Dims.Select(d => $"{d.Name}={d.Size}"))}]";
-
-    private static string Arity(OpSignature s) =>
-        s.MaxOperands == OpSignature.Variadic ? $"at least {s.MinOperands}" : s.MinOperands == s.MaxOperands ? $"{s.MinOperands}" : $"{s.MinOperands}-{s.MaxOperands}";
 
     /// <summary>The error with the bad node marked and one neighbour on each side.</summary>
     private static string Context(Block block, int i, string msg)

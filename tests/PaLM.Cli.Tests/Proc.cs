@@ -87,5 +87,5 @@ internal static class Proc
     public static Task<string> TinyLoss => s_tinyLoss.Value;
 
     private static readonly Lazy<Task<string>> s_tinyLoss = new(async () =>
-        LossLine((await Palmc("run", Repo.Graph("palm-tiny.palm"))).Expect(0)));
+        LossLine((await Palmc("run", TestPaths.Graph("palm-tiny"))).Expect(0)));
 }

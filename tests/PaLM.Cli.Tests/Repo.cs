@@ -2,20 +2,11 @@ using System.Reflection;
 
 namespace PaLM.Cli.Tests;
 
-/// <summary>Where things are: the repository root, its graphs, palmc.dll and the example program.</summary>
+/// <summary>Where the programs under test are: palmc.dll and the example program.</summary>
 internal static class Repo
 {
-    /// <summary>The folder holding PaLM.Compiler.sln, found by walking up from the test assembly.</summary>
-    public static string Root { get; } = Find();
-
-    private static string Find()
-    {
-        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
-            if (File.Exists(Path.Combine(d.FullName, "PaLM.Compiler.sln"))) return d.FullName;
-        throw new InvalidOperationException($"PaLM.Compiler.sln not found above {AppContext.BaseDirectory}");
-    }
-
-    public static string Graph(string name) => Path.Combine(Root, "graphs", name);
+    /// <summary>The folder holding PaLM.Compiler.sln.</summary>
+    public static string Root => TestPaths.RepoRoot;
 
     /// <summary>palmc.dll as copied into this project's output (the ProjectReference to src/PaLM.Cli).</summary>
     public static string PalmcDll { get; } = typeof(PaLM.Cli.Program).Assembly.Location;

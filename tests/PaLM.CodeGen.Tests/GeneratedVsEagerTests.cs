@@ -24,7 +24,7 @@ public sealed class GeneratedVsEagerTests
     [Fact]
     public void PalmTinyMatchesTheEagerReference()
     {
-        var program = RoslynCompiler.CompileInMemory(Emitter.Emit(Frontend.CompileFile(Repo.Graph("palm-tiny.palm"))));
+        var program = RoslynCompiler.CompileInMemory(Emitter.Emit(Frontend.CompileFile(TestPaths.Graph("palm-tiny"))));
         foreach (var seed in new long[] { 0, 7 })
         {
             var (g, r) = Losses(program, seed);
@@ -44,7 +44,7 @@ public sealed class GeneratedVsEagerTests
         var text = string.Create(CultureInfo.InvariantCulture,
             $"dim layers = {layers}, heads = {heads}, head_dim = {headDim}, d_model = {dModel}, d_ff = {dff}\n" +
             $"dim vocab = {vocab}, seq = {seq}, batch = {batch}\nmesh pod = 1, data = 1, model = 1\ninclude \"arch/palm.palm\"\n");
-        var graph = Frontend.CompileText(Repo.Graph($"random-{configSeed}.palm"), text);
+        var graph = Frontend.CompileText(TestPaths.Graph($"random-{configSeed}"), text);
         var program = RoslynCompiler.CompileInMemory(Emitter.Emit(graph));
         var (g, r) = Losses(program, configSeed);
         Assert.True(Math.Abs(g - r) <= 1e-5 * Math.Abs(r),

@@ -8,8 +8,8 @@ public sealed class GoldenTests
     [Fact]
     public void PalmTinyGeneratedSourceMatchesTheSnapshot()
     {
-        var actual = Emitter.Emit(Frontend.CompileFile(Repo.Graph("palm-tiny.palm")), "palm-tiny.cs").Text;
-        var path = Path.Combine(Repo.Root, "tests", "PaLM.CodeGen.Tests", "golden", "palm-tiny.cs.txt");
+        var actual = Emitter.Emit(Frontend.CompileFile(TestPaths.Graph("palm-tiny")), "palm-tiny.cs").Text;
+        var path = Path.Combine(TestPaths.RepoRoot, "tests", "PaLM.CodeGen.Tests", "golden", "palm-tiny.cs.txt");
         if (Environment.GetEnvironmentVariable("PALMC_UPDATE_GOLDEN") == "1") File.WriteAllText(path, actual);
         var expected = File.ReadAllText(path);
         if (expected == actual) return;

@@ -145,7 +145,7 @@ internal sealed partial class Binder
         var ok = true;
         if (positional.Count < sig.MinOperands || positional.Count > sig.MaxOperands)
         {
-            var want = sig.MaxOperands == OpSignature.Variadic ? $"at least {sig.MinOperands}" : sig.MinOperands == sig.MaxOperands ? $"{sig.MinOperands}" : $"{sig.MinOperands} to {sig.MaxOperands}";
+            var want = sig.OperandCount;
             Error(call.Callee.Loc, $"'{name}' takes {want} operand{(want == "1" ? "" : "s")}, got {positional.Count}");
             ok = false;
         }

@@ -12,7 +12,6 @@ internal sealed partial class Binder
 {
     private readonly List<Diagnostic> _diags;
     private readonly Dictionary<string, Dim> _dims = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, SourceLoc> _dimLocs = new(StringComparer.Ordinal);
     private readonly List<GraphArg> _args = new();
     private readonly List<(string Name, Value Value)> _outputs = new();
     private Mesh? _mesh;
@@ -88,7 +87,6 @@ internal sealed partial class Binder
                 return null;
             }
             _dims[name] = new Dim(name, v.Value);
-            _dimLocs[name] = decl.Name.Loc;
             return v;
         }
         foreach (var name in pending.Keys.ToList()) Resolve(name);

@@ -14,6 +14,10 @@ public sealed record OpSignature(int MinOperands, int MaxOperands, ImmutableArra
     public const int Variadic = int.MaxValue;
 
     public AttrSpec? FindAttr(string name) => Attrs.FirstOrDefault(a => a.Name == name);
+
+    /// <summary>How many operands, in words: "1", "1 to 2", "at least 2".</summary>
+    public string OperandCount =>
+        MaxOperands == Variadic ? $"at least {MinOperands}" : MinOperands == MaxOperands ? $"{MinOperands}" : $"{MinOperands} to {MaxOperands}";
 }
 
 /// <summary>A type error found by an op's inference rule; the caller attaches the source location.</summary>

@@ -1,6 +1,6 @@
-namespace PaLM.IR.Tests;
+namespace PaLM.Tests;
 
-/// <summary>Locates the repository (the folder holding PaLM.Compiler.sln) from the test's output folder.</summary>
+/// <summary>Locates the repository (the folder holding PaLM.Compiler.sln) from a test's output folder. Linked into every test project.</summary>
 internal static class TestPaths
 {
     private static readonly Lazy<string> s_root = new(() =>
@@ -14,6 +14,7 @@ internal static class TestPaths
 
     public static string Graphs => Path.Combine(RepoRoot, "graphs");
 
+    /// <summary>graphs/NAME.palm.</summary>
     public static string Graph(string name) => Path.Combine(Graphs, name + ".palm");
 
     /// <summary>The top-level graph files (graphs/*.palm, not graphs/arch/).</summary>
