@@ -15,6 +15,7 @@ public static class Program
             StatsCommand.Create(),
             CompileCommand.Create(),
             RunCommand.Create(),
+            PlanCommand.Create(),
         };
         return root.Parse(args).Invoke();
     }

@@ -16,7 +16,7 @@ public sealed class CSharpNames
     {
         "Rt", "torch", "Tensor", "ScalarType", "TensorSpec", "ProgramHost", "IGraphProgram", "System", "PaLM", "TorchSharp",
         "parameters", "inputs", "scope", "seed", "gen", "args", "Main", "Name", "Parameters", "Inputs", "Outputs",
-        "Forward", "InitParameters",
+        "Forward", "InitParameters", "device", "Mesh", "MeshShape", "DeviceContext",
     };
 
     private readonly HashSet<string> _used = new(StringComparer.Ordinal);

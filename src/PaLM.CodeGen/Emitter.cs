@@ -44,9 +44,10 @@ public sealed class Emitter
             .AddBaseListTypes(SimpleBaseType(ParseTypeName("IGraphProgram")))
             .AddMembers(
                 Property("string", "Name", Lit(_graph.Name)),
-                Property("IReadOnlyList<TensorSpec>", "Parameters", Specs(_graph.Parameters.Select(a => (a.Value, a.Value.Name)))),
-                Property("IReadOnlyList<TensorSpec>", "Inputs", Specs(_graph.Inputs.Select(a => (a.Value, a.Value.Name)))),
-                Property("IReadOnlyList<TensorSpec>", "Outputs", Specs(_graph.Body.Results.Select((v, i) => (v, _graph.OutputNames[i])))),
+                Property("MeshShape", "Mesh", MeshShape()),
+                Property("IReadOnlyList<TensorSpec>", "Parameters", Specs(_graph.Parameters)),
+                Property("IReadOnlyList<TensorSpec>", "Inputs", Specs(_graph.Inputs)),
+                Property("IReadOnlyList<TensorSpec>", "Outputs", Specs(_graph.Body.Results.Select((v, i) => new GraphArg(v, ArgKind.Input, null)), _graph.OutputNames)),
                 InitMethod(),
                 ForwardMethod(),
                 MainMethod(className));
@@ -77,13 +78,33 @@ public sealed class Emitter
             .WithInitializer(EqualsValueClause(value))
             .WithSemicolonToken(Token(SyntaxKind.SemicolonToken));
 
-    private ExpressionSyntax Specs(IEnumerable<(Value Value, string Name)> values) =>
-        Array("TensorSpec", values.Select(v => (ExpressionSyntax)ObjectCreationExpression(IdentifierName("TensorSpec"))
-            .AddArgumentListArguments(
-                Argument(Lit(v.Name)),
-                Argument(DType(v.Value.Type.DType)),
-                Argument(Longs(v.Value.Type.Shape)),
-                Argument(Array("string", v.Value.Type.Dims.Select(d => Lit(d.Name)))))));
+    /// <summary>
+    /// Specs of arguments (or results) with their global shapes and, for a per-device program, how each is split over
+    /// the mesh, so hosts can make global tensors and hand each device its piece.
+    /// </summary>
+    private static ExpressionSyntax Specs(IEnumerable<GraphArg> args, IReadOnlyList<string>? names = null) =>
+        Array("TensorSpec", args.Select((a, i) =>
+        {
+            var global = a.Spmd?.GlobalType ?? a.Value.Type;
+            var sharding = a.Spmd?.Sharding ?? IR.Sharding.Replicated(global.Rank);
+            return (ExpressionSyntax)ObjectCreationExpression(IdentifierName("TensorSpec"))
+                .AddArgumentListArguments(
+                    Argument(Lit(names?[i] ?? a.Value.Name)),
+                    Argument(DType(global.DType)),
+                    Argument(Longs(global.Shape)),
+                    Argument(Array("string", global.Dims.Select(d => Lit(d.Name)))),
+                    Argument(AxesArray(sharding)));
+        }));
+
+    private static ExpressionSyntax AxesArray(IR.Sharding s) =>
+        Array("string[]", s.DimAxes.Select(axes => Array("string", axes.Select(Lit))));
+
+    private ExpressionSyntax MeshShape()
+    {
+        var axes = _graph.Mesh?.Axes ?? [];
+        return ObjectCreationExpression(IdentifierName("MeshShape")).AddArgumentListArguments(
+            Argument(Array("string", axes.Select(a => Lit(a.Name)))), Argument(Longs(axes.Select(a => a.Size))));
+    }
 
     private MethodDeclarationSyntax InitMethod()
     {
@@ -91,15 +112,21 @@ public sealed class Emitter
         var items = new List<ExpressionSyntax>();
         foreach (var p in _graph.Parameters)
         {
-            var t = p.Value.Type;
-            items.Add(p.Init!.Kind == InitKind.Normal
+            // Every device draws the global tensor from the same seeded stream and keeps its piece, so a partitioned
+            // program starts from exactly the weights of the single-device one.
+            var t = p.Spmd?.GlobalType ?? p.Value.Type;
+            ExpressionSyntax init = p.Init!.Kind == InitKind.Normal
                 ? Rt("InitNormal", IdentifierName("gen"), Longs(t.Shape), Lit(p.Init.Value), DType(t.DType))
-                : Rt("InitConstant", Longs(t.Shape), Lit(p.Init.Value), DType(t.DType)));
+                : Rt("InitConstant", Longs(t.Shape), Lit(p.Init.Value), DType(t.DType));
+            if (p.Spmd is { } spmd && !spmd.Sharding.IsReplicated) init = Rt("ShardOf", IdentifierName("device"), init, AxesArray(spmd.Sharding));
+            items.Add(init);
         }
         body.Add(ReturnStatement(Array("Tensor", items)));
         return MethodDeclaration(ParseTypeName("Tensor[]"), "InitParameters")
             .AddModifiers(Token(SyntaxKind.PublicKeyword))
-            .AddParameterListParameters(Parameter(Identifier("seed")).WithType(ParseTypeName("long")))
+            .AddParameterListParameters(
+                Parameter(Identifier("device")).WithType(ParseTypeName("DeviceContext")),
+                Parameter(Identifier("seed")).WithType(ParseTypeName("long")))
             .WithBody(Block(body));
     }
 
@@ -123,6 +150,7 @@ public sealed class Emitter
         return MethodDeclaration(ParseTypeName("Tensor[]"), "Forward")
             .AddModifiers(Token(SyntaxKind.PublicKeyword))
             .AddParameterListParameters(
+                Parameter(Identifier("device")).WithType(ParseTypeName("DeviceContext")),
                 Parameter(Identifier("parameters")).WithType(ParseTypeName("Tensor[]")),
                 Parameter(Identifier("inputs")).WithType(ParseTypeName("Tensor[]")))
             .WithBody(Block(body));
@@ -206,6 +234,8 @@ public sealed class Emitter
         LInput i => Ref(n.Inputs[i.Index]),
         LAllInputs => Array("Tensor", n.Inputs.Select(Ref)),
         LNested nested => Call(nested.Call, n),
+        LDevice => IdentifierName("device"),
+        LLiteral { Value: string[] v } => Array("string", v.Select(Lit)),
         LLiteral { Value: long v } => Lit(v),
         LLiteral { Value: double v } => Lit(v),
         LLiteral { Value: string v } => Lit(v),

@@ -82,8 +82,14 @@ public enum InitKind { Normal, Constant }
 
 public enum ArgKind { Parameter, Input }
 
-/// <summary>A graph argument: a parameter (trained, with an initializer) or an input (data).</summary>
-public sealed record GraphArg(Value Value, ArgKind Kind, Init? Init);
+/// <summary>
+/// A graph argument: a parameter (trained, with an initializer) or an input (data). In a per-device graph made by
+/// the SPMD partitioner, <see cref="Spmd"/> says which piece of which global tensor the (local) value is.
+/// </summary>
+public sealed record GraphArg(Value Value, ArgKind Kind, Init? Init, SpmdArg? Spmd = null);
+
+/// <summary>The global tensor a per-device argument is a piece of, and how it is split over the mesh.</summary>
+public sealed record SpmdArg(TensorType GlobalType, Sharding Sharding);
 
 /// <summary>
 /// A whole model: declared dims, the mesh, arguments, and the top-level block whose results are the outputs.

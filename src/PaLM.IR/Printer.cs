@@ -19,6 +19,7 @@ public static class Printer
         {
             sb.Append(a.Kind == ArgKind.Parameter ? "param " : "input ").Append(FormatValueDecl(a.Value));
             if (a.Init is { } init) sb.Append(" init=").Append(init.Format());
+            if (a.Spmd is { } spmd) sb.Append(" global=").Append(spmd.GlobalType).Append(" shard").Append(spmd.Sharding.Format(spmd.GlobalType));
             AppendLoc(sb, a.Value.Loc).Append('\n');
         }
         sb.Append('\n');

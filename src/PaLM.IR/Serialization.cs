@@ -34,6 +34,10 @@ public static class Serialization
 
     internal static GraphProto ToProto(Graph g)
     {
+        // Per-device graphs are a compile-time product (the source graph plus a mesh reproduces them); the format keeps
+        // source graphs only, so saving one is refused rather than silently dropping its SPMD facts.
+        if (g.Args.Any(a => a.Spmd is not null))
+            throw new InvalidOperationException($"graph '{g.Name}' is a per-device (partitioned) graph; save the source graph instead");
         var p = new GraphProto { Version = Version, Name = g.Name, Body = Block(g.Body) };
         p.Dims.AddRange(g.Dims.Select(d => new DimProto { Name = d.Name, Size = d.Size }));
         if (g.Mesh is { } m)

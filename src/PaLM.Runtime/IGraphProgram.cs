@@ -2,8 +2,15 @@ using TorchSharp;
 
 namespace PaLM.Runtime;
 
-/// <summary>Name, element type and global shape of one program argument or result.</summary>
-public sealed record TensorSpec(string Name, torch.ScalarType DType, long[] Shape, string[] Dims);
+/// <summary>
+/// Name, element type and global shape of one program argument or result, and for each dim the mesh axes that split
+/// it (a device holds its piece; none = whole on every device).
+/// </summary>
+public sealed record TensorSpec(string Name, torch.ScalarType DType, long[] Shape, string[] Dims, string[][]? Sharding = null)
+{
+    /// <summary>The per-dim mesh axes (empty lists when the program is not partitioned).</summary>
+    public string[][] DimAxes => Sharding ?? Dims.Select(_ => Array.Empty<string>()).ToArray();
+}
 
 /// <summary>
 /// What every generated program implements. The same class serves the in-memory path (<c>palmc run</c>)
@@ -14,18 +21,33 @@ public interface IGraphProgram
     /// <summary>The graph's name (the DSL file's stem).</summary>
     string Name { get; }
 
-    /// <summary>Parameters in the order <see cref="Forward"/> takes them; layer-repeated ones carry a leading layer dim.</summary>
+    /// <summary>The mesh the program was partitioned for (no axes: one device). Every device runs this same program.</summary>
+    MeshShape Mesh { get; }
+
+    /// <summary>Parameters in the order <c>Forward</c> takes them; layer-repeated ones carry a leading layer dim.</summary>
     IReadOnlyList<TensorSpec> Parameters { get; }
 
-    /// <summary>Inputs in the order <see cref="Forward"/> takes them.</summary>
+    /// <summary>Inputs in the order <c>Forward</c> takes them.</summary>
     IReadOnlyList<TensorSpec> Inputs { get; }
 
-    /// <summary>Outputs in the order <see cref="Forward"/> returns them.</summary>
+    /// <summary>Outputs in the order <c>Forward</c> returns them.</summary>
     IReadOnlyList<TensorSpec> Outputs { get; }
 
-    /// <summary>Creates every parameter from its DSL initializer with a seeded generator.</summary>
-    torch.Tensor[] InitParameters(long seed);
+    /// <summary>
+    /// Creates <paramref name="device"/>'s piece of every parameter: the global tensor from its DSL initializer with a
+    /// seeded generator (the same on every device), then the device's slice.
+    /// </summary>
+    torch.Tensor[] InitParameters(DeviceContext device, long seed);
 
-    /// <summary>Runs the graph. Results outlive the call (they are moved out of its dispose scope).</summary>
-    torch.Tensor[] Forward(torch.Tensor[] parameters, torch.Tensor[] inputs);
+    /// <summary>
+    /// Runs the program on <paramref name="device"/> with its pieces of the parameters and inputs; collectives talk to
+    /// the other devices of its mesh. Results outlive the call (they are moved out of its dispose scope).
+    /// </summary>
+    torch.Tensor[] Forward(DeviceContext device, torch.Tensor[] parameters, torch.Tensor[] inputs);
+
+    /// <summary>Parameters of a single-device program.</summary>
+    torch.Tensor[] InitParameters(long seed) => InitParameters(DeviceContext.Single, seed);
+
+    /// <summary>Runs a single-device program.</summary>
+    torch.Tensor[] Forward(torch.Tensor[] parameters, torch.Tensor[] inputs) => Forward(DeviceContext.Single, parameters, inputs);
 }

@@ -39,20 +39,37 @@ public static class ProgramHost
     public static int RunLoss(IGraphProgram program, long seed = 0, TextWriter? output = null)
     {
         output ??= Console.Out;
-        Rt.Initialize();
-        using var scope = NewDisposeScope();
-        var parameters = program.InitParameters(seed);
-        var inputs = MakeInputs(program, seed + 1);
-        var results = program.Forward(parameters, inputs);
-
         var loss = program.Outputs.Select((o, i) => (o, i)).Where(p => p.o.Name == "loss" && p.o.Shape.Length == 0).ToList();
         var shown = loss.Count == 1 ? loss : program.Outputs.Select((o, i) => (o, i)).Where(p => p.o.Shape.Length == 0).ToList();
-        foreach (var (spec, i) in shown)
-        {
-            var value = results[i].to_type(ScalarType.Float64).item<double>();
-            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{spec.Name} = {value:F6}"));
-        }
+        var values = ScalarOutputs(program, seed, shown.Select(s => s.i).ToArray());
+        for (int k = 0; k < shown.Count; k++)
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{shown[k].o.Name} = {values[k]:F6}"));
         return 0;
+    }
+
+    /// <summary>
+    /// Runs the program once on every device of its mesh (in-process virtual devices, one thread each) on parameters
+    /// from <paramref name="seed"/> and a batch from <c>seed + 1</c>, and returns the scalar outputs at
+    /// <paramref name="indices"/>. Every device must agree on them (they are replicated after the program's
+    /// all-reduces); a disagreement is an error, never averaged away.
+    /// </summary>
+    public static double[] ScalarOutputs(IGraphProgram program, long seed, int[] indices)
+    {
+        Rt.Initialize();
+        var perDevice = InProcessMesh.Run(program.Mesh, device =>
+        {
+            using var scope = NewDisposeScope();
+            var parameters = program.InitParameters(device, seed);
+            var inputs = MakeInputs(program, seed + 1).Select((t, i) => Rt.ShardOf(device, t, program.Inputs[i].DimAxes)).ToArray();
+            var results = program.Forward(device, parameters, inputs);
+            return indices.Select(i => results[i].to_type(ScalarType.Float64).item<double>()).ToArray();
+        });
+        for (int d = 1; d < perDevice.Length; d++)
+            for (int k = 0; k < indices.Length; k++)
+                if (BitConverter.DoubleToInt64Bits(perDevice[d][k]) != BitConverter.DoubleToInt64Bits(perDevice[0][k]))
+                    throw new InvalidOperationException(
+                        $"devices disagree on output '{program.Outputs[indices[k]].Name}': device 0 has {perDevice[0][k]:R}, device {d} has {perDevice[d][k]:R}");
+        return perDevice[0];
     }
 
     private static Tensor[] MakeInputs(IGraphProgram program, long seed)

@@ -229,6 +229,68 @@ public static class Rt
         return loss.MoveToOuterDisposeScope();
     }
 
+    /// <summary>Concatenates the group's <paramref name="x"/> along <paramref name="dim"/> (see <see cref="ICollectives.AllGather"/>).</summary>
+    public static Tensor AllGather(DeviceContext d, Tensor x, long dim, string[] axes) => d.Comm.AllGather(x, dim, axes);
+
+    /// <summary>Sums over the group and keeps this device's chunk along <paramref name="dim"/> (see <see cref="ICollectives.ReduceScatter"/>).</summary>
+    public static Tensor ReduceScatter(DeviceContext d, Tensor x, long dim, string[] axes) => d.Comm.ReduceScatter(x, dim, axes);
+
+    /// <summary>Sums over the group (see <see cref="ICollectives.AllReduce"/>).</summary>
+    public static Tensor AllReduce(DeviceContext d, Tensor x, string[] axes) => d.Comm.AllReduce(x, axes);
+
+    /// <summary>Exchanges chunks within the group (see <see cref="ICollectives.AllToAll"/>).</summary>
+    public static Tensor AllToAll(DeviceContext d, Tensor x, long splitDim, long concatDim, string[] axes) =>
+        d.Comm.AllToAll(x, splitDim, concatDim, axes);
+
+    /// <summary>
+    /// This device's chunk of <paramref name="x"/> along <paramref name="dim"/>: chunk ShardIndex(axes) of ShardCount(axes)
+    /// equal ones, as a new contiguous tensor (so the full tensor need not stay alive). Empty axes or one shard: x.alias().
+    /// </summary>
+    public static Tensor ShardSlice(DeviceContext d, Tensor x, long dim, string[] axes)
+    {
+        long count = d.ShardCount(axes);
+        if (count == 1)
+            return x.alias();
+        if (dim < 0)
+            dim += x.dim();
+        long size = x.shape[dim];
+        if (size % count != 0)
+            throw new ArgumentException($"ShardSlice: dimension {dim} of size {size} does not divide into {count} shards over [{string.Join(", ", axes)}].", nameof(x));
+        long chunk = size / count;
+        using var view = x.narrow(dim, d.ShardIndex(axes) * chunk, chunk);
+        return view.is_contiguous() ? view.clone() : view.contiguous();
+    }
+
+    /// <summary>
+    /// This device's shard of a global tensor (a globally initialized parameter or input): dimension i is cut over
+    /// <paramref name="dimAxes"/>[i] (empty = replicated). Always a new tensor, never sharing memory with
+    /// <paramref name="global"/>, so devices given the same global tensor cannot write into one another's shards.
+    /// </summary>
+    public static Tensor ShardOf(DeviceContext d, Tensor global, string[][] dimAxes)
+    {
+        if (dimAxes.Length != global.dim())
+            throw new ArgumentException($"ShardOf: {dimAxes.Length} dimension shardings for a tensor of rank {global.dim()}.", nameof(dimAxes));
+        using var scope = torch.NewDisposeScope();
+        var shard = global;
+        bool copied = false;                       // ShardSlice copies whenever it cuts, and aliases otherwise
+        for (int i = 0; i < dimAxes.Length; i++)
+        {
+            if (dimAxes[i].Length > 0 && d.ShardCount(dimAxes[i]) > 1)
+            {
+                shard = ShardSlice(d, shard, i, dimAxes[i]);
+                copied = true;
+            }
+        }
+        return (copied ? shard : global.clone()).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// <paramref name="x"/> on the group's first device (ShardIndex(axes) == 0) and zeros elsewhere: a replicated term
+    /// that a following sum over the group must count once.
+    /// </summary>
+    public static Tensor GroupFirst(DeviceContext d, Tensor x, string[] axes) =>
+        d.ShardIndex(axes) == 0 ? x.alias() : torch.zeros_like(x);
+
     // Fails early with the real cause when the output copy of libLibTorchSharp.so was not patched.
     private static void ThrowIfUnpatched()
     {

@@ -9,6 +9,7 @@ public class OpTableTests
     {
         new Dim("b", 2), new Dim("s", 4), new Dim("d", 8), new Dim("h", 2), new Dim("k", 4), new Dim("f", 16),
         new Dim("v", 10), new Dim("layers", 3), new Dim("kseq", 4), new Dim("bd", 16), new Dim("da", 3), new Dim("db", 5),
+        new Dim("d/2", 4), new Dim("s/2", 2),
     }.ToDictionary(d => d.Name);
 
     /// <summary>Parses <c>f32[b, d]</c> against the test's dims.</summary>
@@ -57,6 +58,12 @@ public class OpTableTests
         ("gather", ["f32[v, d]", "i32[b, s]"], [("along", Ds("v"))], ["f32[b, s, d]"]),
         ("cross_entropy", ["f32[b, s, v]", "i32[b, s]"], [("over", Ds("v"))], ["f32[b, s]"]),
         ("repeat", ["f32[b, d]", "f32[layers, d]", "f32[s]"], [("count", Ds("layers")), ("carried", new IntAttr(1)), ("stacked", new IntAttr(1))], ["f32[b, d]"]),
+        // Collectives and local slicing exist in per-device graphs, whose split dims are named d/k.
+        ("all_gather", ["f32[b, d/2]"], [("along", Ds("d/2")), ("to", Ds("d")), ("axes", Ds("model"))], ["f32[b, d]"]),
+        ("reduce_scatter", ["f32[b, d]"], [("along", Ds("d")), ("to", Ds("d/2")), ("axes", Ds("model"))], ["f32[b, d/2]"]),
+        ("shard_slice", ["f32[b, d]"], [("along", Ds("d")), ("to", Ds("d/2")), ("axes", Ds("data"))], ["f32[b, d/2]"]),
+        ("all_reduce", ["f32[b, d]"], [("axes", Ds("pod", "data"))], ["f32[b, d]"]),
+        ("all_to_all", ["f32[s/2, d]"], [("split", Ds("d")), ("split_to", Ds("d/2")), ("concat", Ds("s/2")), ("concat_to", Ds("s")), ("axes", Ds("model"))], ["f32[s, d/2]"]),
         // Renamed einsum labels (keys' s as kseq) and a three-operand contraction.
         ("einsum", ["f32[b, h, s, k]", "f32[b, s, k]"], [("operands", new DimListsAttr([["b", "h", "s", "k"], ["b", "kseq", "k"]])), ("output", Ds("b", "h", "s", "kseq"))], ["f32[b, h, s, kseq]"]),
         ("einsum", ["f32[b, d]", "f32[d, f]", "f32[f]"], [("operands", new DimListsAttr([["b", "d"], ["d", "f"], ["f"]])), ("output", Ds("b"))], ["f32[b]"]),

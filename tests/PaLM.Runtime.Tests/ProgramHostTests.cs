@@ -22,13 +22,15 @@ public sealed class ProgramHostTests
         public IReadOnlyList<TensorSpec> Outputs { get; } =
             [new("loss", ScalarType.Float32, [], []), new("logits", ScalarType.Float32, [3, 6, 13], ["batch", "seq", "vocab"])];
 
-        public Tensor[] InitParameters(long seed)
+        public MeshShape Mesh => MeshShape.Single;
+
+        public Tensor[] InitParameters(DeviceContext device, long seed)
         {
             using var g = Rt.NewGenerator(seed);
             return [Rt.InitNormal(g, Parameters[0].Shape, 1.0, ScalarType.Float32)];
         }
 
-        public Tensor[] Forward(Tensor[] parameters, Tensor[] inputs)
+        public Tensor[] Forward(DeviceContext device, Tensor[] parameters, Tensor[] inputs)
         {
             using var scope = Rt.Scope();
             Assert.Equal(ScalarType.Int64, inputs[1].dtype);
@@ -47,7 +49,7 @@ public sealed class ProgramHostTests
         // The same computation by hand: parameters from seed 4, batch from seed 5.
         using var scope = Rt.Scope();
         var p = new Bigram();
-        var embed = p.InitParameters(4)[0];
+        var embed = ((IGraphProgram)p).InitParameters(4)[0];
         var (tokens, targets) = Batches.Random(5, 3, 6, 13);
         var logits = embed.index_select(0, tokens.reshape(-1).to_type(ScalarType.Int64)).matmul(embed.t());
         var expected = nn.functional.cross_entropy(logits, targets.reshape(-1).to_type(ScalarType.Int64)).item<float>();

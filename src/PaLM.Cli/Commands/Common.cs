@@ -1,6 +1,7 @@
 using System.CommandLine;
 using PaLM.Dsl;
 using PaLM.IR;
+using PaLM.Spmd;
 
 namespace PaLM.Cli.Commands;
 
@@ -22,6 +23,21 @@ internal static class Common
         };
     }
 
+    /// <summary>The <c>--mesh data=4,model=2</c> option: overrides the DSL's mesh (axes it leaves out get size 1).</summary>
+    public static Option<string?> MeshOption() =>
+        new("--mesh") { Description = "device mesh NAME=SIZE,... overriding the DSL's (e.g. data=4,model=2; axes left out get size 1)" };
+
+    /// <summary>Parses a <c>--mesh</c> value (null when absent); a malformed one is a user error.</summary>
+    public static Mesh? ParseMesh(string? text)
+    {
+        if (text is null) return null;
+        try { return Mesh.Parse(text); }
+        catch (FormatException e) { throw new UserError($"error: --mesh: {e.Message}"); }
+    }
+
+    /// <summary>Propagates and partitions <paramref name="g"/> over its mesh or the <c>--mesh</c> override.</summary>
+    public static SpmdProgram Partition(Graph g, string? meshText) => SpmdCompiler.Compile(g, ParseMesh(meshText));
+
     /// <summary>Runs a command body: user errors print cleanly with exit code 1, never a stack trace.</summary>
     public static int Guard(Func<int> body)
     {
@@ -34,6 +50,11 @@ internal static class Common
             Console.Error.WriteLine(e.FormatAll());
             var n = e.Diagnostics.Count;
             Console.Error.WriteLine($"{n} error{(n == 1 ? "" : "s")}");
+            return 1;
+        }
+        catch (ShardingException e)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
             return 1;
         }
         catch (IrFormatException e)

@@ -6,9 +6,10 @@ using PaLM.Runtime;
 namespace PaLM.Cli.Commands;
 
 /// <summary>
-/// <c>palmc run FILE [--seed N] [--reference]</c>: compiles in memory and prints the loss on a seeded batch, the same
-/// way the compiled program does. <c>--reference</c> also runs the hand-written eager TorchSharp PaLM on the same
-/// weights and batch, for comparison.
+/// <c>palmc run FILE [--mesh ...] [--seed N] [--reference]</c>: partitions for the mesh, compiles in memory and prints
+/// the loss on a seeded batch, the same way the compiled program does, with one in-process virtual device per mesh
+/// position. <c>--reference</c> also runs the hand-written eager TorchSharp PaLM (one device) on the same weights and
+/// batch, for comparison.
 /// </summary>
 internal static class RunCommand
 {
@@ -17,14 +18,17 @@ internal static class RunCommand
         var file = Common.FileArgument();
         var seed = new Option<long>("--seed") { Description = "seed of the parameters (the batch uses seed + 1)", DefaultValueFactory = _ => 0 };
         var reference = new Option<bool>("--reference") { Description = "also print the eager reference model's loss (PaLM graphs only)" };
-        var cmd = new Command("run", "Compile in memory and print the loss on a seeded batch.") { file, seed, reference };
+        var mesh = Common.MeshOption();
+        var cmd = new Command("run", "Compile in memory and print the loss on a seeded batch, on every device of the mesh.") { file, mesh, seed, reference };
         cmd.SetAction(r => Common.Guard(() =>
         {
             var g = Common.Load(r.GetValue(file)!);
-            var program = RoslynCompiler.CompileInMemory(Emitter.Emit(g));
+            var spmd = Common.Partition(g, r.GetValue(mesh));
+            var program = RoslynCompiler.CompileInMemory(Emitter.Emit(spmd.Local));
             var s = r.GetValue(seed);
             var code = ProgramHost.RunLoss(program, s);
-            if (code == 0 && r.GetValue(reference)) code = RunReference(program, s);
+            if (code == 0 && r.GetValue(reference))
+                code = RunReference(spmd.Mesh.DeviceCount == 1 ? program : RoslynCompiler.CompileInMemory(Emitter.Emit(g)), s);
             return code;
         }));
         return cmd;

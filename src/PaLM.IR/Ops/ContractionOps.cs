@@ -19,6 +19,10 @@ internal static class ContractionOps
         IsMatmul = true,
         Flops = Flops,
         Lower = c => new RtCall("Einsum", LArg.Lit(LetterSpec(c.Node)), new LAllInputs()),
+        // Factors are the subscripts (which may rename an operand's dim); subscripts missing from the output reduce.
+        Sharding = n => ShardingRule.FromLabels(n.Attr<DimListsAttr>("operands").Lists, [n.Attr<DimsAttr>("output").Names],
+            n.Inputs.Concat(n.Outputs).SelectMany(v => v.Type.Dims)),
+        Linearity = Linearity.Product,
     });
 
     private static ImmutableArray<TensorType> Infer(InferContext c)

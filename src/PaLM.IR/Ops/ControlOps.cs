@@ -31,6 +31,7 @@ public static class ControlOps
         },
         Flops = _ => 0,
         Lower = _ => new LoopLowering(),
+        Sharding = _ => ShardingRule.Region,
     });
 
     /// <summary>The body argument types a repeat node's operands imply.</summary>

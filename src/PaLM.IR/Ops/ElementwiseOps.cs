@@ -34,6 +34,7 @@ internal static class ElementwiseOps
             Infer = c => One(new TensorType(c.Attr<DTypeAttr>("dtype").Value)),
             Flops = _ => 0,
             Lower = c => new RtCall("Constant", LArg.Lit(c.Node.Attr<FloatAttr>("value").Value), LArg.Lit(c.Node.Attr<DTypeAttr>("dtype").Value)),
+            Sharding = n => ShardingRule.ByName(n),
         });
 
         add(new OpDef
@@ -44,6 +45,8 @@ internal static class ElementwiseOps
             Infer = c => One(c.Inputs[0].WithDType(c.Attr<DTypeAttr>("to").Value)),
             Flops = _ => 0,
             Lower = c => new RtCall("Cast", LArg.In(0), LArg.Lit(c.Node.Attr<DTypeAttr>("to").Value)),
+            Sharding = n => ShardingRule.ByName(n),
+            Linearity = Linearity.Unary,
         });
     }
 
@@ -65,6 +68,8 @@ internal static class ElementwiseOps
         Infer = c => One(BroadcastType(c)),
         Flops = OutNumel,
         Lower = c => new RtCall(method, AlignTo(c, 0, c.Out()), AlignTo(c, 1, c.Out())),
+        Sharding = n => ShardingRule.ByName(n),
+        Linearity = name switch { "add" or "sub" => Linearity.Sum, "mul" => Linearity.Product, "div" => Linearity.Numerator, _ => Linearity.None },
     };
 
     private static OpDef Unary(string name, string method, bool floatOnly) => new()
@@ -79,5 +84,7 @@ internal static class ElementwiseOps
         },
         Flops = OutNumel,
         Lower = _ => new RtCall(method, LArg.In(0)),
+        Sharding = n => ShardingRule.ByName(n),
+        Linearity = name == "neg" ? Linearity.Unary : Linearity.None,
     };
 }

@@ -24,6 +24,9 @@ internal static class LayoutOps
             },
             Flops = _ => 0,
             Lower = c => new RtCall("Reshape", LArg.In(0), LArg.Lit(c.Out().Shape)),
+            // Dims kept by name pass through; dims that are merged or split must be whole.
+            Sharding = n => ShardingRule.ByName(n, ShardingRule.OneSided(n)),
+            Linearity = Linearity.Unary,
         });
 
         add(new OpDef
@@ -41,6 +44,8 @@ internal static class LayoutOps
             },
             Flops = _ => 0,
             Lower = c => new RtCall("Permute", LArg.In(0), LArg.Lit(c.Out().Dims.Select(d => (long)c.In(0).IndexOf(d.Name)).ToArray())),
+            Sharding = n => ShardingRule.ByName(n),
+            Linearity = Linearity.Unary,
         });
 
         add(new OpDef
@@ -61,6 +66,8 @@ internal static class LayoutOps
             Flops = _ => 0,
             Lower = c => new RtCall("Split", LArg.In(0), LArg.Lit(c.Axis(0, "along")),
                 LArg.Lit(c.Node.Outputs.Select(o => o.Type.Dims[(int)c.Axis(0, "along")].Size).ToArray())),
+            Sharding = n => ShardingRule.ByName(n, ShardingRule.OneSided(n)),
+            Linearity = Linearity.Unary,
         });
 
         add(new OpDef
@@ -94,6 +101,8 @@ internal static class LayoutOps
             },
             Flops = _ => 0,
             Lower = c => new RtCall("Concat", new LAllInputs(), LArg.Lit(c.Axis(0, "along"))),
+            Sharding = n => ShardingRule.ByName(n, ShardingRule.OneSided(n)),
+            Linearity = Linearity.Sum,
         });
     }
 

@@ -27,6 +27,7 @@ internal static class NnOps
             },
             Flops = n => 7 * Numel(n), // mean, subtract, square, mean, rsqrt-multiply, scale
             Lower = c => new RtCall("LayerNorm", LArg.In(0), LArg.In(1), LArg.Lit(c.Node.Attr<FloatAttr>("eps").Value)),
+            Sharding = n => ShardingRule.ByName(n, n.Attr<DimsAttr>("over").Names),
         });
 
         add(new OpDef
@@ -46,6 +47,8 @@ internal static class NnOps
             },
             Flops = n => 3 * Numel(n), // x*cos + rotate(x)*sin
             Lower = c => new RtCall("Rope", LArg.In(0), LArg.Lit(c.Axis(0, "seq")), LArg.Lit(c.Axis(0, "feature"))),
+            // Angles depend on the global position and feature pairs span the feature dim: both stay whole.
+            Sharding = n => ShardingRule.ByName(n, [.. n.Attr<DimsAttr>("seq").Names, .. n.Attr<DimsAttr>("feature").Names]),
         });
 
         add(new OpDef
@@ -63,6 +66,7 @@ internal static class NnOps
             },
             Flops = n => Numel(n),
             Lower = c => new RtCall("CausalMask", LArg.In(0), LArg.Lit(c.Axis(0, "query")), LArg.Lit(c.Axis(0, "key"))),
+            Sharding = n => ShardingRule.ByName(n, [.. n.Attr<DimsAttr>("query").Names, .. n.Attr<DimsAttr>("key").Names]),
         });
 
         add(new OpDef
@@ -82,6 +86,8 @@ internal static class NnOps
             },
             Flops = _ => 0,
             Lower = c => new RtCall("Gather", LArg.In(0), LArg.In(1), LArg.Lit(c.Axis(0, "along"))),
+            // Ids index the whole table dim, so it stays whole; the table's other dims and the ids' dims pass through.
+            Sharding = n => ShardingRule.ByName(n, n.Attr<DimsAttr>("along").Names),
         });
 
         add(new OpDef
@@ -102,6 +108,7 @@ internal static class NnOps
             },
             Flops = n => 5 * Numel(n), // logsumexp (4) + picking the target and the z-loss term
             Lower = c => new RtCall("CrossEntropy", LArg.In(0), LArg.In(1), LArg.Lit(c.Axis(0, "over")), LArg.Lit(c.Node.Attr<FloatAttr>("z_loss").Value)),
+            Sharding = n => ShardingRule.ByName(n, n.Attr<DimsAttr>("over").Names),
         });
     }
 }

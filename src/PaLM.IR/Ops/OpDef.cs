@@ -108,8 +108,11 @@ public sealed record LInput(int Index) : LArg;
 /// <summary>All operands as one array argument.</summary>
 public sealed record LAllInputs : LArg;
 
-/// <summary>A literal: long, double, string, long[] or <see cref="DType"/>.</summary>
+/// <summary>A literal: long, double, string, long[], string[] or <see cref="DType"/>.</summary>
 public sealed record LLiteral(object Value) : LArg;
+
+/// <summary>The device this copy of an SPMD program runs on (<c>PaLM.Runtime.DeviceContext</c>): collectives need it.</summary>
+public sealed record LDevice : LArg;
 
 /// <summary>A nested runtime call (e.g. aligning a broadcast operand).</summary>
 public sealed record LNested(RtCall Call) : LArg;
@@ -145,6 +148,12 @@ public sealed class OpDef
     public bool IsMatmul { get; init; }
 
     public required Func<LowerContext, Lowering> Lower { get; init; }
+
+    /// <summary>The op's sharding rule (see <see cref="ShardingRule"/>): how propagation and the partitioner see it.</summary>
+    public required Func<Node, ShardingRule> Sharding { get; init; }
+
+    /// <summary>Whether a partial (pending-sum) operand may flow through to a partial result, delaying its reduction.</summary>
+    public Linearity Linearity { get; init; }
 
     public override string ToString() => Name;
 }

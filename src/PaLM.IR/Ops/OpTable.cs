@@ -30,6 +30,7 @@ public static class OpTable
         LayoutOps.Register(Add);
         NnOps.Register(Add);
         ControlOps.Register(Add);
+        CollectiveOps.Register(Add);
         return ops.ToFrozenDictionary(StringComparer.Ordinal);
     }
 }

@@ -18,6 +18,9 @@ internal static class ReductionOps
                 Flops = n => Numel(n),
                 Lower = c => new RtCall(method, LArg.In(0),
                     LArg.Lit(c.Node.Attr<DimsAttr>("over").Names.Select(d => (long)c.In(0).IndexOf(d)).ToArray())),
+                // sum and mean over a split dim leave partial sums (mean's scaled by 1/shards); max needs the dim whole.
+                Sharding = n => name == "max" ? ShardingRule.ByName(n, n.Attr<DimsAttr>("over").Names) : ShardingRule.ByName(n, mean: name == "mean"),
+                Linearity = name == "max" ? Linearity.None : Linearity.Unary,
             });
 
         add(new OpDef
@@ -33,6 +36,7 @@ internal static class ReductionOps
             },
             Flops = n => 5 * Numel(n), // max, subtract, exp, sum, divide
             Lower = c => new RtCall("Softmax", LArg.In(0), LArg.Lit(c.Axis(0, "over"))),
+            Sharding = n => ShardingRule.ByName(n, n.Attr<DimsAttr>("over").Names),
         });
 
         add(new OpDef
@@ -47,6 +51,7 @@ internal static class ReductionOps
             },
             Flops = n => 4 * Numel(n), // max, subtract, exp, sum (+ one log per row)
             Lower = c => new RtCall("LogSumExp", LArg.In(0), LArg.Lit(c.Axis(0, "over"))),
+            Sharding = n => ShardingRule.ByName(n, n.Attr<DimsAttr>("over").Names),
         });
     }
 

@@ -1,0 +1,51 @@
+using System.Diagnostics;
+using PaLM.IR;
+
+namespace PaLM.Spmd;
+
+/// <summary>A graph compiled for a mesh: the source, the propagated shardings, the per-device graph and its collectives.</summary>
+public sealed class SpmdProgram
+{
+    internal SpmdProgram(Graph source, Mesh mesh, Propagation propagation, Graph local, IReadOnlyList<CollectiveRecord> collectives,
+        TimeSpan propagateTime, TimeSpan partitionTime)
+    {
+        Source = source;
+        Mesh = mesh;
+        Propagation = propagation;
+        Local = local;
+        Collectives = collectives;
+        PropagateTime = propagateTime;
+        PartitionTime = partitionTime;
+    }
+
+    public Graph Source { get; }
+    public Mesh Mesh { get; }
+    public Propagation Propagation { get; }
+
+    /// <summary>The program every device runs (SPMD): local shapes, explicit collectives, verified.</summary>
+    public Graph Local { get; }
+
+    public IReadOnlyList<CollectiveRecord> Collectives { get; }
+    public TimeSpan PropagateTime { get; }
+    public TimeSpan PartitionTime { get; }
+}
+
+/// <summary>Entry point of the SPMD stage: propagate the annotations over the mesh, then partition.</summary>
+public static class SpmdCompiler
+{
+    /// <summary>
+    /// Compiles <paramref name="g"/> for its mesh, or for <paramref name="meshOverride"/> (axes the graph declares but
+    /// the override leaves out get size 1). Throws <see cref="ShardingException"/> for annotations the mesh cannot take.
+    /// </summary>
+    public static SpmdProgram Compile(Graph g, Mesh? meshOverride = null)
+    {
+        var declared = g.Mesh ?? new Mesh([]);
+        var mesh = meshOverride is null ? declared : declared.OverriddenBy(meshOverride);
+        var sw = Stopwatch.StartNew();
+        var prop = Propagation.Run(g, mesh);
+        var propagateTime = sw.Elapsed;
+        sw.Restart();
+        var (local, collectives) = Partitioner.Run(g, mesh, prop);
+        return new SpmdProgram(g, mesh, prop, local, collectives, propagateTime, sw.Elapsed);
+    }
+}
