@@ -47,7 +47,8 @@ public sealed class Emitter
                 Property("MeshShape", "Mesh", MeshShape()),
                 Property("IReadOnlyList<TensorSpec>", "Parameters", Specs(_graph.Parameters)),
                 Property("IReadOnlyList<TensorSpec>", "Inputs", Specs(_graph.Inputs)),
-                Property("IReadOnlyList<TensorSpec>", "Outputs", Specs(_graph.Body.Results.Select((v, i) => new GraphArg(v, ArgKind.Input, null)), _graph.OutputNames)),
+                Property("IReadOnlyList<TensorSpec>", "Outputs", Specs(_graph.Body.Results.Select((v, i) =>
+                    new GraphArg(v, ArgKind.Input, null, _graph.OutputSpmd.IsDefaultOrEmpty ? null : _graph.OutputSpmd[i])), _graph.OutputNames)),
                 InitMethod(),
                 ForwardMethod(),
                 MainMethod(className));

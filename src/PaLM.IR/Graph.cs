@@ -122,6 +122,9 @@ public sealed class Graph
     /// <summary>The user's names for the outputs, in order (the values are <c>Body.Results</c>).</summary>
     public ImmutableArray<string> OutputNames { get; }
 
+    /// <summary>In a per-device graph: for each output, the global tensor its (local) result is a piece of.</summary>
+    public ImmutableArray<SpmdArg> OutputSpmd { get; init; } = [];
+
     public IEnumerable<GraphArg> Parameters => Args.Where(a => a.Kind == ArgKind.Parameter);
     public IEnumerable<GraphArg> Inputs => Args.Where(a => a.Kind == ArgKind.Input);
 

@@ -98,7 +98,8 @@ internal static class FactorSolver
 
     /// <summary>
     /// Bytes to run the op under an assignment: operands resharded to it, plus results brought from the computed layout
-    /// (partial over the split reduction factors) to the layout they already have.
+    /// (partial over the split reduction factors) to the layout they already have, or, for results without one yet,
+    /// the all-reduce their pending sum will need.
     /// </summary>
     internal static long TotalCost(ImmutableArray<Factor> factors, ImmutableArray<string>[] axes, IReadOnlyList<Port> ports,
         Func<Value, Known?> known, Mesh mesh)
@@ -109,7 +110,12 @@ internal static class FactorSolver
         {
             var proj = new Sharding(p.DimFactors.Select(f => axes[f]).ToImmutableArray());
             if (!Valid(proj)) return long.MaxValue / 4;
-            if (known(p.Value) is not { } k) continue;
+            if (known(p.Value) is not { } k)
+            {
+                // A result nobody has laid out yet still pays for its pending sum: at least an all-reduce later.
+                if (p.IsResult && !partial.IsEmpty) cost += Reshard.Cost(p.Value.Type, proj.WithPartial(partial), proj, mesh);
+                continue;
+            }
             cost += p.IsResult
                 ? Reshard.Cost(p.Value.Type, proj.WithPartial(partial), k.Sharding.WithPartial([]), mesh)
                 : Reshard.Cost(p.Value.Type, k.Sharding.WithPartial([]), proj, mesh);

@@ -73,7 +73,10 @@ public sealed class Partitioner
         var results = _g.Body.Results.Select((v, i) =>
             Bring(v, _prop.ShardingOf(v), false, nodes, null, $"output '{_g.OutputNames[i]}'", "outputs leave the program in their propagated layout")).ToImmutableArray();
         var graph = new Graph(_g.Name, [.. _dimOrder], _mesh, [.. args],
-            new Block([.. args.Select(x => x.Value)], [.. nodes], results), _g.OutputNames);
+            new Block([.. args.Select(x => x.Value)], [.. nodes], results), _g.OutputNames)
+        {
+            OutputSpmd = [.. _g.Body.Results.Select(v => new SpmdArg(v.Type, _prop.ShardingOf(v)))],
+        };
         Verifier.Verify(graph);
         return graph;
     }

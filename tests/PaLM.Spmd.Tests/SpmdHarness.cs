@@ -44,7 +44,16 @@ internal static class SpmdHarness
         return outs;
     }
 
-    /// <summary>Max |a - b| / (atol + |b|) elementwise: a relative error that tolerates values near zero.</summary>
-    public static double RelErr(Tensor a, Tensor b, double atol = 1e-6) =>
-        ((a - b).abs() / (b.abs() + atol)).max().item<double>();
+    /// <summary>
+    /// Normwise relative error max|a - b| / max|b| over finite entries; infinities must match exactly (masked scores).
+    /// </summary>
+    public static double RelErr(Tensor a, Tensor b)
+    {
+        var finite = b.isfinite();
+        var inf = finite.logical_not();
+        if (!a.isfinite().eq(finite).all().item<bool>() || !a.masked_select(inf).eq(b.masked_select(inf)).all().item<bool>())
+            return double.PositiveInfinity;
+        var diff = (a - b).masked_select(finite).abs();
+        return diff.numel() == 0 ? 0 : diff.max().item<double>() / (b.masked_select(finite).abs().max().item<double>() + 1e-30);
+    }
 }

@@ -45,8 +45,9 @@ internal static class ElementwiseOps
             Infer = c => One(c.Inputs[0].WithDType(c.Attr<DTypeAttr>("to").Value)),
             Flops = _ => 0,
             Lower = c => new RtCall("Cast", LArg.In(0), LArg.Lit(c.Node.Attr<DTypeAttr>("to").Value)),
+            // Not linear for the partitioner: rounding each device's summand to a narrower type and then summing is
+            // not the rounded sum, so pending sums are reduced before a cast.
             Sharding = n => ShardingRule.ByName(n),
-            Linearity = Linearity.Unary,
         });
     }
 
