@@ -3,7 +3,10 @@ using PaLM.IR;
 
 namespace PaLM.Cli.Commands;
 
-/// <summary><c>palmc ir FILE [--format text|json|pb] [-o OUT]</c>: print or write the IR; reads .pb and .json back.</summary>
+/// <summary>
+/// <c>palmc ir FILE [--format text|json|pb] [-o OUT] [--partitioned [--mesh ...]]</c>: print or write the IR; reads .pb
+/// and .json back. <c>--partitioned</c> prints the per-device program (local dims, collectives) instead, as text.
+/// </summary>
 internal static class IrCommand
 {
     public static Command Create()
@@ -12,10 +15,20 @@ internal static class IrCommand
         var format = new Option<string>("--format", "-f") { Description = "text, json or pb (default: from -o's extension, else text)" };
         format.AcceptOnlyFromAmong("text", "json", "pb");
         var output = new Option<string?>("--output", "-o") { Description = "write to this file (atomically) instead of standard output" };
-        var cmd = new Command("ir", "Print or write a graph's IR (text, JSON or protobuf).") { file, format, output };
+        var partitioned = new Option<bool>("--partitioned") { Description = "print the per-device program the mesh gives (text only)" };
+        var mesh = Common.MeshOption();
+        var cmd = new Command("ir", "Print or write a graph's IR (text, JSON or protobuf).") { file, format, output, partitioned, mesh };
         cmd.SetAction(r => Common.Guard(() =>
         {
             var g = Common.Load(r.GetValue(file)!);
+            if (r.GetValue(mesh) is not null && !r.GetValue(partitioned))
+                throw new UserError("error: --mesh applies to the per-device program; add --partitioned");
+            if (r.GetValue(partitioned))
+            {
+                if (r.GetValue(format) is "json" or "pb")
+                    throw new UserError("error: the per-device program prints as text; save the source graph and re-partition it instead");
+                g = Common.Partition(g, r.GetValue(mesh)).Local;
+            }
             var outPath = r.GetValue(output);
             var fmt = r.GetValue(format) ?? (outPath is null ? "text" : Path.GetExtension(outPath).ToLowerInvariant() switch
             {
