@@ -40,6 +40,12 @@ public static class SpmdCompiler
     public static SpmdProgram Compile(Graph g, Mesh? meshOverride = null)
     {
         var declared = g.Mesh ?? new Mesh([]);
+        // An axis the graph does not declare cannot be named by any annotation: it would only multiply the devices
+        // (replicating everything over it), which is almost always a typo.
+        if (meshOverride?.Axes.FirstOrDefault(a => !declared.HasAxis(a.Name)) is { Name: not null } extra)
+            throw new ShardingException(
+                $"mesh axis '{extra.Name}' is not declared in {g.Name}'s mesh ({(declared.Axes.IsEmpty ? "none" : string.Join(", ", declared.Axes.Select(a => a.Name)))}); " +
+                "an override can only resize declared axes");
         var mesh = meshOverride is null ? declared : declared.OverriddenBy(meshOverride);
         var sw = Stopwatch.StartNew();
         var prop = Propagation.Run(g, mesh);

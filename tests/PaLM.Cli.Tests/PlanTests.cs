@@ -59,6 +59,8 @@ public sealed class PlanTests
         Assert.DoesNotContain("   at ", r.Stderr);
         var bad = (await Proc.Palmc("plan", "graphs/palm-tiny.palm", "--mesh", "data=two")).Expect(1);
         Assert.Contains("--mesh", bad.Stderr);
+        var typo = (await Proc.Palmc("plan", "graphs/palm-tiny.palm", "--mesh", "data=2,modle=2")).Expect(1);
+        Assert.Contains("mesh axis 'modle' is not declared in palm-tiny's mesh (pod, data, model)", typo.Stderr);
     }
 
     [Fact]
@@ -68,5 +70,29 @@ public sealed class PlanTests
         Assert.Contains("reduce_scatter(", r.Stdout);
         Assert.Contains("d_model/2", r.Stdout);
         Assert.Contains("global=", r.Stdout);
+    }
+
+    [Fact]
+    public async Task Example_PlanExplain_PrintsThePlansCollectivesAndExplain()
+    {
+        var dll = Repo.ExampleDllOf("PlanExplain");
+        Assert.True(File.Exists(dll), $"{dll} not built (tests/PaLM.Cli.Tests references examples/PlanExplain to build it)");
+        using var elsewhere = new TempDir();   // it must find graphs/palm-tiny.palm from its own folder
+        var r = (await Proc.Dotnet(dll, [], cwd: elsewhere.Path)).Expect(0);
+
+        var json = (await Proc.Palmc("plan", "graphs/palm-tiny.palm", "--mesh", "data=2,model=2", "--json")).Expect(0);
+        using var doc = JsonDocument.Parse(json.Stdout);
+        var cs = doc.RootElement.GetProperty("collectives").EnumerateArray().ToList();
+        Assert.Equal($"palm-tiny on mesh data=2, model=2, pod=1 (4 devices): {cs.Count} collectives", r.Lines[0]);
+        for (int i = 0; i < cs.Count; i++)
+        {
+            var axes = string.Join(",", cs[i].GetProperty("axes").EnumerateArray().Select(a => a.GetString()));
+            Assert.StartsWith($"{cs[i].GetProperty("kind").GetString()} over {axes} of %{cs[i].GetProperty("tensor").GetString()} " +
+                $"{cs[i].GetProperty("from").GetString()} -> {cs[i].GetProperty("to").GetString()}:", r.Lines[1 + i]);
+        }
+        var explain = (await Proc.Palmc("plan", "graphs/palm-tiny.palm", "--mesh", "data=2,model=2", "--explain", "mlp")).Expect(0);
+        Assert.EndsWith(explain.Stdout, r.Stdout);
+        var uneven = (await Proc.Dotnet(dll, ["graphs/palm-tiny.palm", "data=3"])).Expect(1);
+        Assert.Contains("does not divide evenly", uneven.Stderr);
     }
 }

@@ -15,9 +15,11 @@ internal static class Repo
     /// examples/CompileAndRun's built program, in the same configuration and TFM as this test assembly
     /// (bin/&lt;Configuration&gt;/&lt;TFM&gt;/, mirrored from this project's own output folder).
     /// </summary>
-    public static string ExampleDll
+    public static string ExampleDll => ExampleDllOf("CompileAndRun");
+
+    /// <summary>examples/NAME's built program (see <see cref="ExampleDll"/>).</summary>
+    public static string ExampleDllOf(string name)
     {
-        get
         {
             var testProject = Path.Combine(Root, "tests", "PaLM.Cli.Tests");
             var rel = Path.GetRelativePath(testProject, AppContext.BaseDirectory);
@@ -27,7 +29,7 @@ internal static class Repo
                 var tfm = new DirectoryInfo(AppContext.BaseDirectory).Name;
                 rel = Path.Combine("bin", config, tfm);
             }
-            return Path.GetFullPath(Path.Combine(Root, "examples", "CompileAndRun", rel, "CompileAndRun.dll"));
+            return Path.GetFullPath(Path.Combine(Root, "examples", name, rel, name + ".dll"));
         }
     }
 }
