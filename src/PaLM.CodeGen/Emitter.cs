@@ -45,10 +45,10 @@ public sealed class Emitter
             .AddMembers(
                 Property("string", "Name", Lit(_graph.Name)),
                 Property("MeshShape", "Mesh", MeshShape()),
-                Property("IReadOnlyList<TensorSpec>", "Parameters", Specs(_graph.Parameters)),
-                Property("IReadOnlyList<TensorSpec>", "Inputs", Specs(_graph.Inputs)),
+                Property("IReadOnlyList<TensorSpec>", "Parameters", Specs(_graph.Parameters.Select(a => (a.Value, a.Value.Name, a.Spmd)))),
+                Property("IReadOnlyList<TensorSpec>", "Inputs", Specs(_graph.Inputs.Select(a => (a.Value, a.Value.Name, a.Spmd)))),
                 Property("IReadOnlyList<TensorSpec>", "Outputs", Specs(_graph.Body.Results.Select((v, i) =>
-                    new GraphArg(v, ArgKind.Input, null, _graph.OutputSpmd.IsDefaultOrEmpty ? null : _graph.OutputSpmd[i])), _graph.OutputNames)),
+                    (v, _graph.OutputNames[i], _graph.OutputSpmd.IsDefaultOrEmpty ? null : (SpmdArg?)_graph.OutputSpmd[i])))),
                 InitMethod(),
                 ForwardMethod(),
                 MainMethod(className));
@@ -83,14 +83,14 @@ public sealed class Emitter
     /// Specs of arguments (or results) with their global shapes and, for a per-device program, how each is split over
     /// the mesh, so hosts can make global tensors and hand each device its piece.
     /// </summary>
-    private static ExpressionSyntax Specs(IEnumerable<GraphArg> args, IReadOnlyList<string>? names = null) =>
-        Array("TensorSpec", args.Select((a, i) =>
+    private static ExpressionSyntax Specs(IEnumerable<(Value Value, string Name, SpmdArg? Spmd)> values) =>
+        Array("TensorSpec", values.Select(a =>
         {
             var global = a.Spmd?.GlobalType ?? a.Value.Type;
             var sharding = a.Spmd?.Sharding ?? IR.Sharding.Replicated(global.Rank);
             return (ExpressionSyntax)ObjectCreationExpression(IdentifierName("TensorSpec"))
                 .AddArgumentListArguments(
-                    Argument(Lit(names?[i] ?? a.Value.Name)),
+                    Argument(Lit(a.Name)),
                     Argument(DType(global.DType)),
                     Argument(Longs(global.Shape)),
                     Argument(Array("string", global.Dims.Select(d => Lit(d.Name)))),

@@ -70,6 +70,29 @@ public sealed class Block
     public ImmutableArray<Value> Args { get; }
     public ImmutableArray<Node> Nodes { get; }
     public ImmutableArray<Value> Results { get; }
+
+    /// <summary>Every node, nested regions included: each node before the nodes of its regions.</summary>
+    public IEnumerable<Node> AllNodes()
+    {
+        foreach (var n in Nodes)
+        {
+            yield return n;
+            foreach (var r in n.Regions)
+                foreach (var x in r.AllNodes()) yield return x;
+        }
+    }
+
+    /// <summary>Every value defined here or in nested regions: arguments, then per node its regions' values and its outputs.</summary>
+    public IEnumerable<Value> AllValues()
+    {
+        foreach (var a in Args) yield return a;
+        foreach (var n in Nodes)
+        {
+            foreach (var r in n.Regions)
+                foreach (var v in r.AllValues()) yield return v;
+            foreach (var o in n.Outputs) yield return o;
+        }
+    }
 }
 
 /// <summary>How a parameter gets its initial value.</summary>

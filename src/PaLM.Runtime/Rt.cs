@@ -284,13 +284,6 @@ public static class Rt
         return (copied ? shard : global.clone()).MoveToOuterDisposeScope();
     }
 
-    /// <summary>
-    /// <paramref name="x"/> on the group's first device (ShardIndex(axes) == 0) and zeros elsewhere: a replicated term
-    /// that a following sum over the group must count once.
-    /// </summary>
-    public static Tensor GroupFirst(DeviceContext d, Tensor x, string[] axes) =>
-        d.ShardIndex(axes) == 0 ? x.alias() : torch.zeros_like(x);
-
     // Fails early with the real cause when the output copy of libLibTorchSharp.so was not patched.
     private static void ThrowIfUnpatched()
     {

@@ -4,7 +4,13 @@ using PaLM.IR;
 namespace PaLM.Spmd;
 
 /// <summary>A tensor seen through a sharding rule: its dims' factors, and whether it is an operand or a result.</summary>
-internal sealed record Port(Value Value, ImmutableArray<int> DimFactors, bool IsResult);
+internal sealed record Port(Value Value, ImmutableArray<int> DimFactors, bool IsResult)
+{
+    /// <summary>A node's operands then results, each seen through its factor rule.</summary>
+    public static List<Port> Of(Node n, ShardingRule rule) =>
+        n.Inputs.Select((v, i) => new Port(v, rule.Operands[i], false))
+            .Concat(n.Outputs.Select((v, i) => new Port(v, rule.Results[i], true))).ToList();
+}
 
 /// <summary>What the solver knows about a tensor: its current sharding and whether a user fixed it.</summary>
 public readonly record struct Known(Sharding Sharding, bool Closed);

@@ -11,14 +11,7 @@ public sealed record CollectiveRecord(
     CollectiveKind Kind, ImmutableArray<string> Axes, string Tensor, string From, string To,
     long BytesPerDevice, long CountPerStep, string NeededBy, SourceLoc? Loc, string Reason)
 {
-    public string KindName => Kind switch
-    {
-        CollectiveKind.AllReduce => "all-reduce",
-        CollectiveKind.ReduceScatter => "reduce-scatter",
-        CollectiveKind.AllGather => "all-gather",
-        CollectiveKind.AllToAll => "all-to-all",
-        _ => "slice",
-    };
+    public string KindName => Kind.DisplayName();
 }
 
 /// <summary>
@@ -71,7 +64,7 @@ public sealed class Partitioner
         var nodes = new List<Node>();
         foreach (var n in _g.Body.Nodes) PartitionNode(n, nodes);
         var results = _g.Body.Results.Select((v, i) =>
-            Bring(v, _prop.ShardingOf(v), false, nodes, null, $"output '{_g.OutputNames[i]}'", "outputs leave the program in their propagated layout")).ToImmutableArray();
+            Bring(v, _prop.ShardingOf(v), false, nodes, null, $"output '{_g.OutputNames[i]}'", () => "outputs leave the program in their propagated layout")).ToImmutableArray();
         var graph = new Graph(_g.Name, [.. _dimOrder], _mesh, [.. args],
             new Block([.. args.Select(x => x.Value)], [.. nodes], results), _g.OutputNames)
         {
@@ -89,8 +82,7 @@ public sealed class Partitioner
         if (rule == ShardingRule.Region) { PartitionRepeat(n, nodes); return; }
         if (!rule.IsFactorRule) throw new InvalidOperationException($"{n.Op.Name}: cannot partition a '{rule.Kind}' op");
 
-        var ports = n.Inputs.Select((v, i) => new Port(v, rule.Operands[i], false))
-            .Concat(n.Outputs.Select((v, i) => new Port(v, rule.Results[i], true))).ToList();
+        var ports = Port.Of(n, rule);
         Known? KnownOf(Value v) => _map.TryGetValue(v, out var m) && n.Inputs.Contains(v) ? new Known(m.State, false) : new Known(_prop.ShardingOf(v), false);
         var fa = FactorSolver.Solve(rule.Factors, ports, KnownOf, _mesh);
 
@@ -105,7 +97,8 @@ public sealed class Partitioner
             var target = fa.Project(ports[i]);
             var keep = !carry.IsEmpty && _map[v].State.Partial.SequenceEqual(carry);
             if (keep) target = target.WithPartial(carry);
-            inputs.Add(Bring(v, target, keep, nodes, n, n.Op.Name, Why(n, rule, fa, i)));
+            var operand = i;
+            inputs.Add(Bring(v, target, keep, nodes, n, n.Op.Name, () => Why(n, rule, fa, operand)));
         }
 
         var attrs = RenameDims(n.Attrs, rule, fa);
@@ -160,7 +153,7 @@ public sealed class Partitioner
             argStates.Add(argSharding);
             var isStacked = i >= carried && i < carried + stacked;
             var outer = isStacked ? new Sharding(argSharding.DimAxes.Insert(0, [])) : argSharding;
-            inputs.Add(Bring(n.Inputs[i], outer, false, nodes, n, "repeat", "a loop operand takes the layout its body argument has"));
+            inputs.Add(Bring(n.Inputs[i], outer, false, nodes, n, "repeat", () => "a loop operand takes the layout its body argument has"));
         }
         var count = ControlOps.Count(n, _g.DimsByName);
         var bodyArgs = new List<Value>();
@@ -174,7 +167,7 @@ public sealed class Partitioner
         _multiplier = checked(_multiplier * count);
         foreach (var inner in region.Nodes) PartitionNode(inner, body);
         var results = region.Results.Select((v, i) =>
-            Bring(v, argStates[i], false, body, n, "repeat", "a carried value keeps one layout across iterations")).ToImmutableArray();
+            Bring(v, argStates[i], false, body, n, "repeat", () => "a carried value keeps one layout across iterations")).ToImmutableArray();
         _multiplier /= count;
         var outs = _b.Apply(nodes, n.Op, inputs, n.Attrs, [.. n.Outputs.Select(o => o.Name)], n.Loc,
             [new Block([.. bodyArgs], [.. body], results)]);
@@ -187,7 +180,7 @@ public sealed class Partitioner
     /// The local value of <paramref name="v"/> in layout <paramref name="target"/>, emitting the collectives
     /// <see cref="Reshard.Plan"/> lists, each recorded with the consumer that needed it.
     /// </summary>
-    private Value Bring(Value v, Sharding target, bool keepPartial, List<Node> nodes, Node? consumer, string neededBy, string reason)
+    private Value Bring(Value v, Sharding target, bool keepPartial, List<Node> nodes, Node? consumer, string neededBy, Func<string> reason)
     {
         var (local, state) = _map[v];
         // A value several consumers need in the same layout is resharded once (blocks are isolated, so the first
@@ -197,57 +190,28 @@ public sealed class Partitioner
         var steps = Reshard.Plan(v.Type, state, target, _mesh, keepPartial);
         foreach (var step in steps)
         {
-            var before = state;
-            var dims = state.DimAxes.ToArray();
-            var partial = state.Partial.ToList();
-            string op;
-            ImmutableSortedDictionary<string, Attr> attrs;
+            var (before, after) = (state, step.After);
             var axes = new DimsAttr(step.Axes);
-            switch (step.Kind)
+            var attrs = step.Kind switch
             {
-                case CollectiveKind.AllReduce:
-                    partial.RemoveAll(step.Axes.Contains);
-                    (op, attrs) = ("all_reduce", GraphBuilder.Attrs(("axes", axes)));
-                    break;
-                case CollectiveKind.ReduceScatter:
-                    partial.RemoveAll(step.Axes.Contains);
-                    dims[step.Dim] = dims[step.Dim].AddRange(step.Axes);
-                    (op, attrs) = ("reduce_scatter", ResizeAttrs(v, step.Dim, before.DimAxes[step.Dim], dims[step.Dim], axes));
-                    break;
-                case CollectiveKind.AllGather:
-                    dims[step.Dim] = dims[step.Dim].RemoveRange(dims[step.Dim].Length - step.Axes.Length, step.Axes.Length);
-                    (op, attrs) = ("all_gather", ResizeAttrs(v, step.Dim, before.DimAxes[step.Dim], dims[step.Dim], axes));
-                    break;
-                case CollectiveKind.ShardSlice:
-                    dims[step.Dim] = dims[step.Dim].AddRange(step.Axes);
-                    (op, attrs) = ("shard_slice", ResizeAttrs(v, step.Dim, before.DimAxes[step.Dim], dims[step.Dim], axes));
-                    break;
-                case CollectiveKind.AllToAll:
-                    dims[step.Dim] = dims[step.Dim].RemoveAt(dims[step.Dim].Length - 1);
-                    dims[step.SplitDim] = dims[step.SplitDim].AddRange(step.Axes);
-                    (op, attrs) = ("all_to_all", GraphBuilder.Attrs(
-                        ("split", Name(v, step.SplitDim, before.DimAxes[step.SplitDim])), ("split_to", Name(v, step.SplitDim, dims[step.SplitDim])),
-                        ("concat", Name(v, step.Dim, before.DimAxes[step.Dim])), ("concat_to", Name(v, step.Dim, dims[step.Dim])), ("axes", axes)));
-                    break;
-                default:
-                    throw new InvalidOperationException(step.Kind.ToString());
-            }
-            state = new Sharding([.. dims], [.. partial]);
-            local = _b.Apply(nodes, OpTable.Get(op), [local], attrs, [v.Name], consumer?.Loc ?? v.Loc)[0];
+                CollectiveKind.AllReduce => GraphBuilder.Attrs(("axes", axes)),
+                CollectiveKind.AllToAll => GraphBuilder.Attrs(
+                    ("split", Name(v, step.SplitDim, before)), ("split_to", Name(v, step.SplitDim, after)),
+                    ("concat", Name(v, step.Dim, before)), ("concat_to", Name(v, step.Dim, after)), ("axes", axes)),
+                _ => GraphBuilder.Attrs(("along", Name(v, step.Dim, before)), ("to", Name(v, step.Dim, after)), ("axes", axes)),
+            };
+            state = after;
+            local = _b.Apply(nodes, OpTable.Get(step.Kind.OpName()), [local], attrs, [v.Name], consumer?.Loc ?? v.Loc)[0];
             if (step.Kind != CollectiveKind.ShardSlice)
-                _collectives.Add(new CollectiveRecord(step.Kind, step.Axes, v.Name, before.Format(v.Type), state.Format(v.Type),
-                    step.Bytes, _multiplier, neededBy, consumer?.Loc ?? v.Loc, reason));
+                _collectives.Add(new CollectiveRecord(step.Kind, step.Axes, v.Name, before.Format(v.Type), after.Format(v.Type),
+                    step.Bytes, _multiplier, neededBy, consumer?.Loc ?? v.Loc, reason()));
         }
-        if (!state.Equals(target))
-            throw new InvalidOperationException($"partitioner: resharding {v} reached {state.Format(v.Type)}, not {target.Format(v.Type)}");
         if (steps.Count > 0) _resharded[(v, key)] = local;
         return local;
     }
 
-    private ImmutableSortedDictionary<string, Attr> ResizeAttrs(Value v, int dim, ImmutableArray<string> from, ImmutableArray<string> to, DimsAttr axes) =>
-        GraphBuilder.Attrs(("along", Name(v, dim, from)), ("to", Name(v, dim, to)), ("axes", axes));
-
-    private DimsAttr Name(Value v, int dim, ImmutableArray<string> axes) => new([Register(Sharding.LocalDim(v.Type.Dims[dim], _mesh.Product(axes))).Name]);
+    /// <summary>The local name of <paramref name="v"/>'s dim <paramref name="dim"/> under layout <paramref name="s"/>.</summary>
+    private DimsAttr Name(Value v, int dim, Sharding s) => new([Register(Sharding.LocalDim(v.Type.Dims[dim], s.Shards(dim, _mesh))).Name]);
 
     // ---- local dims ---------------------------------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ public sealed class Propagation
 
     private void SeedAnnotations(Graph g)
     {
-        foreach (var v in AllValues(g.Body))
+        foreach (var v in g.Body.AllValues())
         {
             if (v.Sharding is not { } s || _known.ContainsKey(v)) continue;
             var checkedSharding = CheckAnnotation(v, s);
@@ -105,9 +105,7 @@ public sealed class Propagation
             var rule = n.Op.Sharding(n);
             if (rule.IsFactorRule)
             {
-                var ports = n.Inputs.Select((v, i) => new Port(v, rule.Operands[i], false))
-                    .Concat(n.Outputs.Select((v, i) => new Port(v, rule.Results[i], true))).ToList();
-                _problems.Add((n, rule.Factors, ports, $"{n.Op.Name} {rule}"));
+                _problems.Add((n, rule.Factors, Port.Of(n, rule), $"{n.Op.Name} {rule}"));
             }
             else if (rule == ShardingRule.Region)
             {
@@ -196,18 +194,7 @@ public sealed class Propagation
 
     private void FillReplicated(Block body)
     {
-        foreach (var v in AllValues(body))
+        foreach (var v in body.AllValues())
             if (!_known.ContainsKey(v)) _known[v] = new Known(Sharding.Replicated(v.Type.Rank), false);
-    }
-
-    internal static IEnumerable<Value> AllValues(Block b)
-    {
-        foreach (var a in b.Args) yield return a;
-        foreach (var n in b.Nodes)
-        {
-            foreach (var r in n.Regions)
-                foreach (var v in AllValues(r)) yield return v;
-            foreach (var o in n.Outputs) yield return o;
-        }
     }
 }

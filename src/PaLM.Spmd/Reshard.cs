@@ -6,11 +6,59 @@ namespace PaLM.Spmd;
 /// <summary>The kinds of step a reshard is made of (collectives, and the free local slice).</summary>
 public enum CollectiveKind { AllReduce, ReduceScatter, AllGather, AllToAll, ShardSlice }
 
+/// <summary>Names of each step kind: the op-table op that performs it, and how plans print it.</summary>
+public static class CollectiveKinds
+{
+    public static string OpName(this CollectiveKind k) => k switch
+    {
+        CollectiveKind.AllReduce => "all_reduce",
+        CollectiveKind.ReduceScatter => "reduce_scatter",
+        CollectiveKind.AllGather => "all_gather",
+        CollectiveKind.AllToAll => "all_to_all",
+        _ => "shard_slice",
+    };
+
+    /// <summary><c>all-gather</c>, <c>reduce-scatter</c>, ...</summary>
+    public static string DisplayName(this CollectiveKind k) => k.OpName().Replace('_', '-');
+}
+
 /// <summary>
 /// One step of a reshard on a tensor: <see cref="Dim"/> is the dim it gathers, scatters or slices (the concat dim of an
-/// all-to-all, whose split dim is <see cref="SplitDim"/>); <see cref="Bytes"/> is what each device sends.
+/// all-to-all, whose split dim is <see cref="SplitDim"/>); <see cref="Bytes"/> is what each device sends;
+/// <see cref="After"/> is the tensor's layout once the step has run.
 /// </summary>
-public sealed record ReshardStep(CollectiveKind Kind, ImmutableArray<string> Axes, int Dim, int SplitDim, long Bytes);
+public sealed record ReshardStep(CollectiveKind Kind, ImmutableArray<string> Axes, int Dim, int SplitDim, long Bytes)
+{
+    public Sharding After { get; init; } = null!;
+
+    /// <summary>The layout <paramref name="before"/> becomes under this step (the one statement of each step's meaning).</summary>
+    public Sharding Apply(Sharding before)
+    {
+        var dims = before.DimAxes.ToArray();
+        var partial = before.Partial;
+        switch (Kind)
+        {
+            case CollectiveKind.AllReduce:
+                partial = partial.RemoveAll(Axes.Contains);
+                break;
+            case CollectiveKind.ReduceScatter:
+                partial = partial.RemoveAll(Axes.Contains);
+                dims[Dim] = dims[Dim].AddRange(Axes);
+                break;
+            case CollectiveKind.AllGather:
+                dims[Dim] = dims[Dim].RemoveRange(dims[Dim].Length - Axes.Length, Axes.Length);
+                break;
+            case CollectiveKind.ShardSlice:
+                dims[Dim] = dims[Dim].AddRange(Axes);
+                break;
+            case CollectiveKind.AllToAll:
+                dims[Dim] = dims[Dim].RemoveAt(dims[Dim].Length - 1);
+                dims[SplitDim] = dims[SplitDim].AddRange(Axes);
+                break;
+        }
+        return new Sharding([.. dims], partial);
+    }
+}
 
 /// <summary>
 /// The one way palmc changes a tensor's layout: from a sharding (with partial axes) to another, as a short list of
@@ -98,6 +146,10 @@ public static class Reshard
             steps.Add(new ReshardStep(CollectiveKind.ShardSlice, [.. s.Axes], s.Dim, -1, 0));
             local /= mesh.Product(s.Axes);
         }
+        var state = from;
+        for (int i = 0; i < steps.Count; i++) steps[i] = steps[i] with { After = state = steps[i].Apply(state) };
+        if (!state.Equals(to))
+            throw new InvalidOperationException($"reshard of {type} reached {state.Format(type)}, not {to.Format(type)}");
         return steps;
     }
 

@@ -42,10 +42,10 @@ public sealed class ShardingPlan
         }
         // Named activations: values the DSL named (they carry a location), skipping the body's views of arguments.
         var argViews = new HashSet<Value>(ReferenceEqualityComparer.Instance);
-        foreach (var n in Walk(program.Source.Body))
+        foreach (var n in program.Source.Body.AllNodes())
             foreach (var r in n.Regions)
                 foreach (var a in r.Args) argViews.Add(a);
-        foreach (var v in Propagation.AllValues(program.Source.Body))
+        foreach (var v in program.Source.Body.AllValues())
             if (v.Loc is not null && seen.Add(v) && !argViews.Contains(v))
                 rows.Add(Row(v, "activation"));
         Tensors = rows;
@@ -97,7 +97,8 @@ public sealed class ShardingPlan
         return $"{RuleName(first)}{from}{line}";
     }
 
-    private static string RuleName(DimOrigin d) => d.Rule.Split(' ')[0] is var op && d.Rule.StartsWith(op + " (", StringComparison.Ordinal) ? op : d.Rule;
+    /// <summary>An op's name, or the whole rule text for the ties of a repeat (which read as a phrase).</summary>
+    private static string RuleName(DimOrigin d) => d.Node is { } n && n.Op.Sharding(n).IsFactorRule ? n.Op.Name : d.Rule;
 
     /// <summary>
     /// The chain that decided <paramref name="name"/>'s sharding, back to annotations: one line per dim, each followed
@@ -105,7 +106,7 @@ public sealed class ShardingPlan
     /// </summary>
     public string? Explain(string name)
     {
-        var v = Propagation.AllValues(Program.Source.Body).FirstOrDefault(x => x.Name == name);
+        var v = Program.Source.Body.AllValues().FirstOrDefault(x => x.Name == name);
         if (v is null) return null;
         var sb = new StringBuilder();
         ExplainInto(sb, v, 0, new HashSet<Value>(ReferenceEqualityComparer.Instance));
@@ -160,15 +161,5 @@ public sealed class ShardingPlan
         foreach (var s in Summary) sb.Append(inv, $"  {s.Kind} over {string.Join(",", s.Axes)}: {s.CountPerStep} x, {s.BytesPerDevicePerStep} B/device\n");
         sb.Append(inv, $"  all: {CollectivesPerStep} collectives, {CollectiveBytesPerDevicePerStep} B/device\n");
         return sb.ToString();
-    }
-
-    private static IEnumerable<Node> Walk(Block b)
-    {
-        foreach (var n in b.Nodes)
-        {
-            yield return n;
-            foreach (var r in n.Regions)
-                foreach (var x in Walk(r)) yield return x;
-        }
     }
 }

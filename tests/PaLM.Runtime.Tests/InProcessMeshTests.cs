@@ -240,7 +240,6 @@ public sealed class InProcessMeshTests
                     results.Add(Rt.AllReduce(d, x, axes));
                     results.Add(Rt.AllToAll(d, x, 0, 1, axes));
                     results.Add(Rt.ShardSlice(d, x, 1, axes));
-                    results.Add(Rt.GroupFirst(d, x, axes));
                 }
                 Assert.All(results, r => Assert.True(r.IsInvalid, "a collective's result outlived the caller's scope"));
                 Assert.False(x.IsInvalid);
@@ -283,9 +282,6 @@ public sealed class InProcessMeshTests
             d.Comm.Barrier();
             ExpectEqual(before, global, $"device {d.Rank}: global after writing into the replicas");
 
-            // GroupFirst counts a replicated term once in a sum over the group.
-            ExpectClose(global, Rt.AllReduce(d, Rt.GroupFirst(d, global, [last]), [last]), $"device {d.Rank}: GroupFirst");
-            Assert.Equal(d.ShardIndex([last]) == 0 ? 0 : global.numel(), Rt.GroupFirst(d, global, [last]).eq(0).sum().item<long>());
             return 0;
         });
         Assert.Throws<ArgumentException>(() => InProcessMesh.Run(mesh, d => Rt.ShardOf(d, global, [[first]])));
@@ -308,7 +304,6 @@ public sealed class InProcessMeshTests
         ExpectEqual(x, Rt.AllReduce(d, x, []), "AllReduce");
         ExpectEqual(x, Rt.AllToAll(d, x, 0, 1, []), "AllToAll");
         ExpectEqual(x, Rt.ShardOf(d, x, [[], []]), "ShardOf");
-        ExpectEqual(x, Rt.GroupFirst(d, x, []), "GroupFirst");
         d.Comm.Barrier();
         Assert.Equal([42], InProcessMesh.Run(MeshShape.Single, c => { c.Comm.Barrier(); return Same(Rt.AllReduce(c, x, []), x) ? 42 : 0; }));
     }

@@ -127,8 +127,8 @@ public sealed class OpRuleTests
         Tensor[] Inputs()
         {
             var gen = new TorchSharp.torch.Generator(99);
-            var max = op == "gather" ? sizes["v"] : sizes["v"];
-            return intShapes.Select(s => randint(0, max, s, ScalarType.Int32, generator: gen)).ToArray();
+            // Ids index the vocabulary (gather's table rows, cross_entropy's classes).
+            return intShapes.Select(s => randint(0, sizes["v"], s, ScalarType.Int32, generator: gen)).ToArray();
         }
         var single = SpmdHarness.RunGlobal(SpmdHarness.Compile(g), 5, Inputs);
         var spmd = SpmdCompiler.Compile(g);

@@ -44,23 +44,13 @@ public sealed class PlanTests
     [Fact]
     public void GoldenPlanForPalmTinyOnTwoByTwo()
     {
-        var text = ShardingPlan.Of(Tiny("data=2,model=2")).ToText();
-        var path = Path.Combine(TestPaths.RepoRoot, "tests", "PaLM.Spmd.Tests", "golden", "palm-tiny.2x2.plan.txt");
-        if (Environment.GetEnvironmentVariable("PALMC_UPDATE_GOLDEN") is not null)
-        {
-            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-            File.WriteAllText(path, text);
-        }
-        Assert.Equal(File.ReadAllText(path), text);
+        Golden.Check("tests/PaLM.Spmd.Tests/golden/palm-tiny.2x2.plan.txt", ShardingPlan.Of(Tiny("data=2,model=2")).ToText(), "plan text");
     }
 
     [Fact]
     public void GoldenPerDeviceIrForPalmTinyOnTwoByTwo()
     {
-        var text = Printer.Print(Tiny("data=2,model=2").Local);
-        var path = Path.Combine(TestPaths.RepoRoot, "tests", "PaLM.Spmd.Tests", "golden", "palm-tiny.2x2.ir.txt");
-        if (Environment.GetEnvironmentVariable("PALMC_UPDATE_GOLDEN") is not null) File.WriteAllText(path, text);
-        Assert.Equal(File.ReadAllText(path), text);
+        Golden.Check("tests/PaLM.Spmd.Tests/golden/palm-tiny.2x2.ir.txt", Printer.Print(Tiny("data=2,model=2").Local), "per-device IR");
     }
 
     [Fact]
