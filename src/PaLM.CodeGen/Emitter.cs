@@ -45,10 +45,11 @@ public sealed class Emitter
             .AddMembers(
                 Property("string", "Name", Lit(_graph.Name)),
                 Property("MeshShape", "Mesh", MeshShape()),
-                Property("IReadOnlyList<TensorSpec>", "Parameters", Specs(_graph.Parameters.Select(a => (a.Value, a.Value.Name, a.Spmd)))),
-                Property("IReadOnlyList<TensorSpec>", "Inputs", Specs(_graph.Inputs.Select(a => (a.Value, a.Value.Name, a.Spmd)))),
+                Property("IReadOnlyList<TensorSpec>", "Parameters", Specs(_graph.Persistent.Select(a =>
+                    (a.Value, a.Value.Name, a.Spmd, a.Kind == ArgKind.State ? "State" : "Parameter", -1)))),
+                Property("IReadOnlyList<TensorSpec>", "Inputs", Specs(_graph.Inputs.Select(a => (a.Value, a.Value.Name, a.Spmd, "Input", -1)))),
                 Property("IReadOnlyList<TensorSpec>", "Outputs", Specs(_graph.Body.Results.Select((v, i) =>
-                    (v, _graph.OutputNames[i], _graph.OutputSpmd.IsDefaultOrEmpty ? null : (SpmdArg?)_graph.OutputSpmd[i])))),
+                    (v, _graph.OutputNames[i], _graph.OutputSpmd.IsDefaultOrEmpty ? null : (SpmdArg?)_graph.OutputSpmd[i], "Output", PersistentIndex(i))))),
                 InitMethod(),
                 ForwardMethod(),
                 MainMethod(className));
@@ -83,7 +84,15 @@ public sealed class Emitter
     /// Specs of arguments (or results) with their global shapes and, for a per-device program, how each is split over
     /// the mesh, so hosts can make global tensors and hand each device its piece.
     /// </summary>
-    private static ExpressionSyntax Specs(IEnumerable<(Value Value, string Name, SpmdArg? Spmd)> values) =>
+    /// <summary>The index among the persistent arguments of the one output <paramref name="i"/> replaces, or -1.</summary>
+    private int PersistentIndex(int i)
+    {
+        if (_graph.OutputUpdates.IsDefaultOrEmpty || _graph.OutputUpdates[i] < 0) return -1;
+        var arg = _graph.Args[_graph.OutputUpdates[i]];
+        return _graph.Persistent.ToList().IndexOf(arg);
+    }
+
+    private static ExpressionSyntax Specs(IEnumerable<(Value Value, string Name, SpmdArg? Spmd, string Role, int Updates)> values) =>
         Array("TensorSpec", values.Select(a =>
         {
             var global = a.Spmd?.GlobalType ?? a.Value.Type;
@@ -94,8 +103,14 @@ public sealed class Emitter
                     Argument(DType(global.DType)),
                     Argument(Longs(global.Shape)),
                     Argument(Array("string", global.Dims.Select(d => Lit(d.Name)))),
-                    Argument(AxesArray(sharding)));
+                    Argument(AxesArray(sharding)))
+                .WithInitializer(InitializerExpression(SyntaxKind.ObjectInitializerExpression, SeparatedList<ExpressionSyntax>(
+                    new[] { Assign("Role", ParseExpression("TensorRole." + a.Role)) }
+                        .Concat(a.Updates >= 0 ? [Assign("Updates", LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(a.Updates)))] : []))));
         }));
+
+    private static ExpressionSyntax Assign(string property, ExpressionSyntax value) =>
+        AssignmentExpression(SyntaxKind.SimpleAssignmentExpression, IdentifierName(property), value);
 
     private static ExpressionSyntax AxesArray(IR.Sharding s) =>
         Array("string[]", s.DimAxes.Select(axes => Array("string", axes.Select(Lit))));
@@ -111,7 +126,7 @@ public sealed class Emitter
     {
         var body = new List<StatementSyntax> { Local("gen", Rt("NewGenerator", IdentifierName("seed"))) };
         var items = new List<ExpressionSyntax>();
-        foreach (var p in _graph.Parameters)
+        foreach (var p in _graph.Persistent)
         {
             // Every device draws the global tensor from the same seeded stream and keeps its piece, so a partitioned
             // program starts from exactly the weights of the single-device one.
@@ -142,7 +157,7 @@ public sealed class Emitter
         int pi = 0, ii = 0;
         foreach (var a in _graph.Args)
         {
-            var (array, index) = a.Kind == ArgKind.Parameter ? ("parameters", pi++) : ("inputs", ii++);
+            var (array, index) = a.Kind != ArgKind.Input ? ("parameters", pi++) : ("inputs", ii++);
             body.Add(Local(Bind(a.Value), ElementAccessExpression(IdentifierName(array))
                 .AddArgumentListArguments(Argument(LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(index))))));
         }
@@ -202,8 +217,11 @@ public sealed class Emitter
     }
 
     /// <summary>
-    /// <c>repeat</c> becomes: carried values in mutable locals, a counted loop whose body first slices each stacked
-    /// operand (<c>Rt.Select(w, 0, layer)</c>), then the region's statements, then the carried assignments.
+    /// <c>repeat</c> becomes: carried values in mutable locals, stacked results in buffers allocated before the loop,
+    /// and a counted loop (downwards for <c>reverse</c>) whose body runs in its own dispose scope: it slices each stacked
+    /// operand (<c>Rt.Select(w, 0, layer)</c>), runs the region's statements, copies per-iteration results into their
+    /// buffers, and moves the next carried values out of the scope (freeing the previous ones), so one layer's
+    /// temporaries are gone before the next layer runs.
     /// </summary>
     private void EmitRepeat(Node n, List<StatementSyntax> body)
     {
@@ -211,20 +229,49 @@ public sealed class Emitter
         var carried = (int)n.Attr<IntAttr>("carried").Value;
         var stacked = (int)n.Attr<IntAttr>("stacked").Value;
         var count = ControlOps.Count(n, _graph.DimsByName);
-        var loopVar = _names.Fresh(n.Attr<DimsAttr>("count").Names[0] + "_i");
+        var reverse = ControlOps.IsReverse(n);
+        var loopVar = IdentifierName(CSharpNames.Token(_names.Fresh(n.Attr<DimsAttr>("count").Names[0] + "_i")));
         for (int i = 0; i < carried; i++) body.Add(Local(Bind(region.Args[i]), Ref(n.Inputs[i])));
+        for (int k = carried; k < n.Outputs.Length; k++)
+        {
+            var t = n.Outputs[k].Type;
+            body.Add(Local(Bind(n.Outputs[k]), Rt("Empty", Longs(t.Shape), DType(t.DType))));
+        }
         var loop = new List<StatementSyntax>();
         for (int i = carried; i < carried + stacked; i++)
-            loop.Add(Local(Bind(region.Args[i]), Rt("Select", Ref(n.Inputs[i]), Lit(0L), IdentifierName(CSharpNames.Token(loopVar)))));
+            loop.Add(Local(Bind(region.Args[i]), Rt("Select", Ref(n.Inputs[i]), Lit(0L), loopVar)));
         for (int i = carried + stacked; i < region.Args.Length; i++) _locals[region.Args[i]] = _locals[n.Inputs[i]];
         EmitBlock(region, loop);
+        for (int k = carried; k < n.Outputs.Length; k++)
+            loop.Add(ExpressionStatement(Rt("SetLayer", Ref(n.Outputs[k]), loopVar, Ref(region.Results[k]))));
+        // Next carried values leave the iteration's scope; the previous ones are freed unless they are the loop's own
+        // operands (first iteration), which belong to the caller.
+        var next = new List<(int Index, string Name)>();
         for (int i = 0; i < carried; i++)
-            loop.Add(ExpressionStatement(AssignmentExpression(SyntaxKind.SimpleAssignmentExpression, Ref(region.Args[i]), Ref(region.Results[i]))));
-        body.Add(ForStatement(Block(loop))
+        {
+            var r = region.Results[i];
+            if (ReferenceEquals(r, region.Args[i])) continue;
+            var name = _names.Fresh(region.Args[i].Name + "_next");
+            var isArg = region.Args.Contains(r);
+            loop.Add(Local(name, Rt("Keep", isArg ? Rt("Identity", Ref(r)) : Ref(r))));
+            next.Add((i, name));
+        }
+        var first = Lit(reverse ? count - 1 : 0L);
+        foreach (var (i, name) in next)
+        {
+            loop.Add(IfStatement(BinaryExpression(SyntaxKind.NotEqualsExpression, loopVar, first),
+                ExpressionStatement(InvocationExpression(MemberAccessExpression(SyntaxKind.SimpleMemberAccessExpression, Ref(region.Args[i]), IdentifierName("Dispose"))))));
+            loop.Add(ExpressionStatement(AssignmentExpression(SyntaxKind.SimpleAssignmentExpression, Ref(region.Args[i]), IdentifierName(CSharpNames.Token(name)))));
+        }
+        var scoped = UsingStatement(Block(loop)).WithDeclaration(VariableDeclaration(IdentifierName("var"))
+            .AddVariables(VariableDeclarator(CSharpNames.Token(_names.Fresh("layer_scope"))).WithInitializer(EqualsValueClause(Rt("Scope")))));
+        body.Add(ForStatement(Block(scoped))
             .WithDeclaration(VariableDeclaration(ParseTypeName("long")).AddVariables(
-                VariableDeclarator(CSharpNames.Token(loopVar)).WithInitializer(EqualsValueClause(Lit(0L)))))
-            .WithCondition(BinaryExpression(SyntaxKind.LessThanExpression, IdentifierName(CSharpNames.Token(loopVar)), Lit(count)))
-            .AddIncrementors(PostfixUnaryExpression(SyntaxKind.PostIncrementExpression, IdentifierName(CSharpNames.Token(loopVar)))));
+                VariableDeclarator(loopVar.Identifier).WithInitializer(EqualsValueClause(first))))
+            .WithCondition(reverse
+                ? BinaryExpression(SyntaxKind.GreaterThanOrEqualExpression, loopVar, Lit(0L))
+                : BinaryExpression(SyntaxKind.LessThanExpression, loopVar, Lit(count)))
+            .AddIncrementors(PostfixUnaryExpression(reverse ? SyntaxKind.PostDecrementExpression : SyntaxKind.PostIncrementExpression, loopVar)));
         for (int i = 0; i < carried; i++) body.Add(Local(Bind(n.Outputs[i]), Ref(region.Args[i])));
     }
 
@@ -288,6 +335,7 @@ public sealed class Emitter
         IR.DType.F32 => "ScalarType.Float32",
         IR.DType.BF16 => "ScalarType.BFloat16",
         IR.DType.I32 => "ScalarType.Int32",
+        IR.DType.F64 => "ScalarType.Float64",
         _ => throw new ArgumentOutOfRangeException(nameof(t)),
     });
 }

@@ -103,7 +103,11 @@ public sealed record Init(InitKind Kind, double Value)
 
 public enum InitKind { Normal, Constant }
 
-public enum ArgKind { Parameter, Input }
+/// <summary>
+/// What a graph argument is: a trained parameter, data, or optimizer state (persistent across steps like a parameter,
+/// updated by the training step, never differentiated).
+/// </summary>
+public enum ArgKind { Parameter, Input, State }
 
 /// <summary>
 /// A graph argument: a parameter (trained, with an initializer) or an input (data). In a per-device graph made by
@@ -148,8 +152,20 @@ public sealed class Graph
     /// <summary>In a per-device graph: for each output, the global tensor its (local) result is a piece of.</summary>
     public ImmutableArray<SpmdArg> OutputSpmd { get; init; } = [];
 
+    /// <summary>
+    /// For a training step: per output, the index in <see cref="Args"/> of the parameter or state it replaces for the
+    /// next step (-1: none), as XLA's input/output aliasing. Empty for a graph that updates nothing.
+    /// </summary>
+    public ImmutableArray<int> OutputUpdates { get; init; } = [];
+
     public IEnumerable<GraphArg> Parameters => Args.Where(a => a.Kind == ArgKind.Parameter);
     public IEnumerable<GraphArg> Inputs => Args.Where(a => a.Kind == ArgKind.Input);
+
+    /// <summary>Optimizer state arguments (training steps only).</summary>
+    public IEnumerable<GraphArg> States => Args.Where(a => a.Kind == ArgKind.State);
+
+    /// <summary>What persists across steps, in argument order: parameters and optimizer state.</summary>
+    public IEnumerable<GraphArg> Persistent => Args.Where(a => a.Kind != ArgKind.Input);
 
     public override string ToString() => Printer.Print(this);
 }

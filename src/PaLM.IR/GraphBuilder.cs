@@ -11,6 +11,21 @@ public sealed class GraphBuilder(IReadOnlyDictionary<string, Dim> dims)
     private readonly Dictionary<string, int> _nameCounts = new(StringComparer.Ordinal);
     private int _nextId;
 
+    /// <summary>
+    /// A builder that adds to <paramref name="g"/>: new values get ids and names no value of <paramref name="g"/> has
+    /// (passes that rewrite a graph keep the values they do not touch). <paramref name="dims"/> may extend g's dims.
+    /// </summary>
+    public static GraphBuilder Continuing(Graph g, IReadOnlyDictionary<string, Dim>? dims = null)
+    {
+        var b = new GraphBuilder(dims ?? g.DimsByName);
+        foreach (var v in g.Body.AllValues())
+        {
+            b._nameCounts.TryAdd(v.Name, 1);
+            b._nextId = Math.Max(b._nextId, v.Id + 1);
+        }
+        return b;
+    }
+
     public IReadOnlyDictionary<string, Dim> Dims { get; } = dims;
 
     public string UniqueName(string hint)
@@ -36,7 +51,7 @@ public sealed class GraphBuilder(IReadOnlyDictionary<string, Dim> dims)
         ImmutableSortedDictionary<string, Attr> attrs, IReadOnlyList<string> hints, SourceLoc? loc = null,
         ImmutableArray<Block> regions = default, Sharding? sharding = null)
     {
-        var types = op.Infer(new InferContext(op, inputs.Select(v => v.Type).ToImmutableArray(), attrs, Dims));
+        var types = op.Infer(new InferContext(op, inputs.Select(v => v.Type).ToImmutableArray(), attrs, Dims, regions));
         var outs = types.Select((t, i) => NewValue(i < hints.Count ? hints[i] : hints[^1], t, i == 0 ? sharding : null, loc)).ToImmutableArray();
         block.Add(new Node(op, inputs.ToImmutableArray(), outs, attrs, regions, loc));
         return outs;

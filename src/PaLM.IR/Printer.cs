@@ -17,7 +17,7 @@ public static class Printer
         sb.Append('\n');
         foreach (var a in g.Args)
         {
-            sb.Append(a.Kind == ArgKind.Parameter ? "param " : "input ").Append(FormatValueDecl(a.Value));
+            sb.Append(a.Kind switch { ArgKind.Parameter => "param ", ArgKind.State => "state ", _ => "input " }).Append(FormatValueDecl(a.Value));
             if (a.Init is { } init) sb.Append(" init=").Append(init.Format());
             if (a.Spmd is { } spmd) sb.Append(" global=").Append(spmd.GlobalType).Append(" shard").Append(spmd.Sharding.Format(spmd.GlobalType));
             AppendLoc(sb, a.Value.Loc).Append('\n');
@@ -25,7 +25,11 @@ public static class Printer
         sb.Append('\n');
         foreach (var n in g.Body.Nodes) AppendNode(sb, n, "");
         for (int i = 0; i < g.Body.Results.Length; i++)
-            sb.Append("output ").Append(g.OutputNames[i]).Append(" = ").Append(g.Body.Results[i]).Append('\n');
+        {
+            sb.Append("output ").Append(g.OutputNames[i]).Append(" = ").Append(g.Body.Results[i]);
+            if (!g.OutputUpdates.IsDefaultOrEmpty && g.OutputUpdates[i] >= 0) sb.Append("  # updates ").Append(g.Args[g.OutputUpdates[i]].Value);
+            sb.Append('\n');
+        }
         return sb.ToString();
     }
 

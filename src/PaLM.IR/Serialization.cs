@@ -50,9 +50,11 @@ public static class Serialization
             {
                 Value = Val(a.Value),
                 IsInput = a.Kind == ArgKind.Input,
+                IsState = a.Kind == ArgKind.State,
                 Init = a.Init is { } i ? new InitProto { Kind = i.Kind == InitKind.Normal ? InitProto.Types.Kind.Normal : InitProto.Types.Kind.Constant, Value = i.Value } : null,
             });
         p.OutputNames.AddRange(g.OutputNames);
+        p.OutputUpdates.AddRange(g.OutputUpdates);
         return p;
     }
 
@@ -122,11 +124,13 @@ public static class Serialization
             throw new IrFormatException($"mesh axis '{dupAxis.Key}' is declared {dupAxis.Count()} times");
         var reader = new Reader(dims.GroupBy(d => d.Name).ToDictionary(g => g.Key, g => g.First()));
         var mesh = p.Mesh is null ? null : new Mesh(p.Mesh.Axes.Select(a => new MeshAxis(a.Name, a.Size)).ToImmutableArray());
-        var args = p.Args.Select(a => new GraphArg(reader.Define(a.Value ?? throw new IrFormatException("a graph argument has no value")), a.IsInput ? ArgKind.Input : ArgKind.Parameter,
+        var args = p.Args.Select(a => new GraphArg(reader.Define(a.Value ?? throw new IrFormatException("a graph argument has no value")), a.IsInput ? ArgKind.Input : a.IsState ? ArgKind.State : ArgKind.Parameter,
             a.Init is null ? null : new Init(a.Init.Kind == InitProto.Types.Kind.Normal ? InitKind.Normal : InitKind.Constant, a.Init.Value))).ToImmutableArray();
         if (p.Body is null) throw new IrFormatException("graph has no body");
         var body = reader.Block(p.Body, args.Select(a => a.Value).ToImmutableArray());
-        var g = new Graph(p.Name, dims, mesh, args, body, p.OutputNames.ToImmutableArray());
+        if (p.OutputUpdates.Count != 0 && (p.OutputUpdates.Count != p.OutputNames.Count || p.OutputUpdates.Any(i => i < -1 || i >= args.Length)))
+            throw new IrFormatException("output_updates must give one argument index (or -1) per output");
+        var g = new Graph(p.Name, dims, mesh, args, body, p.OutputNames.ToImmutableArray()) { OutputUpdates = [.. p.OutputUpdates] };
         try { Verifier.Verify(g); }
         catch (VerifyException e) { throw new IrFormatException(e.Message); }
         return g;

@@ -3,12 +3,12 @@ using System.Collections.Immutable;
 namespace PaLM.IR;
 
 /// <summary>Element types the IR knows.</summary>
-public enum DType { F32, BF16, I32 }
+public enum DType { F32, BF16, I32, F64 }
 
 /// <summary>Spelling of dtypes in the DSL and the IR text.</summary>
 public static class DTypes
 {
-    public static string Name(DType t) => t switch { DType.F32 => "f32", DType.BF16 => "bf16", DType.I32 => "i32", _ => throw new ArgumentOutOfRangeException(nameof(t)) };
+    public static string Name(DType t) => t switch { DType.F32 => "f32", DType.BF16 => "bf16", DType.I32 => "i32", DType.F64 => "f64", _ => throw new ArgumentOutOfRangeException(nameof(t)) };
 
     public static bool TryParse(string s, out DType t)
     {
@@ -17,11 +17,12 @@ public static class DTypes
             case "f32": t = DType.F32; return true;
             case "bf16": t = DType.BF16; return true;
             case "i32": t = DType.I32; return true;
+            case "f64": t = DType.F64; return true;
             default: t = default; return false;
         }
     }
 
-    public static int Bytes(DType t) => t == DType.BF16 ? 2 : 4;
+    public static int Bytes(DType t) => t switch { DType.BF16 => 2, DType.F64 => 8, _ => 4 };
 
     public static bool IsFloat(DType t) => t != DType.I32;
 }

@@ -26,8 +26,22 @@ public static class Verifier
             throw new VerifyException($"{g.OutputNames.Length} output names for {g.Body.Results.Length} results");
         var names = new HashSet<string>(StringComparer.Ordinal);
         foreach (var a in g.Args)
-            if (a.Kind == ArgKind.Parameter && a.Init is null)
-                throw new VerifyException($"parameter {a.Value} has no initializer");
+            if (a.Kind != ArgKind.Input && a.Init is null)
+                throw new VerifyException($"{(a.Kind == ArgKind.State ? "optimizer state" : "parameter")} {a.Value} has no initializer");
+        if (!g.OutputUpdates.IsDefaultOrEmpty)
+        {
+            if (g.OutputUpdates.Length != g.OutputNames.Length)
+                throw new VerifyException($"{g.OutputUpdates.Length} output updates for {g.OutputNames.Length} outputs");
+            for (int i = 0; i < g.OutputUpdates.Length; i++)
+            {
+                var k = g.OutputUpdates[i];
+                if (k == -1) continue;
+                if (k < 0 || k >= g.Args.Length || g.Args[k].Kind == ArgKind.Input)
+                    throw new VerifyException($"output '{g.OutputNames[i]}' updates argument #{k}, which is not a parameter or state");
+                if (g.Args[k].Value.Type.DType != g.Body.Results[i].Type.DType || g.Args[k].Value.Type.Shape.Length != g.Body.Results[i].Type.Rank)
+                    throw new VerifyException($"output '{g.OutputNames[i]}' ({g.Body.Results[i].Type}) cannot replace {g.Args[k].Value} ({g.Args[k].Value.Type})");
+            }
+        }
         VerifyBlock(g, g.Body, names);
     }
 
@@ -51,7 +65,7 @@ public static class Verifier
             ImmutableArray<TensorType> types;
             try
             {
-                types = n.Op.Infer(new InferContext(n.Op, n.Inputs.Select(v => v.Type).ToImmutableArray(), n.Attrs, g.DimsByName));
+                types = n.Op.Infer(new InferContext(n.Op, n.Inputs.Select(v => v.Type).ToImmutableArray(), n.Attrs, g.DimsByName, n.Regions));
             }
             catch (TypeErrorException e)
             {
@@ -81,10 +95,15 @@ public static class Verifier
             if (!expected[k].Equals(body.Args[k].Type))
                 throw new VerifyException(where($"repeat body argument {body.Args[k]} is {body.Args[k].Type}, operand implies {expected[k]}"));
         if (body.Results.Length != n.Outputs.Length)
-            throw new VerifyException(where($"repeat body yields {body.Results.Length} values for {n.Outputs.Length} carried"));
+            throw new VerifyException(where($"repeat body yields {body.Results.Length} values for {n.Outputs.Length} results"));
+        var carried = (int)n.Attr<IntAttr>("carried").Value;
         for (int k = 0; k < body.Results.Length; k++)
-            if (!body.Results[k].Type.Equals(n.Outputs[k].Type))
-                throw new VerifyException(where($"repeat body yields {body.Results[k]}: {body.Results[k].Type} for carried {n.Outputs[k].Type}"));
+        {
+            var r = body.Results[k].Type;
+            var expect = k < carried ? r : r.WithDims(r.Dims.Insert(0, n.Outputs[k].Type.Dims.FirstOrDefault()));
+            if (!expect.Equals(n.Outputs[k].Type))
+                throw new VerifyException(where($"repeat body yields {body.Results[k]}: {r} for {(k < carried ? "carried" : "stacked")} result {n.Outputs[k].Type}"));
+        }
         VerifyBlock(g, body, names);
     }
 

@@ -8,9 +8,18 @@ namespace PaLM.Runtime;
 /// </summary>
 public sealed record TensorSpec(string Name, torch.ScalarType DType, long[] Shape, string[] Dims, string[][]? Sharding = null)
 {
+    /// <summary>What the tensor is to the program (a trained parameter, optimizer state, data, or a result).</summary>
+    public TensorRole Role { get; init; }
+
+    /// <summary>For a result of a training step: the index in <see cref="IGraphProgram.Parameters"/> of the tensor it replaces for the next step, else -1.</summary>
+    public int Updates { get; init; } = -1;
+
     /// <summary>The per-dim mesh axes (empty lists when the program is not partitioned).</summary>
     public string[][] DimAxes => Sharding ?? Dims.Select(_ => Array.Empty<string>()).ToArray();
 }
+
+/// <summary>The role of a program argument or result.</summary>
+public enum TensorRole { Parameter, State, Input, Output }
 
 /// <summary>
 /// What every generated program implements. The same class serves the in-memory path (<c>palmc run</c>)
@@ -24,7 +33,10 @@ public interface IGraphProgram
     /// <summary>The mesh the program was partitioned for (no axes: one device). Every device runs this same program.</summary>
     MeshShape Mesh { get; }
 
-    /// <summary>Parameters in the order <c>Forward</c> takes them; layer-repeated ones carry a leading layer dim.</summary>
+    /// <summary>
+    /// What persists across steps, in the order <c>Forward</c> takes it: parameters (layer-repeated ones carry a leading
+    /// layer dim), then, in a training step, the optimizer state (<see cref="TensorSpec.Role"/> says which).
+    /// </summary>
     IReadOnlyList<TensorSpec> Parameters { get; }
 
     /// <summary>Inputs in the order <c>Forward</c> takes them.</summary>

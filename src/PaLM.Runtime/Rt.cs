@@ -110,6 +110,91 @@ public static class Rt
     /// <summary>x².</summary>
     public static Tensor Square(Tensor x) => x.square();
 
+    /// <summary>Elementwise min(a, b).</summary>
+    public static Tensor Minimum(Tensor a, Tensor b) => torch.minimum(a, b);
+
+    /// <summary>1 where x ≥ 0, else 0 (Heaviside step), in x's dtype.</summary>
+    public static Tensor Step(Tensor x)
+    {
+        using var ge = x.ge(0);
+        return ge.to_type(x.dtype);
+    }
+
+    /// <summary>x under a new handle (a layout constraint has no runtime effect on one device).</summary>
+    public static Tensor Identity(Tensor x) => x.alias();
+
+    /// <summary>x repeated to <paramref name="shape"/> (x already aligned, size-1 dims where it lacks one); a view.</summary>
+    public static Tensor Broadcast(Tensor x, long[] shape) => x.expand(shape);
+
+    /// <summary>dy · silu'(x) = dy · s · (1 + x · (1 − s)), s = sigmoid(x).</summary>
+    public static Tensor SiluGrad(Tensor dy, Tensor x)
+    {
+        using var scope = torch.NewDisposeScope();
+        var s = x.sigmoid();
+        var d = x.mul(s.neg().add_(1)).add_(1).mul_(s);
+        return d.mul_(dy).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Layer norm's (no bias, over the last axis) input cotangent:
+    /// rstd · (g − mean(g) − x̂ · mean(g · x̂)), g = dy · scale, x̂ = (x − mean) · rstd, rstd = 1/√(var + eps).
+    /// </summary>
+    public static Tensor LayerNormDx(Tensor dy, Tensor x, Tensor scale, double eps)
+    {
+        using var scope = torch.NewDisposeScope();
+        var mean = x.mean([-1], keepdim: true);
+        var centered = x.sub(mean);
+        var rstd = centered.square().mean([-1], keepdim: true).add_(eps).rsqrt_();
+        var xhat = centered.mul_(rstd);
+        var g = dy.mul(scale);
+        var m1 = g.mean([-1], keepdim: true);
+        var m2 = g.mul(xhat).mean([-1], keepdim: true);
+        return g.sub_(m1).sub_(xhat.mul_(m2)).mul_(rstd).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Layer norm's scale cotangent: Σ dy · x̂ over every axis but the last.</summary>
+    public static Tensor LayerNormDScale(Tensor dy, Tensor x, double eps)
+    {
+        using var scope = torch.NewDisposeScope();
+        var d = x.shape[^1];
+        var xhat = nn.functional.layer_norm(x, [d], eps: eps);
+        var prod = xhat.mul_(dy);
+        var axes = Enumerable.Range(0, (int)x.dim() - 1).Select(i => (long)i).ToArray();
+        return (axes.Length == 0 ? prod : prod.sum(axes)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Cross-entropy-with-z-loss's logits cotangent: dy · (softmax(x) · (1 + 2·zLoss·lse) − onehot(target)) along
+    /// <paramref name="axis"/>; dy and targets have the logits' shape without that axis.
+    /// </summary>
+    public static Tensor CrossEntropyGrad(Tensor dy, Tensor logits, Tensor targets, long axis, double zLoss)
+    {
+        using var scope = torch.NewDisposeScope();
+        var lse = torch.logsumexp(logits, axis, keepdim: true);
+        var p = logits.sub(lse).exp_();
+        if (zLoss != 0)
+            p = p.mul_(lse.mul(2 * zLoss).add_(1));
+        var index = targets.to_type(ScalarType.Int64).unsqueeze(axis);
+        using var minusOne = torch.full(index.shape, -1.0, logits.dtype);
+        p = p.scatter_add_(axis, index, minusOne);
+        return p.mul_(dy.unsqueeze(axis)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Gather's transpose: zeros of <paramref name="shape"/> with each slice of dy added at its id along
+    /// <paramref name="axis"/> (dy has shape[..axis] + ids.shape + shape[axis+1..]).
+    /// </summary>
+    public static Tensor ScatterAdd(Tensor dy, Tensor ids, long axis, long[] shape)
+    {
+        using var scope = torch.NewDisposeScope();
+        var flatShape = shape.ToArray();
+        flatShape[axis] = ids.numel();
+        var src = dy.reshape(flatShape);
+        var result = torch.zeros(shape, dy.dtype);
+        result.index_add_(axis, ids.reshape(-1).to_type(ScalarType.Int64), src, 1.0);
+        return result.MoveToOuterDisposeScope();
+    }
+
     /// <summary>Reorders axes: result axis i is input axis perm[i].</summary>
     public static Tensor Permute(Tensor x, long[] perm) => x.permute(perm);
 
@@ -121,6 +206,16 @@ public static class Rt
 
     /// <summary>Concatenates along <paramref name="axis"/>.</summary>
     public static Tensor Concat(Tensor[] xs, long axis) => torch.cat(xs, axis);
+
+    /// <summary>An uninitialized tensor (a buffer every element of which is written before it is read).</summary>
+    public static Tensor Empty(long[] shape, ScalarType dtype) => torch.empty(shape, dtype);
+
+    /// <summary>Copies <paramref name="value"/> into slice <paramref name="index"/> of <paramref name="stacked"/>'s first axis.</summary>
+    public static void SetLayer(Tensor stacked, long index, Tensor value)
+    {
+        using var slice = stacked.select(0, index);
+        slice.copy_(value);
+    }
 
     /// <summary>Index <paramref name="index"/> of <paramref name="axis"/>, dropping the axis (e.g. one layer of a stacked parameter).</summary>
     public static Tensor Select(Tensor x, long axis, long index) => x.select(axis, index);
@@ -162,7 +257,7 @@ public static class Rt
     /// Rotary position embedding. Positions 0..S-1 run along <paramref name="seqAxis"/>; the feature axis (size K, even)
     /// is rotated in halves: x·[cos,cos] + concat(-x₂, x₁)·[sin,sin], with angle(s, i) = s·10000^(-2i/K).
     /// </summary>
-    public static Tensor Rope(Tensor x, long seqAxis, long featureAxis)
+    public static Tensor Rope(Tensor x, long seqAxis, long featureAxis, long inverse = 0)
     {
         var rank = x.dim();
         long s = x.shape[seqAxis], k = x.shape[featureAxis];
@@ -182,6 +277,8 @@ public static class Rt
         view[featureAxis] = k;
         var cos = full.cos().to_type(x.dtype).reshape(view);
         var sin = full.sin().to_type(x.dtype).reshape(view);
+        if (inverse != 0)
+            sin = sin.neg();                                                        // rotation by -angle: the transpose
 
         var halves = x.split([k / 2, k / 2], featureAxis);
         var rotated = torch.cat([halves[1].neg(), halves[0]], featureAxis);
@@ -189,7 +286,7 @@ public static class Rt
     }
 
     /// <summary>x with -∞ wherever the index along <paramref name="keyAxis"/> exceeds the one along <paramref name="queryAxis"/>.</summary>
-    public static Tensor CausalMask(Tensor x, long queryAxis, long keyAxis)
+    public static Tensor CausalMask(Tensor x, long queryAxis, long keyAxis, double fill = double.NegativeInfinity)
     {
         using var scope = torch.NewDisposeScope();
         long q = x.shape[queryAxis], k = x.shape[keyAxis];
@@ -200,7 +297,7 @@ public static class Rt
         Array.Fill(view, 1L);
         view[queryAxis] = q;
         view[keyAxis] = k;
-        return x.masked_fill(mask.reshape(view), double.NegativeInfinity).MoveToOuterDisposeScope();
+        return x.masked_fill(mask.reshape(view), fill).MoveToOuterDisposeScope();
     }
 
     /// <summary>NumPy <c>take</c>: result shape is table.shape[:axis] + indices.shape + table.shape[axis+1:].</summary>

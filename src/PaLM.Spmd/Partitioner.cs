@@ -63,12 +63,17 @@ public sealed class Partitioner
         }
         var nodes = new List<Node>();
         foreach (var n in _g.Body.Nodes) PartitionNode(n, nodes);
+        // An output that replaces a parameter or optimizer state leaves in that argument's layout, so the next step can
+        // take it as it is.
+        Sharding OutLayout(int i) => !_g.OutputUpdates.IsDefaultOrEmpty && _g.OutputUpdates[i] >= 0
+            ? _prop.ShardingOf(_g.Args[_g.OutputUpdates[i]].Value) : _prop.ShardingOf(_g.Body.Results[i]);
         var results = _g.Body.Results.Select((v, i) =>
-            Bring(v, _prop.ShardingOf(v), false, nodes, null, $"output '{_g.OutputNames[i]}'", () => "outputs leave the program in their propagated layout")).ToImmutableArray();
+            Bring(v, OutLayout(i), false, nodes, null, $"output '{_g.OutputNames[i]}'", () => "outputs leave the program in their propagated layout")).ToImmutableArray();
         var graph = new Graph(_g.Name, [.. _dimOrder], _mesh, [.. args],
             new Block([.. args.Select(x => x.Value)], [.. nodes], results), _g.OutputNames)
         {
-            OutputSpmd = [.. _g.Body.Results.Select(v => new SpmdArg(v.Type, _prop.ShardingOf(v)))],
+            OutputSpmd = [.. _g.Body.Results.Select((v, i) => new SpmdArg(v.Type, OutLayout(i)))],
+            OutputUpdates = _g.OutputUpdates,
         };
         Verifier.Verify(graph);
         return graph;
@@ -166,12 +171,14 @@ public sealed class Partitioner
         var body = new List<Node>();
         _multiplier = checked(_multiplier * count);
         foreach (var inner in region.Nodes) PartitionNode(inner, body);
-        var results = region.Results.Select((v, i) =>
-            Bring(v, argStates[i], false, body, n, "repeat", () => "a carried value keeps one layout across iterations")).ToImmutableArray();
+        var resultStates = region.Results.Select((v, i) => i < carried ? argStates[i] : _prop.ShardingOf(v).WithPartial([])).ToList();
+        var results = region.Results.Select((v, i) => Bring(v, resultStates[i], false, body, n, "repeat",
+            () => i < carried ? "a carried value keeps one layout across iterations" : "per-iteration results are stacked whole")).ToImmutableArray();
         _multiplier /= count;
         var outs = _b.Apply(nodes, n.Op, inputs, n.Attrs, [.. n.Outputs.Select(o => o.Name)], n.Loc,
             [new Block([.. bodyArgs], [.. body], results)]);
-        for (int i = 0; i < outs.Length; i++) _map[n.Outputs[i]] = (outs[i], argStates[i]);
+        for (int i = 0; i < outs.Length; i++)
+            _map[n.Outputs[i]] = (outs[i], i < carried ? argStates[i] : new Sharding(resultStates[i].DimAxes.Insert(0, [])));
     }
 
     // ---- resharding -------------------------------------------------------------------------------------------------

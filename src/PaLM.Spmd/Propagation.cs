@@ -139,6 +139,15 @@ public sealed class Propagation
             var what = i < carried ? "carried through" : isStacked ? "sliced per iteration of" : "passed unchanged into";
             _problems.Add((n, factors, ports, $"{what} repeat over {n.Attr<DimsAttr>("count").Names[0]}"));
         }
+        // Per-iteration results are stacked over the loop's dim, which stays whole (each iteration writes one slice).
+        for (int k = carried; k < n.Outputs.Length; k++)
+        {
+            var outer = n.Outputs[k];
+            var factors = outer.Type.Dims.Select((d, j) => new Factor(d.Name, d.Size, j == 0 ? FactorKind.NeedReplication : FactorKind.Pass)).ToImmutableArray();
+            var all = Enumerable.Range(0, outer.Type.Rank).ToImmutableArray();
+            var ports = new List<Port> { new(body.Results[k], all.RemoveAt(0), false), new(outer, all, false) };
+            _problems.Add((n, factors, ports, $"stacked over the iterations of repeat over {n.Attr<DimsAttr>("count").Names[0]}"));
+        }
     }
 
     // ---- the fixed point --------------------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ internal sealed partial class Binder
         var ok = true;
         if (!DTypes.TryParse(t.DType.Name, out var dtype))
         {
-            Error(t.DType.Loc, $"unknown dtype '{t.DType.Name}'; expected f32, bf16 or i32");
+            Error(t.DType.Loc, $"unknown dtype '{t.DType.Name}'; expected f32, f64, bf16 or i32");
             ok = false;
         }
         var dims = new List<Dim>();

@@ -25,6 +25,7 @@ internal static class CollectiveOps
             Flops = n => Numel(n),
             Lower = c => new RtCall("AllReduce", new LDevice(), LArg.In(0), Axes(c)),
             Sharding = _ => ShardingRule.Collective,
+            Vjp = Collective,
         });
 
         add(new OpDef
@@ -45,8 +46,13 @@ internal static class CollectiveOps
             Flops = _ => 0,
             Lower = c => new RtCall("AllToAll", new LDevice(), LArg.In(0), LArg.Lit(c.Axis(0, "split")), LArg.Lit(c.Axis(0, "concat")), Axes(c)),
             Sharding = _ => ShardingRule.Collective,
+            Vjp = Collective,
         });
     }
+
+    // Autodiff runs on the global graph; the partitioner then derives the backward's collectives like the forward's.
+    private static readonly Func<VjpContext, IReadOnlyList<Value?>> Collective =
+        Vjps.NotDifferentiable("autodiff runs on the global graph before partitioning, so collectives never reach it");
 
     private static OpDef Resize(string name, string method, string doc, bool grows, Linearity linearity) => new()
     {
@@ -64,6 +70,7 @@ internal static class CollectiveOps
         Flops = n => name == "reduce_scatter" ? Numel(n) : 0,
         Lower = c => new RtCall(method, new LDevice(), LArg.In(0), LArg.Lit(c.Axis(0, "along")), Axes(c)),
         Sharding = _ => ShardingRule.Collective,
+        Vjp = Collective,
         Linearity = linearity,
     };
 

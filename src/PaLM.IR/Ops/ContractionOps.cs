@@ -23,7 +23,54 @@ internal static class ContractionOps
         Sharding = n => ShardingRule.FromLabels(n.Attr<DimListsAttr>("operands").Lists, [n.Attr<DimsAttr>("output").Names],
             n.Inputs.Concat(n.Outputs).SelectMany(v => v.Type.Dims)),
         Linearity = Linearity.Product,
+        Vjp = EinsumVjp,
     });
+
+    /// <summary>
+    /// Operand i's cotangent is the einsum of the result's cotangent with the other operands, producing operand i's
+    /// subscripts (broadcast over any subscript only operand i has). Where operand i's subscripts rename its dims (keys'
+    /// <c>seq</c> read as <c>kseq</c>), every subscript of the backward einsum is permuted so operand i's come out
+    /// under their own names; a permutation of equal-size labels is still a valid einsum.
+    /// </summary>
+    private static IReadOnlyList<Value?> EinsumVjp(VjpContext c)
+    {
+        var n = c.Node;
+        var labels = n.Attr<DimListsAttr>("operands").Lists;
+        var output = n.Attr<DimsAttr>("output").Names;
+        var result = new Value?[n.Inputs.Length];
+        if (c.Dy() is not { } dy) return result;
+        for (int i = 0; i < n.Inputs.Length; i++)
+        {
+            if (!c.Wants(i)) continue;
+            var mine = labels[i];
+            var target = n.Inputs[i].Type;
+            var pi = new Dictionary<string, string>();
+            string P(string l) => pi.TryGetValue(l, out var x) ? x : l;
+            for (int k = 0; k < mine.Length; k++)
+            {
+                var want = target.Dims[k].Name;
+                if (P(mine[k]) == want) continue;
+                // The label currently mapped to `want` (if any) takes mine[k]'s old image: a swap keeps pi a bijection.
+                var holder = pi.FirstOrDefault(kv => kv.Value == want).Key ?? (pi.ContainsKey(want) ? null : want);
+                var old = P(mine[k]);
+                pi[mine[k]] = want;
+                if (holder is not null) pi[holder] = old;
+            }
+            var available = output.Concat(labels.Where((_, j) => j != i).SelectMany(l => l)).ToHashSet();
+            var present = mine.Where(available.Contains).ToImmutableArray();
+            var operands = new List<Value> { dy };
+            var lists = new List<ImmutableArray<string>> { output.Select(P).ToImmutableArray() };
+            for (int j = 0; j < n.Inputs.Length; j++)
+            {
+                if (j == i) continue;
+                operands.Add(c.X(j));
+                lists.Add([.. labels[j].Select(P)]);
+            }
+            var g = c.Op("einsum", operands, ("operands", new DimListsAttr([.. lists])), ("output", new DimsAttr([.. present.Select(P)])));
+            result[i] = present.Length == mine.Length ? g : c.BroadcastTo(g, target);
+        }
+        return result;
+    }
 
     private static ImmutableArray<TensorType> Infer(InferContext c)
     {

@@ -15,7 +15,7 @@ internal static class ElementwiseOps
         foreach (var (name, method, doc) in new[]
         {
             ("add", "Add", "a + b"), ("sub", "Sub", "a - b"), ("mul", "Mul", "a * b"), ("div", "Div", "a / b"),
-            ("maximum", "Maximum", "elementwise max(a, b)"),
+            ("maximum", "Maximum", "elementwise max(a, b)"), ("minimum", "Minimum", "elementwise min(a, b)"),
         })
             add(Binary(name, method, doc));
 
@@ -23,6 +23,7 @@ internal static class ElementwiseOps
         {
             ("neg", "Neg", false), ("exp", "Exp", true), ("log", "Log", true), ("rsqrt", "Rsqrt", true), ("sqrt", "Sqrt", true),
             ("tanh", "Tanh", true), ("sigmoid", "Sigmoid", true), ("silu", "Silu", true), ("square", "Square", false),
+            ("step", "Step", false),
         })
             add(Unary(name, method, floatOnly));
 
@@ -35,6 +36,7 @@ internal static class ElementwiseOps
             Flops = _ => 0,
             Lower = c => new RtCall("Constant", LArg.Lit(c.Node.Attr<FloatAttr>("value").Value), LArg.Lit(c.Node.Attr<DTypeAttr>("dtype").Value)),
             Sharding = n => ShardingRule.ByName(n),
+            Vjp = Vjps.None,
         });
 
         add(new OpDef
@@ -48,6 +50,60 @@ internal static class ElementwiseOps
             // Not linear for the partitioner: rounding each device's summand to a narrower type and then summing is
             // not the rounded sum, so pending sums are reduced before a cast.
             Sharding = n => ShardingRule.ByName(n),
+            Vjp = c => [c.Wants(0) && c.Dy() is { } dy ? c.CastTo(dy, c.Node.Inputs[0].Type.DType) : null],
+        });
+
+        add(new OpDef
+        {
+            Name = "broadcast",
+            Doc = "repeats x along the dims of 'to' it lacks; the result has exactly the dims of 'to', in that order",
+            Signature = Sig(1, 1, Dims("to")),
+            Infer = c =>
+            {
+                var to = c.DimNames("to");
+                var x = c.Inputs[0];
+                if (to.Distinct().Count() != to.Length) throw InferContext.Fail($"broadcast: a dim is named twice in [{string.Join(", ", to)}]");
+                foreach (var d in x.Dims)
+                    if (!to.Contains(d.Name)) throw InferContext.Fail($"broadcast: dim '{d.Name}' of {x} is not in [{string.Join(", ", to)}]");
+                return One(x.WithDims(to.Select(c.Dim)));
+            },
+            Flops = _ => 0,
+            Lower = c => new RtCall("Broadcast", AlignTo(c, 0, c.Out()), LArg.Lit(c.Out().Shape)),
+            Sharding = n => ShardingRule.ByName(n),
+            Linearity = Linearity.Unary,
+            Vjp = c => [c.Wants(0) && c.Dy() is { } dy ? c.SumTo(dy, c.Node.Inputs[0].Type) : null],
+        });
+
+        add(new OpDef
+        {
+            Name = "sharding_constraint",
+            Doc = "x unchanged; its result's annotation pins a layout (JAX's with_sharding_constraint)",
+            Signature = Sig(1, 1),
+            Infer = c => One(c.Inputs[0]),
+            Flops = _ => 0,
+            Lower = _ => new RtCall("Identity", LArg.In(0)),
+            Sharding = n => ShardingRule.ByName(n),
+            Linearity = Linearity.Unary,
+            Vjp = c => [c.Wants(0) ? c.Dy() : null],
+        });
+
+        add(new OpDef
+        {
+            Name = "silu_grad",
+            Doc = "the derivative of silu at x times dy: silu_grad(dy, x) = dy * s * (1 + x * (1 - s)), s = sigmoid(x)",
+            Signature = Sig(2, 2),
+            Infer = c =>
+            {
+                c.RequireFloat(0);
+                c.SameDType("operand");
+                if (!c.Inputs[0].Equals(c.Inputs[1])) throw InferContext.Fail($"silu_grad: dy {c.Inputs[0]} and x {c.Inputs[1]} differ");
+                return One(c.Inputs[0]);
+            },
+            Flops = n => 6 * OutNumel(n),
+            Lower = _ => new RtCall("SiluGrad", LArg.In(0), LArg.In(1)),
+            Sharding = n => ShardingRule.ByName(n),
+            Linearity = Linearity.Numerator,
+            Vjp = Vjps.NotDifferentiable("palmc takes first derivatives only"),
         });
     }
 
@@ -71,7 +127,34 @@ internal static class ElementwiseOps
         Lower = c => new RtCall(method, AlignTo(c, 0, c.Out()), AlignTo(c, 1, c.Out())),
         Sharding = n => ShardingRule.ByName(n),
         Linearity = name switch { "add" or "sub" => Linearity.Sum, "mul" => Linearity.Product, "div" => Linearity.Numerator, _ => Linearity.None },
+        Vjp = c => BinaryVjp(name, c),
     };
+
+    /// <summary>Cotangents of a broadcasting binary op: each is summed back over the dims its operand lacks.</summary>
+    private static IReadOnlyList<Value?> BinaryVjp(string name, VjpContext c)
+    {
+        if (c.Dy() is not { } dy) return Vjps.None(c);
+        var (ta, tb) = (c.Node.Inputs[0].Type, c.Node.Inputs[1].Type);
+        Value? A(Func<Value> f) => c.Wants(0) ? c.SumTo(f(), ta) : null;
+        Value? B(Func<Value> f) => c.Wants(1) ? c.SumTo(f(), tb) : null;
+        switch (name)
+        {
+            case "add": return [A(() => dy), B(() => dy)];
+            case "sub": return [A(() => dy), B(() => c.Op("neg", [dy]))];
+            case "mul": return [A(() => c.Op("mul", [dy, c.X(1)])), B(() => c.Op("mul", [dy, c.X(0)]))];
+            case "div":
+                // d(a/b)/db = -a/b^2 = -y/b
+                return [A(() => c.Op("div", [dy, c.X(1)])), B(() => c.Op("neg", [c.Op("div", [c.Op("mul", [dy, c.Y()]), c.X(1)])]))];
+            case "maximum" or "minimum":
+                {
+                    // The result takes a where a >= b (maximum) or a <= b (minimum); ties go to a.
+                    var diff = name == "maximum" ? c.Op("sub", [c.X(0), c.X(1)]) : c.Op("sub", [c.X(1), c.X(0)]);
+                    var toA = c.Op("mul", [dy, c.Op("step", [diff])]);
+                    return [A(() => toA), B(() => c.Op("sub", [dy, toA]))];
+                }
+            default: throw new InvalidOperationException($"no VJP for binary op {name}");
+        }
+    }
 
     private static OpDef Unary(string name, string method, bool floatOnly) => new()
     {
@@ -87,5 +170,31 @@ internal static class ElementwiseOps
         Lower = _ => new RtCall(method, LArg.In(0)),
         Sharding = n => ShardingRule.ByName(n),
         Linearity = name == "neg" ? Linearity.Unary : Linearity.None,
+        Vjp = c => [c.Wants(0) && c.Dy() is { } dy ? UnaryVjp(name, c, dy) : null],
     };
+
+    private static Value? UnaryVjp(string name, VjpContext c, Value dy)
+    {
+        var t = c.Node.Outputs[0].Type.DType;
+        Value K(double v) => c.Const(v, t);
+        switch (name)
+        {
+            case "neg": return c.Op("neg", [dy]);
+            case "exp": return c.Op("mul", [dy, c.Y()]);
+            case "log": return c.Op("div", [dy, c.X(0)]);
+            case "rsqrt":
+                {
+                    // d x^-1/2 = -1/2 x^-3/2 = -1/2 y^3
+                    var y = c.Y();
+                    return c.Op("mul", [dy, c.Op("mul", [c.Op("mul", [c.Op("square", [y]), y]), K(-0.5)])]);
+                }
+            case "sqrt": return c.Op("div", [c.Op("mul", [dy, K(0.5)]), c.Y()]);
+            case "tanh": return c.Op("mul", [dy, c.Op("sub", [K(1), c.Op("square", [c.Y()])])]);
+            case "sigmoid": { var y = c.Y(); return c.Op("mul", [dy, c.Op("mul", [y, c.Op("sub", [K(1), y])])]); }
+            case "silu": return c.Op("silu_grad", [dy, c.X(0)]);
+            case "square": return c.Op("mul", [dy, c.Op("mul", [c.X(0), K(2)])]);
+            case "step": return null;                    // piecewise constant: zero almost everywhere
+            default: throw new InvalidOperationException($"no VJP for unary op {name}");
+        }
+    }
 }

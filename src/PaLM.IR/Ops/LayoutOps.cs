@@ -27,6 +27,7 @@ internal static class LayoutOps
             // Dims kept by name pass through; dims that are merged or split must be whole.
             Sharding = n => ShardingRule.ByName(n, ShardingRule.OneSided(n)),
             Linearity = Linearity.Unary,
+            Vjp = c => [c.Wants(0) && c.Dy() is { } dy ? c.Op("reshape", [dy], ("to", DimsOf(c.Node.Inputs[0].Type))) : null],
         });
 
         add(new OpDef
@@ -46,6 +47,7 @@ internal static class LayoutOps
             Lower = c => new RtCall("Permute", LArg.In(0), LArg.Lit(c.Out().Dims.Select(d => (long)c.In(0).IndexOf(d.Name)).ToArray())),
             Sharding = n => ShardingRule.ByName(n),
             Linearity = Linearity.Unary,
+            Vjp = c => [c.Wants(0) && c.Dy() is { } dy ? c.Op("transpose", [dy], ("to", DimsOf(c.Node.Inputs[0].Type))) : null],
         });
 
         add(new OpDef
@@ -68,6 +70,14 @@ internal static class LayoutOps
                 LArg.Lit(c.Node.Outputs.Select(o => o.Type.Dims[(int)c.Axis(0, "along")].Size).ToArray())),
             Sharding = n => ShardingRule.ByName(n, ShardingRule.OneSided(n)),
             Linearity = Linearity.Unary,
+            // The pieces' cotangents (zeros for pieces nobody used) joined back along the split dim.
+            Vjp = c =>
+            {
+                if (!c.Wants(0) || Enumerable.Range(0, c.Node.Outputs.Length).All(k => c.Dy(k) is null)) return Vjps.None(c);
+                var axis = c.Node.Inputs[0].Type.IndexOf(c.Attr<DimsAttr>("along").Names[0]);
+                var parts = Enumerable.Range(0, c.Node.Outputs.Length).Select(c.DyOrZeros).ToList();
+                return [c.Op("concat", parts, ("along", new DimsAttr([.. c.Node.Outputs.Select(o => o.Type.Dims[axis].Name)])), ("as", c.Attr<DimsAttr>("along")))];
+            },
         });
 
         add(new OpDef
@@ -103,8 +113,16 @@ internal static class LayoutOps
             Lower = c => new RtCall("Concat", new LAllInputs(), LArg.Lit(c.Axis(0, "along"))),
             Sharding = n => ShardingRule.ByName(n, ShardingRule.OneSided(n)),
             Linearity = Linearity.Sum,
+            Vjp = c =>
+            {
+                if (c.Dy() is not { } dy) return Vjps.None(c);
+                var pieces = c.Ops("split", [dy], ("along", c.Attr<DimsAttr>("as")), ("into", c.Attr<DimsAttr>("along")));
+                return [.. pieces.Select((p, i) => c.Wants(i) ? p : null)];
+            },
         });
     }
+
+    private static DimsAttr DimsOf(TensorType t) => new([.. t.Dims.Select(d => d.Name)]);
 
     private static long Elements(TensorType t)
     {

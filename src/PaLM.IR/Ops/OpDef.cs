@@ -25,8 +25,11 @@ public sealed class TypeErrorException(string message) : Exception(message);
 
 /// <summary>What an inference rule sees: operand types, attributes and the graph's declared dims.</summary>
 public sealed class InferContext(OpDef op, ImmutableArray<TensorType> inputs, ImmutableSortedDictionary<string, Attr> attrs,
-    IReadOnlyDictionary<string, Dim> dims)
+    IReadOnlyDictionary<string, Dim> dims, ImmutableArray<Block> regions = default)
 {
+    /// <summary>The node's regions (repeat's body, whose per-iteration results become stacked results).</summary>
+    public ImmutableArray<Block> Regions { get; } = regions.IsDefault ? [] : regions;
+
     public OpDef Op { get; } = op;
     public ImmutableArray<TensorType> Inputs { get; } = inputs;
     public ImmutableSortedDictionary<string, Attr> Attrs { get; } = attrs;
@@ -154,6 +157,12 @@ public sealed class OpDef
 
     /// <summary>Whether a partial (pending-sum) operand may flow through to a partial result, delaying its reduction.</summary>
     public Linearity Linearity { get; init; }
+
+    /// <summary>
+    /// The op's reverse-mode rule: operand cotangents from result cotangents, as IR ops (see <see cref="VjpContext"/>).
+    /// <c>repeat</c>'s is structural (autodiff transposes the loop itself) and never called.
+    /// </summary>
+    public required Func<VjpContext, IReadOnlyList<Value?>> Vjp { get; init; }
 
     public override string ToString() => Name;
 }

@@ -21,6 +21,19 @@ internal static class ReductionOps
                 // sum and mean over a split dim leave partial sums (mean's scaled by 1/shards); max needs the dim whole.
                 Sharding = n => name == "max" ? ShardingRule.ByName(n, n.Attr<DimsAttr>("over").Names) : ShardingRule.ByName(n, mean: name == "mean"),
                 Linearity = name == "max" ? Linearity.None : Linearity.Unary,
+                Vjp = c =>
+                {
+                    if (!c.Wants(0) || c.Dy() is not { } dy) return Vjps.None(c);
+                    var x = c.Node.Inputs[0].Type;
+                    if (name == "sum") return [c.BroadcastTo(dy, x)];
+                    if (name == "mean")
+                    {
+                        var count = c.Node.Attr<DimsAttr>("over").Names.Aggregate(1L, (a, d) => a * x.Dims[x.IndexOf(d)].Size);
+                        return [c.BroadcastTo(c.Op("mul", [dy, c.Const(1.0 / count, x.DType)]), x)];
+                    }
+                    // max: to the positions that hold the maximum (every one of them on a tie, as JAX does).
+                    return [c.Op("mul", [c.Op("step", [c.Op("sub", [c.X(0), c.Y()])]), c.BroadcastTo(dy, x)])];
+                },
             });
 
         add(new OpDef
@@ -37,6 +50,10 @@ internal static class ReductionOps
             Flops = n => 5 * Numel(n), // max, subtract, exp, sum, divide
             Lower = c => new RtCall("Softmax", LArg.In(0), LArg.Lit(c.Axis(0, "over"))),
             Sharding = n => ShardingRule.ByName(n, n.Attr<DimsAttr>("over").Names),
+            // dx = y * (dy - sum(dy * y, over))
+            Vjp = c => [c.Wants(0) && c.Dy() is { } dy
+                ? c.Op("mul", [c.Y(), c.Op("sub", [dy, c.Op("sum", [c.Op("mul", [dy, c.Y()])], ("over", c.Attr<DimsAttr>("over")))])])
+                : null],
         });
 
         add(new OpDef
@@ -52,6 +69,10 @@ internal static class ReductionOps
             Flops = n => 4 * Numel(n), // max, subtract, exp, sum (+ one log per row)
             Lower = c => new RtCall("LogSumExp", LArg.In(0), LArg.Lit(c.Axis(0, "over"))),
             Sharding = n => ShardingRule.ByName(n, n.Attr<DimsAttr>("over").Names),
+            // dx = softmax(x) * dy, dy broadcast over the reduced dim
+            Vjp = c => [c.Wants(0) && c.Dy() is { } dy
+                ? c.Op("mul", [c.Op("softmax", [c.X(0)], ("over", c.Attr<DimsAttr>("over"))), dy])
+                : null],
         });
     }
 

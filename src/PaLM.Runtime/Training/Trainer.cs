@@ -1,0 +1,181 @@
+using System.Diagnostics;
+using System.Globalization;
+using static TorchSharp.torch;
+
+namespace PaLM.Runtime.Training;
+
+/// <summary>How to run a compiled training step.</summary>
+public sealed record TrainerOptions
+{
+    /// <summary>Train until this step (1-based; a resumed run continues from the checkpoint's step).</summary>
+    public required long Steps { get; init; }
+
+    /// <summary>The text the batches are cut from.</summary>
+    public required ByteCorpus Corpus { get; init; }
+
+    /// <summary>Seed of the initial parameters.</summary>
+    public long Seed { get; init; }
+
+    /// <summary>Seed of the batches (step s always gets the same batch, so resuming replays exactly).</summary>
+    public long DataSeed { get; init; } = 1;
+
+    /// <summary>Folder of checkpoints: resumed from when it holds one, written to every <see cref="CheckpointEvery"/> steps.</summary>
+    public string? CheckpointDir { get; init; }
+
+    /// <summary>Steps between checkpoints (the last step is always saved when a folder is given).</summary>
+    public long CheckpointEvery { get; init; } = 100;
+
+    /// <summary>Intra-op threads per device (default: the cores divided among the devices).</summary>
+    public int? ThreadsPerDevice { get; init; }
+}
+
+/// <summary>One training step as seen from device 0 (every device computes the same replicated scalars).</summary>
+public sealed record StepReport(long Step, double Loss, double GradNorm, double LearningRate, double Seconds, long Tokens)
+{
+    public double TokensPerSecond => Tokens / Seconds;
+
+    public string Format() => string.Create(CultureInfo.InvariantCulture,
+        $"step {Step,5}  loss {Loss,9:F5}  grad_norm {GradNorm,8:F4}  lr {LearningRate:0.####e+0}  {Seconds * 1e3,8:F1} ms  {TokensPerSecond,9:F0} tokens/s");
+}
+
+/// <summary>What a training run did.</summary>
+public sealed record TrainResult(long FirstStep, long LastStep, IReadOnlyList<StepReport> Steps, long? ResumedFrom);
+
+/// <summary>
+/// Runs a compiled training step (a program whose results replace its parameters and optimizer state, see
+/// <see cref="TensorSpec.Updates"/>) for many steps on every device of its mesh: in-process virtual devices, one thread
+/// each. Batches come from a <see cref="ByteCorpus"/>, the step number is fed as the <c>step</c> input, and
+/// checkpoints are saved (every device's shards) and resumed from atomically.
+/// </summary>
+public static class Trainer
+{
+    public static TrainResult Run(IGraphProgram program, TrainerOptions options, Action<StepReport>? onStep = null, Action<string>? log = null)
+    {
+        ArgumentNullException.ThrowIfNull(program);
+        ArgumentNullException.ThrowIfNull(options);
+        var layout = Layout.Of(program);
+        Rt.Initialize();
+
+        CheckpointData? resume = null;
+        if (options.CheckpointDir is { } dir && Directory.Exists(dir))
+        {
+            resume = Checkpoint.LoadLatest(dir, w => log?.Invoke($"checkpoint: {w}"));
+            if (resume is not null)
+            {
+                if (resume.Devices.Count != program.Mesh.DeviceCount)
+                    throw new InvalidOperationException($"the checkpoint in {dir} (step {resume.Step}) holds {resume.Devices.Count} devices' shards, this mesh has {program.Mesh.DeviceCount}");
+                if (resume.Metadata.TryGetValue("program", out var name) && name != program.Name)
+                    throw new InvalidOperationException($"the checkpoint in {dir} was written by program '{name}', not '{program.Name}'");
+                log?.Invoke($"resuming from step {resume.Step} ({dir})");
+            }
+        }
+        long first = (resume?.Step ?? 0) + 1;
+        var reports = new List<StepReport>();
+        var shared = new IReadOnlyList<(string, Tensor)>[program.Mesh.DeviceCount];
+
+        InProcessMesh.Run(program.Mesh, device =>
+        {
+            var persistent = resume is null ? program.InitParameters(device, options.Seed) : Restore(program, resume.Devices[device.Rank]);
+            try
+            {
+                for (long step = first; step <= options.Steps; step++)
+                {
+                    var sw = Stopwatch.StartNew();
+                    using (var scope = NewDisposeScope())
+                    {
+                        var (tokens, targets) = options.Corpus.Batch(options.DataSeed, step, layout.Batch, layout.Seq);
+                        var inputs = new Tensor[program.Inputs.Count];
+                        inputs[layout.Tokens] = Rt.ShardOf(device, tokens, program.Inputs[layout.Tokens].DimAxes);
+                        inputs[layout.Targets] = Rt.ShardOf(device, targets, program.Inputs[layout.Targets].DimAxes);
+                        inputs[layout.Step] = tensor((float)step, ScalarType.Float32);
+                        var outs = program.Forward(device, persistent, inputs);
+                        // The new parameters and state replace the old ones and outlive this step's scope.
+                        foreach (var (output, target) in layout.Updates)
+                        {
+                            persistent[target].Dispose();
+                            persistent[target] = outs[output].MoveToOuterDisposeScope();
+                        }
+                        if (device.Rank == 0)
+                        {
+                            double Scalar(int i) => i < 0 ? double.NaN : outs[i].to_type(ScalarType.Float64).item<double>();
+                            var report = new StepReport(step, Scalar(layout.Loss), Scalar(layout.GradNorm), Scalar(layout.Lr), 0, layout.Batch * layout.Seq);
+                            sw.Stop();
+                            report = report with { Seconds = sw.Elapsed.TotalSeconds };
+                            reports.Add(report);
+                            onStep?.Invoke(report);
+                        }
+                    }
+                    if (options.CheckpointDir is { } ckpt && (step % options.CheckpointEvery == 0 || step == options.Steps))
+                        SaveCheckpoint(program, device, persistent, shared, ckpt, step, options);
+                }
+                return 0;
+            }
+            finally
+            {
+                foreach (var t in persistent) t.Dispose();
+            }
+        }, options.ThreadsPerDevice);
+        return new TrainResult(first, options.Steps, reports, resume?.Step);
+    }
+
+    /// <summary>Every device hands its shards to device 0, which writes one checkpoint while the others wait.</summary>
+    private static void SaveCheckpoint(IGraphProgram program, DeviceContext device, Tensor[] persistent,
+        IReadOnlyList<(string, Tensor)>[] shared, string dir, long step, TrainerOptions options)
+    {
+        shared[device.Rank] = program.Parameters.Select((p, i) => (p.Name, persistent[i])).ToList();
+        device.Comm.Barrier();
+        if (device.Rank == 0)
+        {
+            var meta = new Dictionary<string, string>
+            {
+                ["program"] = program.Name,
+                ["mesh"] = program.Mesh.ToString(),
+                ["seed"] = options.Seed.ToString(CultureInfo.InvariantCulture),
+                ["data_seed"] = options.DataSeed.ToString(CultureInfo.InvariantCulture),
+                ["corpus"] = options.Corpus.Name,
+            };
+            Checkpoint.Save(dir, new CheckpointData(step, [.. shared], meta));
+        }
+        device.Comm.Barrier();
+    }
+
+    private static Tensor[] Restore(IGraphProgram program, IReadOnlyList<(string Name, Tensor Tensor)> saved)
+    {
+        var byName = saved.ToDictionary(s => s.Name, s => s.Tensor);
+        return program.Parameters.Select(p =>
+        {
+            if (!byName.TryGetValue(p.Name, out var t))
+                throw new InvalidOperationException($"the checkpoint has no tensor '{p.Name}'");
+            if (t.dtype != p.DType)
+                throw new InvalidOperationException($"checkpoint tensor '{p.Name}' is {t.dtype}, the program wants {p.DType}");
+            return t.clone();
+        }).ToArray();
+    }
+
+    /// <summary>Where a training program keeps what the trainer feeds and reads.</summary>
+    private sealed record Layout(int Tokens, int Targets, int Step, int Loss, int GradNorm, int Lr, long Batch, long Seq, List<(int Output, int Target)> Updates)
+    {
+        public static Layout Of(IGraphProgram p)
+        {
+            int In(string name)
+            {
+                for (int i = 0; i < p.Inputs.Count; i++) if (p.Inputs[i].Name == name) return i;
+                throw new InvalidOperationException($"program '{p.Name}' is not a training step: it has no input '{name}' (compile it with --train)");
+            }
+            int Out(string name)
+            {
+                for (int i = 0; i < p.Outputs.Count; i++) if (p.Outputs[i].Name == name) return i;
+                return -1;
+            }
+            var (tokens, targets, step) = (In("tokens"), In("targets"), In("step"));
+            var shape = p.Inputs[tokens].Shape;
+            if (shape.Length != 2 || !p.Inputs[targets].Shape.SequenceEqual(shape))
+                throw new InvalidOperationException($"program '{p.Name}': tokens and targets must both be [batch, seq]");
+            var updates = p.Outputs.Select((o, i) => (i, o.Updates)).Where(x => x.Updates >= 0).ToList();
+            if (updates.Count == 0)
+                throw new InvalidOperationException($"program '{p.Name}' updates no parameters: it is not a training step (compile it with --train)");
+            if (Out("loss") < 0) throw new InvalidOperationException($"program '{p.Name}' has no 'loss' output");
+            return new Layout(tokens, targets, step, Out("loss"), Out("grad_norm"), Out("lr"), shape[0], shape[1], updates);
+        }
+    }
+}
