@@ -34,17 +34,18 @@ public sealed class Autodiff
 {
     private readonly Graph _g;
     private readonly GraphBuilder _b;
-    private readonly RematPolicy _policy;
+    private readonly Func<Node, RematPolicy> _policyOf;
+    private RematPolicy _policy = RematPolicy.None;
     private readonly Func<Value, Sharding?>? _residualSharding;
     private readonly HashSet<Value> _active = new(ReferenceEqualityComparer.Instance);
     private readonly List<Value> _residuals = [];
     private readonly List<(Node, long)> _recomputed = [];
 
-    private Autodiff(Graph g, GraphBuilder b, RematPolicy policy, Func<Value, Sharding?>? residualSharding)
+    private Autodiff(Graph g, GraphBuilder b, Func<Node, RematPolicy> policyOf, Func<Value, Sharding?>? residualSharding)
     {
         _g = g;
         _b = b;
-        _policy = policy;
+        _policyOf = policyOf;
         _residualSharding = residualSharding;
     }
 
@@ -54,11 +55,15 @@ public sealed class Autodiff
     /// <paramref name="residualSharding"/>, when given, pins the layout of each saved layer input (policy palm).
     /// </summary>
     public static GradientInfo Build(Graph g, Value loss, RematPolicy policy, GraphBuilder b, List<Node> top,
+        Func<Value, Sharding?>? residualSharding = null) => Build(g, loss, _ => policy, b, top, residualSharding);
+
+    /// <summary>As above, with a policy per forward loop (<c>--remat auto</c> mixes policies across layer groups).</summary>
+    public static GradientInfo Build(Graph g, Value loss, Func<Node, RematPolicy> policyOf, GraphBuilder b, List<Node> top,
         Func<Value, Sharding?>? residualSharding = null)
     {
         if (loss.Type.Rank != 0 || !DTypes.IsFloat(loss.Type.DType))
             throw new InvalidOperationException($"the loss {loss} must be a floating-point scalar, is {loss.Type}");
-        return new Autodiff(g, b, policy, residualSharding).Run(loss, top);
+        return new Autodiff(g, b, policyOf, residualSharding).Run(loss, top);
     }
 
     /// <summary>
@@ -190,6 +195,7 @@ public sealed class Autodiff
     private Node TransposeLoop(Node fwd, ImmutableArray<Value?> outCts, List<Node> into, Dictionary<Value, Value> ct, long trips, Func<Value, Value> outerPrimal)
     {
         var body = fwd.Regions[0];
+        _policy = _policyOf(fwd);
         var carried = Carried(fwd);
         var stacked = (int)fwd.Attr<IntAttr>("stacked").Value;
         var count = ControlOps.Count(fwd, _b.Dims);

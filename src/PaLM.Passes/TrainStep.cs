@@ -61,7 +61,8 @@ public static class TrainStep
 {
     public const string StepInput = "step";
 
-    public static TrainingGraph Build(Graph g, TrainOptions? options = null, RematPolicy? remat = null, Func<Value, Sharding?>? residualSharding = null)
+    public static TrainingGraph Build(Graph g, TrainOptions? options = null, RematPolicy? remat = null, Func<Value, Sharding?>? residualSharding = null,
+        IReadOnlyList<RematPolicy>? loopPolicies = null)
     {
         options ??= new TrainOptions();
         remat ??= RematPolicy.None;
@@ -76,7 +77,11 @@ public static class TrainStep
 
         var b = GraphBuilder.Continuing(g);
         var top = new List<Node>();
-        var grads = Autodiff.Build(g, loss, remat, b, top, residualSharding);
+        // Per-loop policies (remat auto) by the order of the top-level loops.
+        var loops = g.Body.Nodes.Where(n => n.Op.HasRegion).ToList();
+        if (loopPolicies is not null && loopPolicies.Count != loops.Count)
+            throw new InvalidOperationException($"{loopPolicies.Count} loop remat policies for {loops.Count} loops");
+        var grads = Autodiff.Build(g, loss, n => loopPolicies?[loops.IndexOf(n)] ?? remat, b, top, residualSharding);
 
         var args = g.Args.ToList();
         var step = b.NewValue(StepInput, new TensorType(DType.F32));

@@ -10,6 +10,9 @@ public sealed record TrainingConfig
 {
     public RematPolicy Remat { get; init; } = RematPolicy.None;
 
+    /// <summary>Layer-group split and policies of <c>--remat auto</c> (null: <see cref="Remat"/> everywhere).</summary>
+    public AutoRemat.Choice? Auto { get; init; }
+
     /// <summary>Run the parallel-layer fusion pass on the per-device program.</summary>
     public bool Fuse { get; init; } = true;
 
@@ -41,9 +44,12 @@ public static class TrainingCompiler
     {
         var sw = Stopwatch.StartNew();
         var regrouped = 0;
+        if (config.Auto is { } auto) forward = AutoRemat.SplitLayers(forward, auto.FirstGroup);
         if (config.Fuse) (forward, regrouped) = ParallelFusion.Reassociate(forward);
-        Func<Value, Sharding?>? residualSharding = config.Remat.FullyShardedResiduals ? FullySharded(forward, meshOverride) : null;
-        var training = TrainStep.Build(forward, config.Optimizer, config.Remat, residualSharding);
+        var fullySharded = config.Remat.FullyShardedResiduals || config.Auto is { } a && (a.First.FullyShardedResiduals || a.Second.FullyShardedResiduals);
+        Func<Value, Sharding?>? residualSharding = fullySharded ? FullySharded(forward, meshOverride) : null;
+        var training = TrainStep.Build(forward, config.Optimizer, config.Remat, residualSharding,
+            config.Auto is { } c ? (c.FirstGroup == 0 ? [c.Second] : [c.First, c.Second]) : null);
         var autodiff = sw.Elapsed;
         var spmd = SpmdCompiler.Compile(training.Graph, meshOverride);
         sw.Restart();

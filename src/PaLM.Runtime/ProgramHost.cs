@@ -7,23 +7,46 @@ namespace PaLM.Runtime;
 public static class ProgramHost
 {
     /// <summary>
-    /// The <c>Main</c> of a compiled program: <c>dotnet graph.dll [--seed N]</c>. Errors print one line and exit 1.
+    /// The <c>Main</c> of a compiled program: <c>dotnet graph.dll [--seed N]</c> prints the loss on a seeded batch; a
+    /// training step (<c>palmc compile --train</c>) trains instead:
+    /// <c>dotnet graph.dll [--steps N] [--seed N] [--data PATH] [--checkpoint DIR]</c>. Errors print one line and exit 1.
     /// </summary>
     public static int Main(IGraphProgram program, string[] args)
     {
-        long seed = 0;
-        if (args.Length == 2 && args[0] == "--seed" && long.TryParse(args[1], NumberStyles.Integer, CultureInfo.InvariantCulture, out var s))
-            seed = s;
-        else if (args.Length != 0)
+        var isTraining = program.Outputs.Any(o => o.Updates >= 0);
+        var options = new Dictionary<string, string>(StringComparer.Ordinal);
+        string[] known = isTraining ? ["--seed", "--steps", "--data", "--checkpoint"] : ["--seed"];
+        for (int i = 0; i < args.Length; i += 2)
         {
-            Console.Error.WriteLine($"usage: dotnet {program.Name}.dll [--seed N]");
-            return 2;
+            if (i + 1 >= args.Length || !known.Contains(args[i]))
+            {
+                Console.Error.WriteLine(isTraining
+                    ? $"usage: dotnet {program.Name}.dll [--steps N] [--seed N] [--data PATH] [--checkpoint DIR]"
+                    : $"usage: dotnet {program.Name}.dll [--seed N]");
+                return 2;
+            }
+            options[args[i]] = args[i + 1];
+        }
+        long Long(string key, long fallback)
+        {
+            if (!options.TryGetValue(key, out var text)) return fallback;
+            return long.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) && v >= 0
+                ? v : throw new ArgumentException($"{key}: '{text}' is not a non-negative integer");
         }
         try
         {
-            return RunLoss(program, seed);
+            if (!isTraining) return RunLoss(program, Long("--seed", 0));
+            var corpus = options.TryGetValue("--data", out var data) ? Training.ByteCorpus.FromFile(data) : Training.ByteCorpus.Default();
+            Training.Trainer.Run(program, new Training.TrainerOptions
+            {
+                Steps = Long("--steps", 100),
+                Seed = Long("--seed", 0),
+                Corpus = corpus,
+                CheckpointDir = options.GetValueOrDefault("--checkpoint"),
+            }, r => Console.WriteLine(r.Format()), Console.Error.WriteLine);
+            return 0;
         }
-        catch (Exception e) when (e is NotSupportedException or InvalidOperationException)
+        catch (Exception e) when (e is NotSupportedException or InvalidOperationException or ArgumentException or IOException)
         {
             Console.Error.WriteLine($"{program.Name}: error: {e.Message}");
             return 1;

@@ -90,6 +90,7 @@ public sealed class Partitioner
         var ports = Port.Of(n, rule);
         Known? KnownOf(Value v) => _map.TryGetValue(v, out var m) && n.Inputs.Contains(v) ? new Known(m.State, false) : new Known(_prop.ShardingOf(v), false);
         var fa = FactorSolver.Solve(rule.Factors, ports, KnownOf, _mesh);
+        fa = SumPendingFirst(n, fa);
 
         var reductionAxes = rule.Factors.Select((f, i) => (f, i)).Where(x => x.f.Kind == FactorKind.Reduction)
             .SelectMany(x => fa.Axes[x.i]).ToList();
@@ -125,6 +126,20 @@ public sealed class Partitioner
             }
             _map[n.Outputs[r]] = (local, state);
         }
+    }
+
+    /// <summary>
+    /// An add of operands that are all pending sums over the same axes is computed with those axes unsplit, so the sum
+    /// stays pending and one reduction (often a reduce-scatter) later serves every operand, instead of one per operand
+    /// (attention and MLP outputs of a parallel layer under model parallelism).
+    /// </summary>
+    private FactorAssignment SumPendingFirst(Node n, FactorAssignment fa)
+    {
+        if (n.Op.Linearity != Linearity.Sum || n.Inputs.Length < 2) return fa;
+        var partials = n.Inputs.Select(v => _map[v].State.Partial).ToList();
+        if (partials[0].IsEmpty || !partials.All(p => p.SequenceEqual(partials[0]))) return fa;
+        if (!fa.Axes.Any(a => a.Any(partials[0].Contains))) return fa;
+        return fa with { Axes = [.. fa.Axes.Select(a => a.RemoveAll(partials[0].Contains))] };
     }
 
     /// <summary>The pending-sum axes the op can pass through to its result instead of reducing them now.</summary>

@@ -67,6 +67,16 @@ public class OpTableTests
         // Renamed einsum labels (keys' s as kseq) and a three-operand contraction.
         ("einsum", ["f32[b, h, s, k]", "f32[b, s, k]"], [("operands", new DimListsAttr([["b", "h", "s", "k"], ["b", "kseq", "k"]])), ("output", Ds("b", "h", "s", "kseq"))], ["f32[b, h, s, kseq]"]),
         ("einsum", ["f32[b, d]", "f32[d, f]", "f32[f]"], [("operands", new DimListsAttr([["b", "d"], ["d", "f"], ["f"]])), ("output", Ds("b"))], ["f32[b]"]),
+        // Ops autodiff and the optimizer emit.
+        ("minimum", ["f32[b, d]", "f32[]"], [], ["f32[b, d]"]),
+        ("step", ["f64[b]"], [], ["f64[b]"]),
+        ("broadcast", ["f32[d]"], [("to", Ds("b", "d", "s"))], ["f32[b, d, s]"]),
+        ("sharding_constraint", ["f32[b, d]"], [], ["f32[b, d]"]),
+        ("silu_grad", ["f32[s, f]", "f32[s, f]"], [], ["f32[s, f]"]),
+        ("layernorm_dx", ["f32[b, s, d]", "f32[b, s, d]", "f32[d]"], [("over", Ds("d"))], ["f32[b, s, d]"]),
+        ("layernorm_dscale", ["f32[b, s, d]", "f32[b, s, d]"], [("over", Ds("d"))], ["f32[d]"]),
+        ("scatter_add", ["f32[b, s, d]", "i32[b, s]"], [("along", Ds("v")), ("to", Ds("v", "d"))], ["f32[v, d]"]),
+        ("cross_entropy_grad", ["f32[b, s]", "f32[b, s, v]", "i32[b, s]"], [("over", Ds("v"))], ["f32[b, s, v]"]),
     ];
 
     public static TheoryData<int, string> CaseIndex()

@@ -226,7 +226,7 @@ public class VerifierTests
         {
             var s = new Value(5, "s", F32(B));
             return new Block([h, w], [N("sum", [h], [s], GraphBuilder.Attrs(("over", new DimsAttr(["d"]))))], [s]);
-        }), "repeat body yields %s: f32[b] for carried f32[b, d]", ">>> %h = repeat(%x, %w)");
+        }), "repeat body yields %s: f32[b] for carried result f32[b, d]", ">>> %h = repeat(%x, %w)");
     }
 
     [Fact]

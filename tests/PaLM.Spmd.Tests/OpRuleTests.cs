@@ -49,6 +49,16 @@ public sealed class OpRuleTests
         ["causal_mask"] = (["z: f32[i, j, j2]"], "causal_mask(add(z, sum(x, over=k)), query=j, key=j2)", []),
         ["gather"] = (["t: f32[v, k]"], "add(gather(t, ids, along=v), x)", ["ids: i32[i, j]"]),
         ["cross_entropy"] = (["t: f32[k, v]"], "cross_entropy(einsum(x[i, j, k], t[k, v] -> [i, j, v]), ids, over=v, z_loss=0.1)", ["ids: i32[i, j]"]),
+        // Ops autodiff and the optimizer emit (written here as DSL calls).
+        ["minimum"] = (["z: f32[k, j]"], "minimum(x, z)", []),
+        ["step"] = ([], "mul(x, step(x))", []),
+        ["broadcast"] = (["z: f32[j]"], "add(x, broadcast(z, to=[i, j, k]))", []),
+        ["sharding_constraint"] = ([], "sharding_constraint(x)", []),
+        ["silu_grad"] = (["z: f32[i, j, k]"], "silu_grad(z, x)", []),
+        ["layernorm_dx"] = (["z: f32[i, j, k]", "s: f32[k]"], "layernorm_dx(z, x, s, over=k)", []),
+        ["layernorm_dscale"] = (["z: f32[i, j, k]"], "add(x, layernorm_dscale(z, x, over=k))", []),
+        ["scatter_add"] = (["z: f32[i, j, k]"], "scatter_add(add(x, z), ids, along=v, to=[v, k])", ["ids: i32[i, j]"]),
+        ["cross_entropy_grad"] = (["t: f32[k, v]", "z: f32[i, j]"], "cross_entropy_grad(z, einsum(x[i, j, k], t[k, v] -> [i, j, v]), ids, over=v, z_loss=0.1)", ["ids: i32[i, j]"]),
     };
 
     [Fact]

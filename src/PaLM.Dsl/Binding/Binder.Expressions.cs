@@ -243,7 +243,7 @@ internal sealed partial class Binder
         AttrKind.Dims => "a dim or [dims]",
         AttrKind.Float => "a number",
         AttrKind.Int => "an integer",
-        AttrKind.DType => "f32, bf16 or i32",
+        AttrKind.DType => "f32, f64, bf16 or i32",
         _ => k.ToString(),
     };
 
@@ -280,7 +280,7 @@ internal sealed partial class Binder
                 return new IntAttr((long)c.Value);
             case AttrKind.DType:
                 if (v is ExprValue { Value: NameExpr t } && DTypes.TryParse(t.Name, out var dt)) return new DTypeAttr(dt);
-                Error(v.Loc, $"'{spec.Name}=' expects f32, bf16 or i32");
+                Error(v.Loc, $"'{spec.Name}=' expects f32, f64, bf16 or i32");
                 return null;
             default:
                 Error(v.Loc, $"'{spec.Name}=' cannot be written in the DSL");
