@@ -16,6 +16,7 @@ public static class Program
             CompileCommand.Create(),
             RunCommand.Create(),
             PlanCommand.Create(),
+            TrainCommand.Create(),
         };
         return root.Parse(args).Invoke();
     }

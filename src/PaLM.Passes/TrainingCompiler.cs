@@ -29,6 +29,9 @@ public sealed class CompiledTraining
     public required Graph Local { get; init; }
 
     public FusionReport? Fusion { get; init; }
+
+    /// <summary>The remat policy as chosen: a policy name, or auto's per-layer-group choice.</summary>
+    public required string RematName { get; init; }
     public required TimeSpan AutodiffTime { get; init; }
     public required TimeSpan PassesTime { get; init; }
 }
@@ -60,7 +63,7 @@ public static class TrainingCompiler
             (local, fusion) = ParallelFusion.Run(local);
             fusion = fusion with { Reassociated = regrouped };
         }
-        return new CompiledTraining { Training = training, Spmd = spmd, Local = local, Fusion = fusion, AutodiffTime = autodiff, PassesTime = sw.Elapsed };
+        return new CompiledTraining { RematName = config.Auto?.ToString() ?? config.Remat.Name, Training = training, Spmd = spmd, Local = local, Fusion = fusion, AutodiffTime = autodiff, PassesTime = sw.Elapsed };
     }
 
     /// <summary>

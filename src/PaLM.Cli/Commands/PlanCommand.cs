@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
+using PaLM.Passes;
 using PaLM.Spmd;
 using Spectre.Console;
 
@@ -19,21 +20,45 @@ internal static class PlanCommand
         var mesh = Common.MeshOption();
         var json = new Option<bool>("--json") { Description = "print the plan as JSON" };
         var explain = new Option<string?>("--explain") { Description = "print how tensor NAME got its sharding, back to the annotations" };
-        var cmd = new Command("plan", "Show how a graph is sharded over a mesh: layouts, per-device memory, collectives.") { file, mesh, json, explain };
+        var train = new Option<bool>("--train") { Description = "plan the whole training step: gradients, optimizer state and activations under --remat" };
+        var training = new TrainingOptions();
+        var cmd = new Command("plan", "Show how a graph is sharded over a mesh: layouts, per-device memory, collectives.") { file, mesh, json, explain, train };
+        training.AddTo(cmd);
         cmd.SetAction(r => Common.Guard(() =>
         {
             var g = Common.Load(r.GetValue(file)!);
-            var plan = ShardingPlan.Of(Common.Partition(g, r.GetValue(mesh)));
+            var isTrain = r.GetValue(train) || r.GetResult(training.Remat) is { Implicit: false };
+            var compiled = isTrain ? training.Compile(r, g, r.GetValue(mesh)) : null;
+            var plan = ShardingPlan.Of(compiled?.Spmd ?? Common.Partition(g, r.GetValue(mesh)));
+            var memory = compiled is null ? null : TrainingMemory.Of(compiled);
             if (r.GetValue(explain) is { } name)
             {
                 Console.Write(plan.Explain(name) ?? throw new UserError($"error: no tensor named '{name}' in {g.Name}"));
                 return 0;
             }
-            if (r.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(ToJson(plan), new JsonSerializerOptions { WriteIndented = true }));
-            else Render(plan);
+            if (r.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(ToJson(plan, compiled, memory), new JsonSerializerOptions { WriteIndented = true }));
+            else Render(plan, compiled, memory);
             return 0;
         }));
         return cmd;
+    }
+
+    internal static Dictionary<string, object?> ToJson(ShardingPlan plan, CompiledTraining? training = null, TrainingMemory? memory = null)
+    {
+        var json = ToJson(plan);
+        if (training is null || memory is null) return json;
+        json["memory_per_device_bytes"] = memory.ByCategory;
+        json["memory_per_device_total_bytes"] = memory.Total;
+        json["training"] = new Dictionary<string, object?>
+        {
+            ["remat"] = training.RematName,
+            ["remat_description"] = training.Training.Remat.Description,
+            ["recomputed_flops_per_step"] = memory.RecomputedFlopsPerStep,
+            ["saved_activation_bytes_per_layer"] = memory.ResidualsPerLayerBytes,
+            ["fusion"] = training.Fusion?.ToString(),
+            ["optimizer"] = training.Training.Options.Describe(),
+        };
+        return json;
     }
 
     internal static Dictionary<string, object?> ToJson(ShardingPlan plan) => new()
@@ -89,7 +114,7 @@ internal static class PlanCommand
         },
     };
 
-    private static void Render(ShardingPlan plan)
+    private static void Render(ShardingPlan plan, CompiledTraining? training, TrainingMemory? memory)
     {
         string B(long b) => Bytes(b);
         AnsiConsole.Write(new Rule($"{Markup.Escape(plan.Program.Source.Name)} on mesh {Markup.Escape(plan.Mesh.ToString())} ({plan.Mesh.DeviceCount:N0} devices)").LeftJustified());
@@ -100,7 +125,13 @@ internal static class PlanCommand
         AnsiConsole.Write(t);
 
         var m = new Table().AddColumn("memory per device").AddColumn(new TableColumn("bytes").RightAligned());
-        foreach (var (k, v) in plan.MemoryPerDevice) m.AddRow(k, B(v));
+        foreach (var (k, v) in memory?.ByCategory ?? plan.MemoryPerDevice) m.AddRow(k, B(v));
+        if (memory is not null)
+        {
+            m.AddRow("total", B(memory.Total));
+            m.AddRow(Markup.Escape($"saved per layer (remat {training!.RematName})"), B(memory.ResidualsPerLayerBytes));
+            m.AddRow("recomputed FLOPs per step", memory.RecomputedFlopsPerStep.ToString("N0", CultureInfo.InvariantCulture));
+        }
         m.AddRow("parameters, unsharded total", B(plan.ParameterBytesTotal));
         AnsiConsole.Write(m);
 

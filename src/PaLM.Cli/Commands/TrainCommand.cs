@@ -1,0 +1,100 @@
+using System.CommandLine;
+using System.Globalization;
+using PaLM.CodeGen;
+using PaLM.Passes;
+using PaLM.Runtime.Training;
+using Spectre.Console;
+
+namespace PaLM.Cli.Commands;
+
+/// <summary>
+/// <c>palmc train FILE [--mesh ...] [--remat ...] [--steps N] [--data PATH] [--checkpoint DIR]</c>: compiles the whole
+/// training step (forward, backward, Adafactor update), partitions it over the mesh, and trains on in-process virtual
+/// devices, printing one line per step and a progress display; resumes from the newest complete checkpoint in DIR.
+/// </summary>
+internal static class TrainCommand
+{
+    public static Command Create()
+    {
+        var file = Common.FileArgument();
+        var mesh = Common.MeshOption();
+        var steps = new Option<long>("--steps") { Description = "train until this step", DefaultValueFactory = _ => 100 };
+        var data = new Option<string?>("--data") { Description = $"a text file to train on, byte-level (default: the licence texts in {ByteCorpus.DefaultFolder})" };
+        var checkpoint = new Option<string?>("--checkpoint") { Description = "checkpoint folder: resumed from if it holds one, saved to every --checkpoint-every steps" };
+        var every = new Option<long>("--checkpoint-every") { Description = "steps between checkpoints", DefaultValueFactory = _ => 100 };
+        var seed = new Option<long>("--seed") { Description = "seed of the initial parameters", DefaultValueFactory = _ => 0 };
+        var dataSeed = new Option<long>("--data-seed") { Description = "seed of the batches", DefaultValueFactory = _ => 1 };
+        var curve = new Option<string?>("--curve") { Description = "write the loss curve: PATH.csv and PATH.svg (default: into the checkpoint folder, if any)" };
+        var training = new TrainingOptions();
+        var cmd = new Command("train", "Compile the training step and train on every device of the mesh.") { file, mesh, steps, data, checkpoint, every, seed, dataSeed, curve };
+        training.AddTo(cmd);
+        cmd.SetAction(r => Common.Guard(() =>
+        {
+            var path = r.GetValue(file)!;
+            var total = r.GetValue(steps);
+            if (total < 1) throw new UserError("error: --steps must be at least 1");
+            if (r.GetValue(every) < 1) throw new UserError("error: --checkpoint-every must be at least 1");
+            ByteCorpus corpus;
+            try { corpus = r.GetValue(data) is { } d ? ByteCorpus.FromFile(d) : ByteCorpus.Default(); }
+            catch (Exception e) when (e is FileNotFoundException or InvalidDataException or DirectoryNotFoundException or ArgumentException)
+            {
+                throw new UserError($"error: {e.Message}");
+            }
+            var g = Common.Load(path);
+            var compiled = training.Compile(r, g, r.GetValue(mesh));
+            var program = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local));
+            var memory = TrainingMemory.Of(compiled);
+            Console.WriteLine($"{g.Name}: {compiled.Spmd.Mesh.DeviceCount} device(s) [{compiled.Spmd.Mesh}], remat {compiled.RematName}" +
+                (compiled.Fusion is { } f ? $", fusion: {f}" : ", no fusion"));
+            Console.WriteLine($"optimizer: {compiled.Training.Options.Describe()}");
+            Console.WriteLine($"data: {corpus.Name} ({corpus.Length:N0} bytes); memory/device: {PlanCommand.Bytes(memory.Total)} " +
+                $"(activations {PlanCommand.Bytes(memory.Activations)}); recomputed {memory.RecomputedFlopsPerStep:N0} FLOPs/step");
+
+            var options = new TrainerOptions
+            {
+                Steps = total, Corpus = corpus, Seed = r.GetValue(seed), DataSeed = r.GetValue(dataSeed),
+                CheckpointDir = r.GetValue(checkpoint), CheckpointEvery = r.GetValue(every),
+            };
+            TrainResult result = null!;
+            var interactive = AnsiConsole.Profile.Capabilities.Interactive && !Console.IsOutputRedirected;
+            if (interactive)
+            {
+                AnsiConsole.Progress().AutoClear(true).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                    .Start(ctx =>
+                    {
+                        var task = ctx.AddTask("training", maxValue: total);
+                        result = Trainer.Run(program, options, s =>
+                        {
+                            AnsiConsole.WriteLine(s.Format());
+                            task.Value = s.Step;
+                            task.Description = string.Create(CultureInfo.InvariantCulture, $"loss {s.Loss:F3}");
+                        }, m => AnsiConsole.WriteLine(m));
+                    });
+            }
+            else result = Trainer.Run(program, options, s => Console.WriteLine(s.Format()), Console.WriteLine);
+
+            if (result.Steps.Count == 0)
+            {
+                Console.WriteLine($"nothing to do: the checkpoint is already at step {result.ResumedFrom}");
+                return 0;
+            }
+            var curvePath = r.GetValue(curve) ?? (options.CheckpointDir is { } ck ? Path.Combine(ck, "loss") : null);
+            if (curvePath is not null)
+            {
+                var dir = Path.GetDirectoryName(Path.GetFullPath(curvePath))!;
+                Directory.CreateDirectory(dir);
+                var vocab = g.DimsByName.TryGetValue("vocab", out var v) ? Math.Log(v.Size) : (double?)null;
+                LossCurve.WriteCsv(curvePath + ".csv", result.Steps);
+                LossCurve.WriteSvg(curvePath + ".svg", result.Steps, $"{g.Name}: training loss ({compiled.Spmd.Mesh}, remat {compiled.RematName})", vocab);
+                Console.WriteLine($"loss curve: {curvePath}.csv, {curvePath}.svg");
+            }
+            var times = result.Steps.Skip(Math.Min(2, result.Steps.Count - 1)).Select(s => s.Seconds).Order().ToList();
+            var first = result.Steps[0];
+            var last = result.Steps[^1];
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"steps {first.Step}-{last.Step}: loss {first.Loss:F4} -> {last.Loss:F4}; median step {times[times.Count / 2] * 1e3:F1} ms ({last.Tokens / times[times.Count / 2]:F0} tokens/s)"));
+            return 0;
+        }));
+        return cmd;
+    }
+}
