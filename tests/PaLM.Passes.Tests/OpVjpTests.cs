@@ -712,7 +712,7 @@ public sealed class OpVjpTests(ITestOutputHelper output)
         var palmLoss = outs[0].item<double>();
 
         // ---- forward: palmc's loss against the eager formula (f32 copy in f32, f64 copy in f64) ----
-        double EagerLoss(Tensor[] ys, ScalarType f, out double scale)
+        double EagerLoss(Tensor[] ys, out double scale)
         {
             double l = 0;
             scale = 0;
@@ -729,8 +729,8 @@ public sealed class OpVjpTests(ITestOutputHelper output)
         }
         var (e32, leaves) = Eager(ScalarType.Float32, grad: true);
         var ys32 = c.Eager(e32);
-        var eagerLoss32 = EagerLoss(ys32, ScalarType.Float32, out var scale32);
-        var eagerLoss64 = EagerLoss(c.Eager(Eager(ScalarType.Float64, grad: false).E), ScalarType.Float64, out var scale64);
+        var eagerLoss32 = EagerLoss(ys32, out var scale32);
+        var eagerLoss64 = EagerLoss(c.Eager(Eager(ScalarType.Float64, grad: false).E), out var scale64);
         Assert.True(Math.Abs(palmLoss - (eagerLoss32 + eagerLoss64)) <= 1e-5 * (scale32 + scale64) + 1e-9,
             $"{what}: palmc's loss {palmLoss} differs from the eager formula's {eagerLoss32 + eagerLoss64}\n{Printer.Print(graph)}");
 

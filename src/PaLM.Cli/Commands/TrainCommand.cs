@@ -56,6 +56,8 @@ internal static class TrainCommand
                 CheckpointDir = r.GetValue(checkpoint), CheckpointEvery = r.GetValue(every),
             };
             TrainResult result = null!;
+            try
+            {
             var interactive = AnsiConsole.Profile.Capabilities.Interactive && !Console.IsOutputRedirected;
             if (interactive)
             {
@@ -72,6 +74,11 @@ internal static class TrainCommand
                     });
             }
             else result = Trainer.Run(program, options, s => Console.WriteLine(s.Format()), Console.WriteLine);
+            }
+            catch (InvalidOperationException e) when (e.Message.Contains("checkpoint", StringComparison.Ordinal))
+            {
+                throw new UserError($"error: {e.Message}");
+            }
 
             if (result.Steps.Count == 0)
             {

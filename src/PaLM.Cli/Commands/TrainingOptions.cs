@@ -39,6 +39,13 @@ internal sealed class TrainingOptions
     /// <summary>Compiles the training step of <paramref name="g"/> for the mesh with these options (auto remat searched here).</summary>
     public CompiledTraining Compile(System.CommandLine.ParseResult r, Graph g, string? meshText)
     {
+        // What these stages refuse (no 'loss' output, a budget nothing fits, nested loops) is the user's to fix.
+        try { return CompileCore(r, g, meshText); }
+        catch (Exception e) when (e is InvalidOperationException or NotSupportedException) { throw new UserError($"error: {e.Message}"); }
+    }
+
+    private CompiledTraining CompileCore(System.CommandLine.ParseResult r, Graph g, string? meshText)
+    {
         var mesh = Common.ParseMesh(meshText);
         var optimizer = new TrainOptions
         {

@@ -85,6 +85,7 @@ public static class Checkpoint
             var devices = new List<DeviceEntry>(data.Devices.Count);
             for (var i = 0; i < data.Devices.Count; i++)
                 devices.Add(WriteDeviceFile(Path.Combine(tmp, DeviceFileName(i)), data.Devices[i]));
+            FailPoint(data.Step);
             // The manifest goes last: a folder with a valid manifest had all its data files flushed before it.
             WriteAllBytesDurably(Path.Combine(tmp, ManifestFileName), ManifestJson(data, devices));
             MoveIntoPlace(dir, tmp, final, name);
@@ -520,4 +521,16 @@ public static class Checkpoint
     private sealed record DeviceEntry(string File, long Bytes, string Sha256, IReadOnlyList<TensorEntry> Tensors);
 
     private sealed record Manifest(IReadOnlyList<DeviceEntry> Devices, IReadOnlyDictionary<string, string> Metadata);
+
+    /// <summary>
+    /// Fault injection for the crash tests: with PALMC_FAILPOINT_CHECKPOINT_STEP=N and PALMC_FAILPOINT_CHECKPOINT_PAUSE_MS=T,
+    /// saving step N pauses T ms after the data files are written and before the manifest, so a test can kill the
+    /// process in the middle of a save. Unset, nothing happens.
+    /// </summary>
+    private static void FailPoint(long step)
+    {
+        if (Environment.GetEnvironmentVariable("PALMC_FAILPOINT_CHECKPOINT_STEP") is { } s && long.TryParse(s, out var at) && at == step
+            && int.TryParse(Environment.GetEnvironmentVariable("PALMC_FAILPOINT_CHECKPOINT_PAUSE_MS"), out var ms))
+            Thread.Sleep(ms);
+    }
 }
