@@ -45,9 +45,25 @@ public sealed class PartitionedTrainingTests
         }
     }
 
-    internal static (Dictionary<string, Tensor> Params, double[] Losses) Train(Mesh? mesh, RematPolicy remat, bool fuse)
+    /// <summary>remat auto's mixed plan: the layer loop split in two groups under different policies.</summary>
+    [Theory]
+    [InlineData("data=2,model=2", "none", "full", true)]
+    [InlineData("data=4,model=2", "dots", "palm", false)]
+    public void MixedPerLayerPoliciesGiveTheSameParameters(string mesh, string first, string second, bool fuse)
     {
-        var compiled = TrainingCompiler.Compile(s_tiny.Value, mesh, new TrainingConfig { Remat = remat, Fuse = fuse });
+        var choice = new AutoRemat.Choice(1, RematPolicy.Parse(first), RematPolicy.Parse(second), 2);
+        var (got, _) = Train(Mesh.Parse(mesh), RematPolicy.None, fuse, choice);
+        foreach (var (name, expected) in s_single.Value)
+        {
+            var err = TestMath.RelErr(got[name], expected);
+            Assert.True(err < 1e-4, $"{mesh} {choice}: parameter {name} differs after {Steps} steps by {err:E2}");
+        }
+    }
+
+    internal static (Dictionary<string, Tensor> Params, double[] Losses) Train(Mesh? mesh, RematPolicy remat, bool fuse, AutoRemat.Choice? auto = null)
+    {
+        var compiled = TrainingCompiler.Compile(s_tiny.Value, mesh, new TrainingConfig { Remat = remat, Fuse = fuse, Auto = auto });
+        if (auto is not null) Assert.Equal(2, compiled.Local.Body.Nodes.Count(n => n.Op.HasRegion && !ControlOps.IsReverse(n)));
         var program = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local));
         var dir = Directory.CreateTempSubdirectory("palm-train-");
         try
