@@ -97,8 +97,13 @@ public sealed class Autodiff
         var ct = new Dictionary<Value, Value>(ReferenceEqualityComparer.Instance);
         ct[loss] = Emit(top, "constant", [], GraphBuilder.Attrs(("value", new FloatAttr(1.0)), ("dtype", new DTypeAttr(loss.Type.DType))), "d_" + loss.Name, null)[0];
 
-        var inForward = new HashSet<Value>(_g.Body.Args, ReferenceEqualityComparer.Instance);
-        foreach (var n in _g.Body.Nodes) foreach (var o in n.Outputs) inForward.Add(o);
+        // Graph arguments are held anyway (parameters, inputs): only values the forward computes count as saved.
+        var inForward = new HashSet<Value>(ReferenceEqualityComparer.Instance);
+        // Views of arguments (remat auto's per-group slices of stacked parameters) hold no memory of their own either.
+        var args = new HashSet<Value>(_g.Body.Args, ReferenceEqualityComparer.Instance);
+        foreach (var n in _g.Body.Nodes)
+            if (!(n.Op.Name == "split" && args.Contains(n.Inputs[0])))
+                foreach (var o in n.Outputs) inForward.Add(o);
         var saved = new HashSet<Value>(ReferenceEqualityComparer.Instance);
 
         for (int i = _g.Body.Nodes.Length - 1; i >= 0; i--)

@@ -97,7 +97,17 @@ public static class TrainStep
         args.Add(new GraphArg(step, ArgKind.Input, null));
 
         var opt = new Optimizer(b, top, options);
-        var (outputs, names, updates) = opt.Emit(loss, step, slots, args);
+        // Parameters a layer loop slices per iteration: their leading dim counts layers, not matrix rows.
+        var stacked = new HashSet<Value>(ReferenceEqualityComparer.Instance);
+        foreach (var loop in loops)
+        {
+            var c = (int)loop.Attr<IntAttr>("carried").Value;
+            foreach (var v in loop.Inputs.Skip(c).Take((int)loop.Attr<IntAttr>("stacked").Value)) stacked.Add(v);
+        }
+        // remat auto splits stacked parameters into layer groups first: the parameter split is stacked too.
+        foreach (var n in g.Body.Nodes.Where(n => n.Op.Name == "split" && n.Outputs.Any(stacked.Contains)))
+            stacked.Add(n.Inputs[0]);
+        var (outputs, names, updates) = opt.Emit(loss, step, slots, args, stacked);
         var graph = new Graph(g.Name, g.Dims, g.Mesh, [.. args], new Block([.. args.Select(a => a.Value)], [.. top], [.. outputs]), [.. names])
         {
             OutputUpdates = [.. updates],
@@ -121,16 +131,20 @@ public static class TrainStep
             return x.Type.Rank == 0 ? sq : Op("sum", hint, sq, ("over", new DimsAttr([.. x.Type.Dims.Select(d => d.Name)])));
         }
 
-        /// <summary>Root mean square over every dim, a scalar.</summary>
-        private Value Rms(Value x, string hint)
+        /// <summary>
+        /// Root mean square of each weight matrix: over every dim, or, for a parameter stacked over layers, over every
+        /// dim but the layer dim (one RMS per layer, as Adafactor scales each matrix by its own).
+        /// </summary>
+        private Value Rms(Value x, string hint, bool perLayer)
         {
             var sq = Op("square", hint + ".sq", x);
-            var mean = x.Type.Rank == 0 ? sq : Op("mean", hint + ".ms", sq, ("over", new DimsAttr([.. x.Type.Dims.Select(d => d.Name)])));
+            var over = x.Type.Dims.Skip(perLayer ? 1 : 0).Select(d => d.Name).ToImmutableArray();
+            var mean = over.IsEmpty ? sq : Op("mean", hint + ".ms", sq, ("over", new DimsAttr(over)));
             return Op("sqrt", hint, mean);
         }
 
         public (List<Value> Outputs, List<string> Names, List<int> Updates) Emit(Value loss, Value step,
-            IReadOnlyList<(GraphArg P, Value G, GraphArg M, GraphArg V)> slots, List<GraphArg> args)
+            IReadOnlyList<(GraphArg P, Value G, GraphArg M, GraphArg V)> slots, List<GraphArg> args, IReadOnlySet<Value> stacked)
         {
             // Schedules from the step number: lr = min(peak, 1/sqrt(step)), beta2 = 1 - step^-decay.
             var lr = Op("minimum", "lr", K(o.PeakLearningRate), Op("rsqrt", "lr.decay", step));
@@ -164,11 +178,11 @@ public static class TrainStep
                 var u = Op("mul", name + ".u", g, Op("rsqrt", name + ".v.rsqrt", v));
                 // Update clipping: u / max(1, RMS(u) / d).
                 if (o.UpdateClip > 0)
-                    u = Op("div", name + ".u.clipped", u, Op("maximum", name + ".u.den", K(1), Op("mul", name + ".u.ratio", Rms(u, name + ".u.rms"), K(1 / o.UpdateClip))));
+                    u = Op("div", name + ".u.clipped", u, Op("maximum", name + ".u.den", K(1), Op("mul", name + ".u.ratio", Rms(u, name + ".u.rms", stacked.Contains(s.P.Value)), K(1 / o.UpdateClip))));
                 // Momentum on the clipped update.
                 var m = Pin("add", name + ".m.new", Op("mul", name + ".m.decay", s.M.Value, K(o.Beta1)), Op("mul", name + ".m.add", u, K(1 - o.Beta1)));
                 // Parameter scaling: step = lr * max(eps2, RMS(W)); decoupled weight decay lr^power.
-                var stepSize = Op("mul", name + ".step_size", lr, Op("maximum", name + ".scale", K(o.Epsilon2), Rms(s.P.Value, name + ".rms")));
+                var stepSize = Op("mul", name + ".step_size", lr, Op("maximum", name + ".scale", K(o.Epsilon2), Rms(s.P.Value, name + ".rms", stacked.Contains(s.P.Value))));
                 var w = s.P.Value;
                 if (o.WeightDecayPower >= 0)
                 {

@@ -72,8 +72,7 @@ public static class TrainingCompiler
     /// </summary>
     public static Func<Value, Sharding?> FullySharded(Graph forward, Mesh? meshOverride)
     {
-        var declared = forward.Mesh ?? new Mesh([]);
-        var mesh = meshOverride is null ? declared : declared.OverriddenBy(meshOverride);
+        var mesh = SpmdCompiler.ResolveMesh(forward, meshOverride);
         var prop = Propagation.Run(forward, mesh);
         return v =>
         {

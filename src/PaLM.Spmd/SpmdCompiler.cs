@@ -37,7 +37,11 @@ public static class SpmdCompiler
     /// Compiles <paramref name="g"/> for its mesh, or for <paramref name="meshOverride"/> (axes the graph declares but
     /// the override leaves out get size 1). Throws <see cref="ShardingException"/> for annotations the mesh cannot take.
     /// </summary>
-    public static SpmdProgram Compile(Graph g, Mesh? meshOverride = null)
+    /// <summary>
+    /// The mesh <paramref name="g"/> is compiled for: its own, or <paramref name="meshOverride"/> with declared axes it
+    /// leaves out at size 1. An override naming an axis the graph does not declare is refused.
+    /// </summary>
+    public static Mesh ResolveMesh(Graph g, Mesh? meshOverride)
     {
         var declared = g.Mesh ?? new Mesh([]);
         // An axis the graph does not declare cannot be named by any annotation: it would only multiply the devices
@@ -46,7 +50,12 @@ public static class SpmdCompiler
             throw new ShardingException(
                 $"mesh axis '{extra.Name}' is not declared in {g.Name}'s mesh ({(declared.Axes.IsEmpty ? "none" : string.Join(", ", declared.Axes.Select(a => a.Name)))}); " +
                 "an override can only resize declared axes");
-        var mesh = meshOverride is null ? declared : declared.OverriddenBy(meshOverride);
+        return meshOverride is null ? declared : declared.OverriddenBy(meshOverride);
+    }
+
+    public static SpmdProgram Compile(Graph g, Mesh? meshOverride = null)
+    {
+        var mesh = ResolveMesh(g, meshOverride);
         var sw = Stopwatch.StartNew();
         var prop = Propagation.Run(g, mesh);
         var propagateTime = sw.Elapsed;

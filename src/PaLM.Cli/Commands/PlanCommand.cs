@@ -130,7 +130,7 @@ internal static class PlanCommand
         {
             m.AddRow("total", B(memory.Total));
             m.AddRow(Markup.Escape($"saved per layer (remat {training!.RematName})"), B(memory.ResidualsPerLayerBytes));
-            m.AddRow("recomputed FLOPs per step", memory.RecomputedFlopsPerStep.ToString("N0", CultureInfo.InvariantCulture));
+            m.AddRow("recomputed FLOPs per step (all devices)", memory.RecomputedFlopsPerStep.ToString("N0", CultureInfo.InvariantCulture));
         }
         m.AddRow("parameters, unsharded total", B(plan.ParameterBytesTotal));
         AnsiConsole.Write(m);

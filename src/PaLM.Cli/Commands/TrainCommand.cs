@@ -75,7 +75,7 @@ internal static class TrainCommand
             }
             else result = Trainer.Run(program, options, s => Console.WriteLine(s.Format()), Console.WriteLine);
             }
-            catch (InvalidOperationException e) when (e.Message.Contains("checkpoint", StringComparison.Ordinal))
+            catch (InvalidOperationException e) when (e.Message.Contains("checkpoint", StringComparison.Ordinal) || e.Message.Contains("corpus", StringComparison.Ordinal))
             {
                 throw new UserError($"error: {e.Message}");
             }

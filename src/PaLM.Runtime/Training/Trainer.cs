@@ -55,6 +55,10 @@ public static class Trainer
         ArgumentNullException.ThrowIfNull(options);
         var layout = Layout.Of(program);
         Rt.Initialize();
+        // Byte tokens index the vocabulary: a graph with fewer than 256 entries cannot take arbitrary bytes.
+        var vocab = program.Parameters.Select(p => Array.IndexOf(p.Dims, "vocab") is var d and >= 0 ? p.Shape[d] : -1).FirstOrDefault(v => v > 0, -1);
+        if (vocab is > 0 and < ByteTokenizer.VocabSize && options.Corpus.Bytes.Span.IndexOfAnyInRange((byte)vocab, (byte)255) is var at and >= 0)
+            throw new InvalidOperationException($"the corpus {options.Corpus.Name} has byte {options.Corpus.Bytes.Span[at]} at offset {at}, outside the graph's vocab of {vocab} (byte-level tokens need vocab = 256)");
 
         CheckpointData? resume = null;
         if (options.CheckpointDir is { } dir && Directory.Exists(dir))
@@ -66,6 +70,9 @@ public static class Trainer
                     throw new InvalidOperationException($"the checkpoint in {dir} (step {resume.Step}) holds {resume.Devices.Count} devices' shards, this mesh has {program.Mesh.DeviceCount}");
                 if (resume.Metadata.TryGetValue("program", out var name) && name != program.Name)
                     throw new InvalidOperationException($"the checkpoint in {dir} was written by program '{name}', not '{program.Name}'");
+                // Shards belong to mesh positions: the same device count on another mesh would load them onto the wrong devices.
+                if (resume.Metadata.TryGetValue("mesh", out var meshText) && meshText != program.Mesh.ToString())
+                    throw new InvalidOperationException($"the checkpoint in {dir} holds shards for mesh {meshText}, this program runs on {program.Mesh}");
                 log?.Invoke($"resuming from step {resume.Step} ({dir})");
             }
         }
@@ -148,6 +155,9 @@ public static class Trainer
                 throw new InvalidOperationException($"the checkpoint has no tensor '{p.Name}'");
             if (t.dtype != p.DType)
                 throw new InvalidOperationException($"checkpoint tensor '{p.Name}' is {t.dtype}, the program wants {p.DType}");
+            var local = p.Shape.Select((n, d) => p.DimAxes[d].Length == 0 ? n : n / program.Mesh.GroupSize(p.DimAxes[d])).ToArray();
+            if (!t.shape.SequenceEqual(local))
+                throw new InvalidOperationException($"checkpoint tensor '{p.Name}' has shape [{string.Join(", ", t.shape)}], this program's shard is [{string.Join(", ", local)}]");
             return t.clone();
         }).ToArray();
     }
