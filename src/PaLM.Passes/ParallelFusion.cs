@@ -42,8 +42,8 @@ public static class ParallelFusion
         var b = GraphBuilder.Continuing(g);
         Block Rewrite(Block block)
         {
-            var uses = Uses(block);
-            var producer = Producers(block);
+            var uses = Uses(block.Nodes, block.Results);
+            var producer = ProducerMap(block.Nodes);
             bool IsEinsumOnce(Value v) => producer.TryGetValue(v, out var p) && p.Op.Name == "einsum" && uses.GetValueOrDefault(v) == 1;
             var nodes = new List<Node>();
             var replaced = new Dictionary<Value, Value>(ReferenceEqualityComparer.Instance);
@@ -205,7 +205,7 @@ public static class ParallelFusion
         {
             while (true)
             {
-                var uses = Uses(nodes, block);
+                var uses = Uses(nodes, block.Results);
                 var producer = ProducerMap(nodes);
                 (Node Add, Term A, Term B)? found = null;
                 foreach (var add in nodes.Where(n => n.Op.Name == "add" && n.Inputs[0].Type.Equals(n.Inputs[1].Type) && n.Inputs[0] != n.Inputs[1]))
@@ -322,24 +322,15 @@ public static class ParallelFusion
                     foreach (var o in n.Outputs) reached.Add(o);
             return reached;
         }
-
-        private static Dictionary<Value, int> Uses(List<Node> nodes, Block block)
-        {
-            var uses = new Dictionary<Value, int>(ReferenceEqualityComparer.Instance);
-            foreach (var v in nodes.SelectMany(n => n.Inputs).Concat(block.Results)) uses[v] = uses.GetValueOrDefault(v) + 1;
-            return uses;
-        }
     }
 
-    private static Dictionary<Value, int> Uses(Block block)
+    /// <summary>How many times each value is read by <paramref name="nodes"/> or yielded as a block result.</summary>
+    private static Dictionary<Value, int> Uses(IEnumerable<Node> nodes, IEnumerable<Value> results)
     {
         var uses = new Dictionary<Value, int>(ReferenceEqualityComparer.Instance);
-        foreach (var v in block.Nodes.SelectMany(n => n.Inputs).Concat(block.Results)) uses[v] = uses.GetValueOrDefault(v) + 1;
+        foreach (var v in nodes.SelectMany(n => n.Inputs).Concat(results)) uses[v] = uses.GetValueOrDefault(v) + 1;
         return uses;
     }
-
-    private static Dictionary<Value, Node> Producers(Block block) =>
-        ProducerMap(block.Nodes);
 
     private static Dictionary<Value, Node> ProducerMap(IEnumerable<Node> nodes)
     {

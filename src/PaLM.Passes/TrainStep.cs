@@ -124,24 +124,20 @@ public static class TrainStep
 
         private Value K(double v) => b.Apply(top, OpTable.Get("constant"), [], GraphBuilder.Attrs(("value", new FloatAttr(v)), ("dtype", new DTypeAttr(DType.F32))), ["c"])[0];
 
-        /// <summary>Sum of squares over every dim, a scalar.</summary>
-        private Value SumSquares(Value x, string hint)
+        /// <summary>Reduces the squares of <paramref name="x"/> over <paramref name="over"/> (all dims: a scalar) with sum or mean.</summary>
+        private Value Squares(Value x, string reduce, string hint, IEnumerable<Dim> over)
         {
             var sq = Op("square", hint + ".sq", x);
-            return x.Type.Rank == 0 ? sq : Op("sum", hint, sq, ("over", new DimsAttr([.. x.Type.Dims.Select(d => d.Name)])));
+            var dims = over.Select(d => d.Name).ToImmutableArray();
+            return dims.IsEmpty ? sq : Op(reduce, hint, sq, ("over", new DimsAttr(dims)));
         }
 
         /// <summary>
         /// Root mean square of each weight matrix: over every dim, or, for a parameter stacked over layers, over every
         /// dim but the layer dim (one RMS per layer, as Adafactor scales each matrix by its own).
         /// </summary>
-        private Value Rms(Value x, string hint, bool perLayer)
-        {
-            var sq = Op("square", hint + ".sq", x);
-            var over = x.Type.Dims.Skip(perLayer ? 1 : 0).Select(d => d.Name).ToImmutableArray();
-            var mean = over.IsEmpty ? sq : Op("mean", hint + ".ms", sq, ("over", new DimsAttr(over)));
-            return Op("sqrt", hint, mean);
-        }
+        private Value Rms(Value x, string hint, bool perLayer) =>
+            Op("sqrt", hint, Squares(x, "mean", hint + ".ms", x.Type.Dims.Skip(perLayer ? 1 : 0)));
 
         public (List<Value> Outputs, List<string> Names, List<int> Updates) Emit(Value loss, Value step,
             IReadOnlyList<(GraphArg P, Value G, GraphArg M, GraphArg V)> slots, List<GraphArg> args, IReadOnlySet<Value> stacked)
@@ -155,7 +151,7 @@ public static class TrainStep
             Value? total = null;
             foreach (var s in slots)
             {
-                var ss = SumSquares(s.G, s.P.Value.Name + ".grad_sq");
+                var ss = Squares(s.G, "sum", s.P.Value.Name + ".grad_sq", s.G.Type.Dims);
                 total = total is null ? ss : Op("add", "grad_sq", total, ss);
             }
             var gradNorm = Op("sqrt", "grad_norm", total ?? K(0));
