@@ -57,6 +57,12 @@ public interface IGraphProgram
     /// </summary>
     torch.Tensor[] Forward(DeviceContext device, torch.Tensor[] parameters, torch.Tensor[] inputs);
 
+    /// <summary>
+    /// The op statements a program compiled with profiling on times, indexed by site id (empty otherwise): see
+    /// <see cref="DeviceContext.Profile"/>.
+    /// </summary>
+    IReadOnlyList<OpSite> ProfileSites => [];
+
     /// <summary>Parameters of a single-device program.</summary>
     torch.Tensor[] InitParameters(long seed) => InitParameters(DeviceContext.Single, seed);
 

@@ -35,6 +35,7 @@ public static class Rt
                 return;
             }
             ThrowIfUnpatched();
+            HeapTuning.Apply();
             try
             {
                 torch.InitializeDeviceType(DeviceType.CPU);
@@ -76,6 +77,48 @@ public static class Rt
 
     /// <summary>a * b.</summary>
     public static Tensor Mul(Tensor a, Tensor b) => a.mul(b);
+
+    // In-place forms: write into the first argument's buffer and return that same tensor object (TorchSharp's
+    // in-place ops return their receiver). Generated code calls them only on buffers nothing else reads afterwards.
+
+    /// <summary>a += b, in a's buffer.</summary>
+    public static Tensor AddInPlace(Tensor a, Tensor b) => a.add_(b);
+
+    /// <summary>a -= b, in a's buffer.</summary>
+    public static Tensor SubInPlace(Tensor a, Tensor b) => a.sub_(b);
+
+    /// <summary>a *= b, in a's buffer.</summary>
+    public static Tensor MulInPlace(Tensor a, Tensor b) => a.mul_(b);
+
+    /// <summary>a /= b, in a's buffer.</summary>
+    public static Tensor DivInPlace(Tensor a, Tensor b) => a.div_(b);
+
+    /// <summary>-x, in x's buffer.</summary>
+    public static Tensor NegInPlace(Tensor x) => x.neg_();
+
+    /// <summary>exp(x), in x's buffer.</summary>
+    public static Tensor ExpInPlace(Tensor x) => x.exp_();
+
+    /// <summary>log(x), in x's buffer.</summary>
+    public static Tensor LogInPlace(Tensor x) => x.log_();
+
+    /// <summary>1/√x, in x's buffer.</summary>
+    public static Tensor RsqrtInPlace(Tensor x) => x.rsqrt_();
+
+    /// <summary>√x, in x's buffer.</summary>
+    public static Tensor SqrtInPlace(Tensor x) => x.sqrt_();
+
+    /// <summary>tanh(x), in x's buffer.</summary>
+    public static Tensor TanhInPlace(Tensor x) => x.tanh_();
+
+    /// <summary>sigmoid(x), in x's buffer.</summary>
+    public static Tensor SigmoidInPlace(Tensor x) => x.sigmoid_();
+
+    /// <summary>silu(x), in x's buffer.</summary>
+    public static Tensor SiluInPlace(Tensor x) => nn.functional.silu(x, inplace: true);
+
+    /// <summary>x², in x's buffer.</summary>
+    public static Tensor SquareInPlace(Tensor x) => x.mul_(x);
 
     /// <summary>a / b.</summary>
     public static Tensor Div(Tensor a, Tensor b) => a.div(b);

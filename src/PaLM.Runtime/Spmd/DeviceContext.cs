@@ -35,6 +35,12 @@ public sealed class DeviceContext
     /// <summary>The collectives connecting this device to the rest of the mesh.</summary>
     public ICollectives Comm { get; }
 
+    /// <summary>
+    /// Where a program compiled with profiling on records time per op (null: not recorded). Set by the host that runs
+    /// the device, never on <see cref="Single"/>, which all unsharded runs share.
+    /// </summary>
+    public OpProfile? Profile { get; set; }
+
     /// <summary>Which shard of a dimension split over <paramref name="axes"/> this device holds (its group index).</summary>
     public long ShardIndex(string[] axes) => Mesh.GroupIndex(Rank, axes);
 

@@ -32,6 +32,29 @@ public static class InProcessMesh
 
         var results = new T[mesh.DeviceCount];
         using var world = new World(mesh);
+        if (mesh.DeviceCount == 1 && IsProcessMainThread())
+        {
+            // One device, called from the process's first thread: run it right here. glibc serves that thread from
+            // its main heap, which keeps freed blocks for reuse (see Native/HeapTuning); any other thread gets an
+            // arena that returns blocks over 64 MiB to the kernel on free, so every step would page-fault its large
+            // activations in afresh (measured: 338 MB of fresh pages a palm-cpu step, docs/performance.md).
+            try
+            {
+                SetThreadsOnThisThread(threads);
+                using var comm = new Collectives(world, 0);
+                results[0] = body(new DeviceContext(comm));
+            }
+            catch (Exception e)
+            {
+                world.Fail(e);
+            }
+            finally
+            {
+                torch.set_num_threads(callerThreads);
+            }
+            world.FirstFailure?.Throw();
+            return results;
+        }
         var devices = new Thread[mesh.DeviceCount];
         for (int r = 0; r < devices.Length; r++)
         {
@@ -61,6 +84,17 @@ public static class InProcessMesh
         torch.set_num_threads(callerThreads);
         world.FirstFailure?.Throw();
         return results;
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "gettid")]
+    private static extern int GetTid();
+
+    /// <summary>Whether the calling thread is the process's initial thread (Linux: its thread id is the process id).</summary>
+    private static bool IsProcessMainThread()
+    {
+        if (!OperatingSystem.IsLinux()) return false;
+        try { return GetTid() == Environment.ProcessId; }
+        catch (EntryPointNotFoundException) { return false; }
     }
 
     // Finding (TorchSharp 0.107 / libtorch 2.10 CPU, OpenMP build, checked on this machine; pinned down by

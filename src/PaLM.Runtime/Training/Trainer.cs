@@ -27,6 +27,18 @@ public sealed record TrainerOptions
 
     /// <summary>Intra-op threads per device (default: the cores divided among the devices).</summary>
     public int? ThreadsPerDevice { get; init; }
+
+    /// <summary>
+    /// Record time per op on device 0 from this step on (null: off). The program must be compiled with profiling on
+    /// (<see cref="IGraphProgram.ProfileSites"/>); the profile is returned in <see cref="TrainResult.Profile"/>.
+    /// </summary>
+    public long? ProfileFromStep { get; init; }
+
+    /// <summary>
+    /// Runs on device 0's thread after each step while every other device waits at a barrier, so nothing else runs
+    /// meanwhile: how a benchmark interleaves a peer's step (the eager reference) with the generated one.
+    /// </summary>
+    public Action<long>? BetweenSteps { get; init; }
 }
 
 /// <summary>One training step as seen from device 0 (every device computes the same replicated scalars).</summary>
@@ -39,7 +51,11 @@ public sealed record StepReport(long Step, double Loss, double GradNorm, double 
 }
 
 /// <summary>What a training run did.</summary>
-public sealed record TrainResult(long FirstStep, long LastStep, IReadOnlyList<StepReport> Steps, long? ResumedFrom);
+public sealed record TrainResult(long FirstStep, long LastStep, IReadOnlyList<StepReport> Steps, long? ResumedFrom)
+{
+    /// <summary>Device 0's time per op over the profiled steps (see <see cref="TrainerOptions.ProfileFromStep"/>).</summary>
+    public OpProfile? Profile { get; init; }
+}
 
 /// <summary>
 /// Runs a compiled training step (a program whose results replace its parameters and optimizer state, see
@@ -79,6 +95,9 @@ public static class Trainer
         long first = (resume?.Step ?? 0) + 1;
         var reports = new List<StepReport>();
         var shared = new IReadOnlyList<(string, Tensor)>[program.Mesh.DeviceCount];
+        if (options.ProfileFromStep is not null && program.ProfileSites.Count == 0)
+            throw new InvalidOperationException($"program '{program.Name}' was not compiled with profiling on");
+        var profile = options.ProfileFromStep is null ? null : new OpProfile(program.ProfileSites);
 
         InProcessMesh.Run(program.Mesh, device =>
         {
@@ -87,6 +106,7 @@ public static class Trainer
             {
                 for (long step = first; step <= options.Steps; step++)
                 {
+                    if (device.Rank == 0 && step >= options.ProfileFromStep && device.Profile is null) device.Profile = profile;
                     var sw = Stopwatch.StartNew();
                     using (var scope = NewDisposeScope())
                     {
@@ -114,6 +134,12 @@ public static class Trainer
                     }
                     if (options.CheckpointDir is { } ckpt && (step % options.CheckpointEvery == 0 || step == options.Steps))
                         SaveCheckpoint(program, device, persistent, shared, ckpt, step, options);
+                    if (options.BetweenSteps is { } between)
+                    {
+                        device.Comm.Barrier();
+                        if (device.Rank == 0) between(step);
+                        device.Comm.Barrier();
+                    }
                 }
                 return 0;
             }
@@ -122,7 +148,7 @@ public static class Trainer
                 foreach (var t in persistent) t.Dispose();
             }
         }, options.ThreadsPerDevice);
-        return new TrainResult(first, options.Steps, reports, resume?.Step);
+        return new TrainResult(first, options.Steps, reports, resume?.Step) { Profile = profile };
     }
 
     /// <summary>Every device hands its shards to device 0, which writes one checkpoint while the others wait.</summary>
