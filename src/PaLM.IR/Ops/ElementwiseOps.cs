@@ -12,20 +12,22 @@ internal static class ElementwiseOps
 {
     public static void Register(Action<OpDef> add)
     {
-        foreach (var (name, method, doc) in new[]
+        // The in-place forms write into the first argument (a.add_(b)); see OpDef.InPlace.
+        foreach (var (name, method, doc, inPlace, commutative) in new[]
         {
-            ("add", "Add", "a + b"), ("sub", "Sub", "a - b"), ("mul", "Mul", "a * b"), ("div", "Div", "a / b"),
-            ("maximum", "Maximum", "elementwise max(a, b)"), ("minimum", "Minimum", "elementwise min(a, b)"),
+            ("add", "Add", "a + b", true, true), ("sub", "Sub", "a - b", true, false), ("mul", "Mul", "a * b", true, true),
+            ("div", "Div", "a / b", true, false),
+            ("maximum", "Maximum", "elementwise max(a, b)", false, true), ("minimum", "Minimum", "elementwise min(a, b)", false, true),
         })
-            add(Binary(name, method, doc));
+            add(Binary(name, method, doc, inPlace ? method + "InPlace" : null, commutative));
 
-        foreach (var (name, method, floatOnly) in new[]
+        foreach (var (name, method, floatOnly, inPlace) in new[]
         {
-            ("neg", "Neg", false), ("exp", "Exp", true), ("log", "Log", true), ("rsqrt", "Rsqrt", true), ("sqrt", "Sqrt", true),
-            ("tanh", "Tanh", true), ("sigmoid", "Sigmoid", true), ("silu", "Silu", true), ("square", "Square", false),
-            ("step", "Step", false),
+            ("neg", "Neg", false, true), ("exp", "Exp", true, true), ("log", "Log", true, true), ("rsqrt", "Rsqrt", true, true),
+            ("sqrt", "Sqrt", true, true), ("tanh", "Tanh", true, true), ("sigmoid", "Sigmoid", true, true), ("silu", "Silu", true, true),
+            ("square", "Square", false, true), ("step", "Step", false, false),
         })
-            add(Unary(name, method, floatOnly));
+            add(Unary(name, method, floatOnly, inPlace ? method + "InPlace" : null));
 
         add(new OpDef
         {
@@ -117,9 +119,11 @@ internal static class ElementwiseOps
         return a.WithDims(a.Dims.Concat(b.Dims.Where(d => !a.Has(d.Name))));
     }
 
-    private static OpDef Binary(string name, string method, string doc) => new()
+    private static OpDef Binary(string name, string method, string doc, string? inPlace, bool commutative) => new()
     {
         Name = name,
+        InPlace = inPlace,
+        Commutative = commutative,
         Doc = doc + ", broadcasting by dim name",
         Signature = Sig(2, 2),
         Infer = c => One(BroadcastType(c)),
@@ -156,9 +160,10 @@ internal static class ElementwiseOps
         }
     }
 
-    private static OpDef Unary(string name, string method, bool floatOnly) => new()
+    private static OpDef Unary(string name, string method, bool floatOnly, string? inPlace) => new()
     {
         Name = name,
+        InPlace = inPlace,
         Doc = $"elementwise {name}(x)",
         Signature = Sig(1, 1),
         Infer = c =>

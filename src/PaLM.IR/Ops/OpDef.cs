@@ -152,6 +152,17 @@ public sealed class OpDef
 
     public required Func<LowerContext, Lowering> Lower { get; init; }
 
+    /// <summary>
+    /// The runtime method that computes this op into its first argument's buffer and returns it (<c>a.add_(b)</c>),
+    /// taking the same arguments as <see cref="Lower"/>'s call; null when there is none. Code generation uses it when
+    /// that operand's buffer is dead after this op (buffer donation, see <c>PaLM.CodeGen.BufferReuse</c>).
+    /// Ops with such a method always return a fresh buffer from their out-of-place form.
+    /// </summary>
+    public string? InPlace { get; init; }
+
+    /// <summary>Whether the operands of a two-operand op may be swapped (add, mul): the second operand's buffer can be donated too.</summary>
+    public bool Commutative { get; init; }
+
     /// <summary>The op's sharding rule (see <see cref="ShardingRule"/>): how propagation and the partitioner see it.</summary>
     public required Func<Node, ShardingRule> Sharding { get; init; }
 

@@ -1,0 +1,98 @@
+using PaLM.IR;
+
+namespace PaLM.CodeGen;
+
+/// <summary>
+/// Buffer donation, the in-place half of XLA's buffer assignment: an elementwise op whose operand is a temporary that
+/// nothing reads afterwards computes into that operand's buffer (<c>a.add_(b)</c>) instead of allocating a new one.
+/// On CPU every avoided allocation of a large tensor is also an avoided round of page faults when the allocator hands
+/// out fresh memory, and the step's high-water mark drops (docs/performance.md has the figures).
+/// <para>
+/// An operand is donated only when all of these hold, so the rewrite cannot change a result:
+/// it is produced in the same block (not a block argument, not a value from around a loop, which later iterations read);
+/// its producer returns a fresh buffer that aliases nothing (an op with an in-place form, or an einsum of two or more
+/// operands); this op is its last use: every other reader is an earlier node of the same block whose own result is a
+/// fresh buffer (so no view of it exists), and it is not a block result; it has exactly the result's shape and dtype
+/// and is passed as is (not broadcast or re-laid-out by the lowering); and the op has an in-place form
+/// (<see cref="OpDef.InPlace"/>), with the operands swapped for the second operand of a commutative op.
+/// </para>
+/// </summary>
+public static class BufferReuse
+{
+    /// <summary>For each node that can run in place: which operand's buffer it takes.</summary>
+    public static IReadOnlyDictionary<Node, int> Plan(Graph g)
+    {
+        // Every use of every value: the node reading it (null for a block result) and where.
+        var uses = new Dictionary<Value, List<(Node? User, Block Block, int Index)>>(ReferenceEqualityComparer.Instance);
+        void Use(Value v, Node? user, Block b, int i)
+        {
+            if (!uses.TryGetValue(v, out var list)) uses[v] = list = [];
+            list.Add((user, b, i));
+        }
+        void CountUses(Block b)
+        {
+            for (int i = 0; i < b.Nodes.Length; i++)
+            {
+                var n = b.Nodes[i];
+                foreach (var v in n.Inputs) Use(v, n, b, i);
+                foreach (var r in n.Regions) CountUses(r);
+            }
+            foreach (var v in b.Results) Use(v, null, b, b.Nodes.Length);
+        }
+        CountUses(g.Body);
+
+        var plan = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
+        void Visit(Block b)
+        {
+            var producers = new Dictionary<Value, Node>(ReferenceEqualityComparer.Instance);
+            for (int i = 0; i < b.Nodes.Length; i++)
+            {
+                var n = b.Nodes[i];
+                foreach (var r in n.Regions) Visit(r);
+                if (n.Op.InPlace is not null && n.Outputs.Length == 1 && n.Op.Lower(new LowerContext(n)) is RtCall call)
+                {
+                    var candidates = n.Inputs.Length == 2 && n.Op.Commutative ? new[] { 0, 1 } : new[] { 0 };
+                    foreach (var k in candidates)
+                    {
+                        if (Donatable(n, b, i, k, call, producers, uses))
+                        {
+                            plan[n] = k;
+                            break;
+                        }
+                    }
+                }
+                foreach (var o in n.Outputs) producers[o] = n;
+            }
+        }
+        Visit(g.Body);
+        return plan;
+    }
+
+    /// <summary>Whether <paramref name="op"/>'s result is a new buffer that aliases none of its operands.</summary>
+    private static bool FreshResult(Node op) => op.Regions.Length == 0 && (op.Op.InPlace is not null || op.Op.IsMatmul && op.Inputs.Length >= 2);
+
+    private static bool Donatable(Node n, Block b, int at, int k, RtCall call, Dictionary<Value, Node> producers,
+        Dictionary<Value, List<(Node? User, Block Block, int Index)>> uses)
+    {
+        var v = n.Inputs[k];
+        if (!producers.TryGetValue(v, out var producer) || !FreshResult(producer)) return false;
+        if (n.Inputs.Count(x => ReferenceEquals(x, v)) != 1) return false;
+        // Every other reader ran earlier in this block and made no view of v (its result is a buffer of its own).
+        foreach (var (user, block, index) in uses[v])
+        {
+            if (ReferenceEquals(user, n)) continue;
+            if (user is null || !ReferenceEquals(block, b) || index >= at || !FreshResult(user)) return false;
+        }
+        var t = n.Outputs[0].Type;
+        if (v.Type.DType != t.DType || !v.Type.Shape.SequenceEqual(t.Shape)) return false;
+        return k < call.Args.Length && call.Args[k] is LInput { Index: var i } && i == k;
+    }
+
+    /// <summary>The in-place call for <paramref name="n"/>, taking operand <paramref name="k"/>'s buffer.</summary>
+    public static RtCall InPlaceCall(Node n, RtCall call, int k)
+    {
+        var args = call.Args;
+        if (k == 1) args = [args[1], args[0], .. args.Skip(2)];
+        return new RtCall(n.Op.InPlace!, args);
+    }
+}
