@@ -17,6 +17,7 @@ public static class Program
             RunCommand.Create(),
             PlanCommand.Create(),
             TrainCommand.Create(),
+            BenchCommand.Create(),
         };
         return root.Parse(args).Invoke();
     }

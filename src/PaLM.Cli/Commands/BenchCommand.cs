@@ -1,0 +1,214 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using PaLM.Passes;
+using PaLM.Perf;
+using PaLM.Runtime.Training;
+using Spectre.Console;
+
+namespace PaLM.Cli.Commands;
+
+/// <summary>
+/// <c>palmc bench FILE [--mesh ...] [--remat ...] [--steps N] [--warmup W] [--vs-eager] [--profile] [--json]</c>: compiles
+/// the training step, measures the matmul peak in the same process, runs warm-up then timed steps, and reports step
+/// time (median and spread), tokens/s, MFU and HFU (PaLM appendix B), the FLOP breakdown, compile time per phase and
+/// memory; with --vs-eager the eager TorchSharp step runs alternately in the same process and the ratio is reported.
+/// </summary>
+internal static class BenchCommand
+{
+    public static Command Create()
+    {
+        var file = Common.FileArgument();
+        var mesh = Common.MeshOption();
+        var steps = new Option<int>("--steps") { Description = "timed steps", DefaultValueFactory = _ => 10 };
+        var warmup = new Option<int>("--warmup") { Description = "untimed warm-up steps", DefaultValueFactory = _ => 2 };
+        var vsEager = new Option<bool>("--vs-eager") { Description = "also run the hand-written eager TorchSharp step, alternating, and report generated/eager" };
+        var profile = new Option<bool>("--profile") { Description = "time every op of the generated step and list the costliest" };
+        var top = new Option<int>("--profile-top") { Description = "ops to list with --profile", DefaultValueFactory = _ => 25 };
+        var peakReps = new Option<int>("--peak-reps") { Description = "timed matmuls per peak size (best of them counts)", DefaultValueFactory = _ => PeakFlops.DefaultRepetitions };
+        var peakSizes = new Option<string>("--peak-sizes") { Description = "square matmul sizes of the peak measurement", DefaultValueFactory = _ => string.Join(",", PeakFlops.DefaultSizes) };
+        var data = new Option<string?>("--data") { Description = "a text file to cut batches from (default: the licence texts)" };
+        var json = new Option<bool>("--json") { Description = "print the report as JSON" };
+        var training = new TrainingOptions();
+        var cmd = new Command("bench", "Benchmark the compiled training step: step time, tokens/s, MFU and HFU against the measured peak.")
+            { file, mesh, steps, warmup, vsEager, profile, top, peakReps, peakSizes, data, json };
+        training.AddTo(cmd);
+        cmd.SetAction(r => Common.Guard(() =>
+        {
+            if (r.GetValue(steps) < 1) throw new UserError("error: --steps must be at least 1");
+            if (r.GetValue(warmup) < 0) throw new UserError("error: --warmup cannot be negative");
+            if (r.GetValue(peakReps) < 1) throw new UserError("error: --peak-reps must be at least 1");
+            var sizes = ParseSizes(r.GetValue(peakSizes)!);
+            ByteCorpus corpus;
+            try { corpus = r.GetValue(data) is { } d ? ByteCorpus.FromFile(d) : ByteCorpus.Default(); }
+            catch (Exception e) when (e is FileNotFoundException or InvalidDataException or DirectoryNotFoundException or ArgumentException)
+            {
+                throw new UserError($"error: {e.Message}");
+            }
+            var sw = Stopwatch.StartNew();
+            var g = Common.Load(r.GetValue(file)!);
+            var parse = sw.Elapsed.TotalSeconds;
+            var compiled = training.Compile(r, g, r.GetValue(mesh));
+            var options = new BenchOptions
+            {
+                Steps = r.GetValue(steps), Warmup = r.GetValue(warmup), VsEager = r.GetValue(vsEager), Profile = r.GetValue(profile),
+                PeakRepetitions = r.GetValue(peakReps), PeakSizes = sizes, Corpus = corpus,
+            };
+            var asJson = r.GetValue(json);
+            BenchReport report;
+            try { report = RunWithProgress(compiled, parse, options, quiet: asJson); }
+            catch (InvalidOperationException e) when (e.Message.Contains("--vs-eager", StringComparison.Ordinal) || e.Message.Contains("corpus", StringComparison.Ordinal))
+            {
+                throw new UserError($"error: {e.Message}");
+            }
+            if (asJson) Console.WriteLine(ToJson(report).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            else Print(report, r.GetValue(top));
+            return 0;
+        }));
+        return cmd;
+    }
+
+    private static long[] ParseSizes(string text)
+    {
+        var parts = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        var sizes = new long[parts.Length];
+        for (int i = 0; i < parts.Length; i++)
+            if (!long.TryParse(parts[i], NumberStyles.None, CultureInfo.InvariantCulture, out sizes[i]) || sizes[i] < 1 || sizes[i] > 16384)
+                throw new UserError($"error: --peak-sizes: '{parts[i]}' is not a size between 1 and 16384");
+        return sizes.Length > 0 ? sizes : throw new UserError("error: --peak-sizes names no size");
+    }
+
+    private static BenchReport RunWithProgress(CompiledTraining compiled, double parse, BenchOptions options, bool quiet)
+    {
+        var interactive = !quiet && AnsiConsole.Profile.Capabilities.Interactive && !Console.IsOutputRedirected;
+        if (!interactive)
+            return StepBench.Run(compiled, parse, options, p => { if (!quiet && p.Line is { } l) Console.Error.WriteLine(l); });
+        BenchReport report = null!;
+        AnsiConsole.Progress().AutoClear(true).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
+            .Start(ctx =>
+            {
+                var task = ctx.AddTask("compiling", maxValue: 1);
+                report = StepBench.Run(compiled, parse, options, p =>
+                {
+                    task.Description = p.Phase;
+                    task.Value = p.Fraction;
+                });
+            });
+        return report;
+    }
+
+    private static string F(FormattableString s) => s.ToString(CultureInfo.InvariantCulture);
+
+    private static string Pct(double? v) => v is { } x ? F($"{x * 100:F1}%") : "n/a";
+
+    private static string Gflops(double f) => F($"{f / 1e9:F1} GFLOP/s");
+
+    private static void Print(BenchReport r, int top)
+    {
+        var f = r.Flops;
+        Console.WriteLine(F($"{r.Graph}: {r.Devices} device(s) [{r.Mesh}], remat {r.Remat}, {(r.Fused ? "fused" : "no fusion")}, {r.DType}, {r.TokensPerStep} tokens/step"));
+        Console.WriteLine(F($"device: {r.Device}"));
+        Console.WriteLine(F($"peak: {Gflops(r.Peak.Flops)} measured ({string.Join(", ", r.Peak.Samples.Select(s => F($"{s.Size}²: best {s.BestFlops / 1e9:F1}, median {s.MedianFlops / 1e9:F1} of {s.Repetitions}")))}; {r.Peak.Threads} threads, {r.Peak.Seconds:F1} s)"));
+        Console.WriteLine("nominal peak: " + (r.Nominal is { } n ? F($"{n.Flops / 1e12:F1} TFLOP/s per device ({n.Source})") : F($"unknown for {PeakFlops.ThisDevice().Kind} {r.DType} (MFU uses the measured peak)")));
+        Console.WriteLine();
+        var g = r.Generated;
+        Console.WriteLine(F($"generated step: median {g.Median * 1e3:F1} ms (min {g.Min * 1e3:F1}, max {g.Max * 1e3:F1}, IQR {g.RelativeSpread * 100:F1}% of median) over {g.Samples.Count} steps"));
+        Console.WriteLine(F($"tokens/s: {r.TokensPerSecond:F0}"));
+        Console.WriteLine(F($"MFU: {Pct(r.Mfu)} of the measured peak{(r.MfuNominal is { } mn ? F($", {mn * 100:F1}% of nominal") : "")}   HFU: {Pct(r.Hfu)}"));
+        if (r.Eager is { } e)
+        {
+            Console.WriteLine(F($"eager step:     median {e.Median * 1e3:F1} ms (min {e.Min * 1e3:F1}, max {e.Max * 1e3:F1}, IQR {e.RelativeSpread * 100:F1}%); eager MFU {Pct(r.EagerMfu)}"));
+            var ratios = new Timing(r.Ratios!);
+            Console.WriteLine(F($"generated / eager: {r.Ratio:F3} (medians); per step: median {ratios.Median:F3}, min {ratios.Min:F3}, max {ratios.Max:F3}"));
+            if (r.EagerLosses is { Count: > 0 } el)
+                Console.WriteLine(F($"first-step loss: generated {r.Losses[0]:F5}, eager {el[0]:F5}"));
+        }
+        Console.WriteLine();
+        Console.WriteLine(F($"FLOPs per step: model {f.ModelFlopsPerStep:N0} (6N + 12·L·H·Q·T = {f.ModelFlopsPerToken:N0}/token, N = {f.Parameters:N0}, L = {f.Layers})"));
+        Console.WriteLine(F($"  executed {f.Executed:N0}: forward {f.Forward:N0}, backward {f.Backward:N0}, recomputed {f.Recomputed:N0}, optimizer {f.Optimizer:N0}; matmul {(double)f.Matmul / f.Executed * 100:F1}%"));
+        Console.WriteLine("  per layer: " + string.Join(", ", f.PerLayer.Select(kv => F($"{kv.Key} {kv.Value:N0}"))));
+        Console.WriteLine("  by op: " + string.Join(", ", f.ByOp.OrderByDescending(kv => kv.Value).Select(kv => F($"{kv.Key} {(double)kv.Value / f.Executed * 100:F1}%"))));
+        var c = r.Compile;
+        Console.WriteLine(F($"compile: {c.Total:F2} s (parse {c.Parse:F3}, autodiff {c.Autodiff:F3}, propagate {c.Propagate:F3}, partition {c.Partition:F3}, passes {c.Passes:F3}, Roslyn emit {c.Emit:F3}); overhead with peak {r.OverheadSeconds:F1} s"));
+        var m = r.PlannedMemory;
+        Console.WriteLine(F($"memory: peak resident {PlanCommand.Bytes(r.PeakResidentBytes)} (process); planned per device {PlanCommand.Bytes(m.Total)} (parameters {PlanCommand.Bytes(m.Parameters)}, optimizer {PlanCommand.Bytes(m.OptimizerState)}, gradients {PlanCommand.Bytes(m.Gradients)}, activations {PlanCommand.Bytes(m.Activations)})"));
+        if (r.Profile is { } p) PrintProfile(p, r.Generated.Samples.Count, top);
+    }
+
+    private static void PrintProfile(Runtime.OpProfile p, int steps, int top)
+    {
+        var total = p.TotalSeconds;
+        Console.WriteLine();
+        Console.WriteLine(F($"profile (device 0, {steps} steps): {total / steps * 1e3:F1} ms/step inside ops"));
+        var table = new Table().Border(TableBorder.Simple)
+            .AddColumns("ms/step", "share", "calls", "GFLOP/s", "page faults", "op", "value", "source");
+        foreach (var s in p.Sites.OrderByDescending(s => p.Seconds(s.Id)).Take(top))
+        {
+            var sec = p.Seconds(s.Id);
+            table.AddRow(F($"{sec / steps * 1e3:F2}"), F($"{sec / total * 100:F1}%"), F($"{p.Calls(s.Id) / steps}"),
+                s.Flops == 0 ? "-" : F($"{s.Flops * p.Calls(s.Id) / sec / 1e9:F1}"), F($"{p.PageFaults(s.Id) / steps}"),
+                Markup.Escape(s.Op), Markup.Escape(s.Name), Markup.Escape(s.Location));
+        }
+        AnsiConsole.Write(table);
+    }
+
+    /// <summary>The report as JSON (snake_case keys; times in seconds, rates per second).</summary>
+    public static JsonObject ToJson(BenchReport r)
+    {
+        var f = r.Flops;
+        var o = new JsonObject
+        {
+            ["graph"] = r.Graph, ["mesh"] = r.Mesh, ["devices"] = r.Devices, ["remat"] = r.Remat, ["fused"] = r.Fused, ["dtype"] = r.DType,
+            ["device"] = r.Device, ["tokens_per_step"] = r.TokensPerStep,
+            ["step_seconds_median"] = r.Generated.Median, ["step_seconds_min"] = r.Generated.Min, ["step_seconds_max"] = r.Generated.Max,
+            ["step_seconds_iqr_relative"] = r.Generated.RelativeSpread, ["step_seconds"] = new JsonArray([.. r.Generated.Samples.Select(s => (JsonNode)s)]),
+            ["tokens_per_second"] = r.TokensPerSecond, ["mfu"] = r.Mfu, ["hfu"] = r.Hfu, ["mfu_nominal"] = r.MfuNominal,
+            ["peak_flops"] = r.Peak.Flops, ["peak_source"] = "measured",
+            ["peak"] = new JsonObject
+            {
+                ["dtype"] = r.Peak.DType, ["threads"] = r.Peak.Threads, ["seconds"] = r.Peak.Seconds,
+                ["samples"] = new JsonArray([.. r.Peak.Samples.Select(s => (JsonNode)new JsonObject { ["size"] = s.Size, ["best_flops"] = s.BestFlops, ["median_flops"] = s.MedianFlops, ["repetitions"] = s.Repetitions })]),
+            },
+            ["nominal_peak_flops"] = r.Nominal?.Flops, ["nominal_peak_source"] = r.Nominal?.Source,
+            ["model_flops_per_token"] = f.ModelFlopsPerToken, ["model_flops_per_step"] = f.ModelFlopsPerStep, ["hardware_flops_per_step"] = f.HardwareFlopsPerStep,
+            ["flops"] = new JsonObject
+            {
+                ["executed"] = f.Executed, ["forward"] = f.Forward, ["backward"] = f.Backward, ["recomputed"] = f.Recomputed, ["optimizer"] = f.Optimizer,
+                ["matmul"] = f.Matmul, ["parameters"] = f.Parameters, ["layers"] = f.Layers,
+                ["per_layer"] = new JsonObject([.. f.PerLayer.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))]),
+                ["by_op"] = new JsonObject([.. f.ByOp.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))]),
+            },
+            ["compile_seconds"] = new JsonObject
+            {
+                ["parse"] = r.Compile.Parse, ["autodiff"] = r.Compile.Autodiff, ["propagate"] = r.Compile.Propagate, ["partition"] = r.Compile.Partition,
+                ["passes"] = r.Compile.Passes, ["emit"] = r.Compile.Emit, ["total"] = r.Compile.Total,
+            },
+            ["overhead_seconds"] = r.OverheadSeconds, ["wall_seconds"] = r.WallSeconds,
+            ["peak_resident_bytes"] = r.PeakResidentBytes,
+            ["resident_bytes_after_step"] = new JsonArray([.. r.ResidentAfterStep.Select(b => (JsonNode)b)]),
+            ["memory_per_device_bytes"] = new JsonObject([.. r.PlannedMemory.ByCategory.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))]),
+            ["losses"] = new JsonArray([.. r.Losses.Select(l => (JsonNode)l)]),
+        };
+        if (r.Eager is { } e)
+        {
+            o["eager_step_seconds_median"] = e.Median;
+            o["eager_step_seconds"] = new JsonArray([.. e.Samples.Select(s => (JsonNode)s)]);
+            o["eager_mfu"] = r.EagerMfu;
+            o["ratio_generated_over_eager"] = r.Ratio;
+            o["ratio_per_step"] = new JsonArray([.. r.Ratios!.Select(x => (JsonNode)x)]);
+            o["eager_losses"] = new JsonArray([.. r.EagerLosses!.Select(l => (JsonNode)l)]);
+        }
+        if (r.Profile is { } p)
+        {
+            var steps = Math.Max(1, r.Generated.Samples.Count);
+            o["profile"] = new JsonArray([.. p.Sites.OrderByDescending(s => p.Seconds(s.Id)).Select(s => (JsonNode)new JsonObject
+            {
+                ["op"] = s.Op, ["value"] = s.Name, ["source"] = s.Location, ["seconds_per_step"] = p.Seconds(s.Id) / steps,
+                ["calls_per_step"] = p.Calls(s.Id) / steps, ["flops_per_call"] = s.Flops, ["page_faults_per_step"] = p.PageFaults(s.Id) / steps,
+            })]);
+        }
+        return o;
+    }
+}

@@ -1,0 +1,103 @@
+using System.Diagnostics;
+using PaLM.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PaLM.Perf;
+
+/// <summary>One size of the peak measurement: the best and the median of the timed repetitions.</summary>
+public sealed record PeakSample(long Size, double BestFlops, double MedianFlops, int Repetitions);
+
+/// <summary>The measured matmul peak of this device: the best rate over all sizes and repetitions.</summary>
+public sealed record PeakMeasurement(string DType, int Threads, IReadOnlyList<PeakSample> Samples, double Seconds)
+{
+    public double Flops => Samples.Max(s => s.BestFlops);
+}
+
+/// <summary>A datasheet peak: FLOP/s of one chip for one dtype, with where the figure comes from.</summary>
+public sealed record NominalPeak(string Device, string DType, double Flops, string Source);
+
+/// <summary>
+/// Peak FLOP/s, measured and nominal. Measured: large square matmuls (C = A·B, 2n³ FLOPs) of the step's dtype through
+/// the same TorchSharp kernels the generated code calls, on the same threads, best of many repetitions after warm-up:
+/// on a shared machine only the best run approaches what the hardware does (a best of 6 read 245 GFLOP/s here where a
+/// best of 30 read 327). Nominal: a datasheet table by device and dtype that answers "unknown" for anything not in it,
+/// rather than guessing from clock rates.
+/// </summary>
+public static class PeakFlops
+{
+    public static readonly long[] DefaultSizes = [2048, 4096];
+    public const int DefaultRepetitions = 20;
+
+    /// <summary>Times <paramref name="repetitions"/> matmuls of each size after <paramref name="warmup"/> untimed ones.</summary>
+    public static PeakMeasurement Measure(ScalarType dtype, IReadOnlyList<long>? sizes = null, int repetitions = DefaultRepetitions, int warmup = 2,
+        Action<double>? progress = null)
+    {
+        if (repetitions < 1) throw new ArgumentOutOfRangeException(nameof(repetitions), "at least one repetition");
+        Rt.Initialize();
+        sizes ??= DefaultSizes;
+        var total = Stopwatch.StartNew();
+        var samples = new List<PeakSample>();
+        int done = 0, all = sizes.Count * (repetitions + warmup);
+        foreach (var n in sizes)
+        {
+            using var scope = NewDisposeScope();
+            var gen = new Generator(42);
+            var a = randn([n, n], ScalarType.Float32, generator: gen).to_type(dtype);
+            var b = randn([n, n], ScalarType.Float32, generator: gen).to_type(dtype);
+            var rates = new List<double>();
+            for (int i = 0; i < warmup + repetitions; i++)
+            {
+                var sw = Stopwatch.StartNew();
+                using (var c = a.mm(b)) { }
+                var s = sw.Elapsed.TotalSeconds;
+                if (i >= warmup) rates.Add(2.0 * n * n * n / s);
+                progress?.Invoke((double)++done / all);
+            }
+            rates.Sort();
+            samples.Add(new PeakSample(n, rates[^1], rates[rates.Count / 2], repetitions));
+        }
+        return new PeakMeasurement(DTypeName(dtype), torch.get_num_threads(), samples, total.Elapsed.TotalSeconds);
+    }
+
+    // Dense (no sparsity) peaks per chip from vendor datasheets; fp32 on NVIDIA is the non-tensor-core figure (TF32 is
+    // another dtype). CPUs are not listed: their peak depends on the SKU's clocks and FMA units, which /proc/cpuinfo
+    // does not tell reliably, so a CPU reports "unknown" and MFU uses the measured peak.
+    private static readonly NominalPeak[] s_table =
+    [
+        new("tpu-v4", "bf16", 275e12, "Google Cloud TPU v4 documentation; PaLM paper appendix B"),
+        new("a100", "bf16", 312e12, "NVIDIA A100 datasheet (dense)"),
+        new("a100", "f32", 19.5e12, "NVIDIA A100 datasheet"),
+        new("h100-sxm", "bf16", 989e12, "NVIDIA H100 SXM datasheet (dense)"),
+        new("h100-sxm", "f32", 67e12, "NVIDIA H100 SXM datasheet"),
+        new("h200", "bf16", 989e12, "NVIDIA H200 datasheet (dense; same compute as H100 SXM)"),
+        new("h200", "f32", 67e12, "NVIDIA H200 datasheet"),
+    ];
+
+    /// <summary>The datasheet peak of <paramref name="device"/> for <paramref name="dtype"/> (f32, bf16), or null when unknown.</summary>
+    public static NominalPeak? Nominal(string device, string dtype) =>
+        s_table.FirstOrDefault(p => p.Device.Equals(device, StringComparison.OrdinalIgnoreCase) && p.DType.Equals(dtype, StringComparison.OrdinalIgnoreCase));
+
+    /// <summary>The IR's spelling of a dtype (f32, bf16, f64), the key of the nominal table.</summary>
+    public static string DTypeName(ScalarType t) => t switch
+    {
+        ScalarType.Float32 => "f32",
+        ScalarType.BFloat16 => "bf16",
+        ScalarType.Float64 => "f64",
+        ScalarType.Float16 => "f16",
+        _ => t.ToString().ToLowerInvariant(),
+    };
+
+    /// <summary>The device the in-process runtime runs on: "cpu" (libtorch CPU); its model name from /proc/cpuinfo.</summary>
+    public static (string Kind, string Model) ThisDevice()
+    {
+        var model = "unknown CPU";
+        try
+        {
+            if (File.Exists("/proc/cpuinfo"))
+                model = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? model;
+        }
+        catch (IOException) { }
+        return ("cpu", $"{model}, {Environment.ProcessorCount} cores");
+    }
+}

@@ -1,0 +1,230 @@
+using System.Diagnostics;
+using PaLM.CodeGen;
+using PaLM.Dsl;
+using PaLM.IR;
+using PaLM.Passes;
+using PaLM.Reference;
+using PaLM.Runtime;
+using PaLM.Runtime.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PaLM.Perf;
+
+/// <summary>What to measure.</summary>
+public sealed record BenchOptions
+{
+    /// <summary>Timed steps (each side, with <see cref="VsEager"/>).</summary>
+    public int Steps { get; init; } = 10;
+
+    /// <summary>Untimed steps first (each side): JIT, first-touch of memory, libtorch's lazy initialization.</summary>
+    public int Warmup { get; init; } = 2;
+
+    /// <summary>Also run the eager TorchSharp training step, alternating with the generated one step by step.</summary>
+    public bool VsEager { get; init; }
+
+    /// <summary>Time every op of the generated step (compiled with profiling timers).</summary>
+    public bool Profile { get; init; }
+
+    public IReadOnlyList<long> PeakSizes { get; init; } = PeakFlops.DefaultSizes;
+    public int PeakRepetitions { get; init; } = PeakFlops.DefaultRepetitions;
+    public long Seed { get; init; }
+    public long DataSeed { get; init; } = 1;
+    public ByteCorpus? Corpus { get; init; }
+}
+
+/// <summary>Compile time per phase, in seconds.</summary>
+public sealed record CompilePhases(double Parse, double Autodiff, double Propagate, double Partition, double Passes, double Emit)
+{
+    public double Total => Parse + Autodiff + Propagate + Partition + Passes + Emit;
+}
+
+/// <summary>Median and spread of a set of timings, in seconds.</summary>
+public sealed record Timing(IReadOnlyList<double> Samples)
+{
+    private double[] Sorted => [.. Samples.Order()];
+    public double Median => Quantile(0.5);
+    public double Min => Sorted[0];
+    public double Max => Sorted[^1];
+
+    /// <summary>Interquartile range over the median: the relative spread.</summary>
+    public double RelativeSpread => Median == 0 ? 0 : (Quantile(0.75) - Quantile(0.25)) / Median;
+
+    public double Quantile(double q)
+    {
+        var s = Sorted;
+        if (s.Length == 0) return double.NaN;
+        var pos = q * (s.Length - 1);
+        int lo = (int)Math.Floor(pos), hi = (int)Math.Ceiling(pos);
+        return s[lo] + (s[hi] - s[lo]) * (pos - lo);
+    }
+}
+
+/// <summary>Everything one benchmark run measured.</summary>
+public sealed record BenchReport
+{
+    public required string Graph { get; init; }
+    public required string Mesh { get; init; }
+    public required int Devices { get; init; }
+    public required string Remat { get; init; }
+    public required bool Fused { get; init; }
+    public required string DType { get; init; }
+    public required string Device { get; init; }
+    public required long TokensPerStep { get; init; }
+    public required StepFlops Flops { get; init; }
+    public required PeakMeasurement Peak { get; init; }
+    public NominalPeak? Nominal { get; init; }
+    public required CompilePhases Compile { get; init; }
+    public required Timing Generated { get; init; }
+    public Timing? Eager { get; init; }
+
+    /// <summary>Per timed step: generated time over the eager time of the same step number.</summary>
+    public IReadOnlyList<double>? Ratios { get; init; }
+
+    public required IReadOnlyList<double> Losses { get; init; }
+    public IReadOnlyList<double>? EagerLosses { get; init; }
+
+    /// <summary>Resident memory after each step (generated side), and the process's high-water mark.</summary>
+    public required IReadOnlyList<long> ResidentAfterStep { get; init; }
+    public required long PeakResidentBytes { get; init; }
+
+    /// <summary>Per-device memory the plan accounts for (parameters, optimizer state, gradients, activations, inputs).</summary>
+    public required TrainingMemory PlannedMemory { get; init; }
+
+    public OpProfile? Profile { get; init; }
+    public required double WallSeconds { get; init; }
+
+    public double TokensPerSecond => TokensPerStep / Generated.Median;
+
+    /// <summary>PaLM's MFU against the measured peak of the whole machine (null when model FLOPs are unknown).</summary>
+    public double? Mfu => Flops.ModelFlopsPerStep / Generated.Median / Peak.Flops;
+
+    public double? Hfu => Flops.HardwareFlopsPerStep / Generated.Median / Peak.Flops;
+
+    public double? MfuNominal => Nominal is null ? null : Flops.ModelFlopsPerStep / Generated.Median / (Nominal.Flops * Devices);
+
+    public double? EagerMfu => Eager is null ? null : Flops.ModelFlopsPerStep / Eager.Median / Peak.Flops;
+
+    public double? Ratio => Eager is null ? null : Generated.Median / Eager.Median;
+
+    /// <summary>Time that is not the timed steps: compiling and measuring the peak.</summary>
+    public double OverheadSeconds => Compile.Total + Peak.Seconds;
+}
+
+/// <summary>Progress of a benchmark run: the phase and how far it is (0..1).</summary>
+public sealed record BenchProgress(string Phase, double Fraction, string? Line = null);
+
+/// <summary>
+/// The benchmark behind <c>palmc bench</c>: compiles the training step (timing each phase), measures the matmul peak in
+/// the same process, then runs warm-up and timed steps of the generated program and, with <see cref="BenchOptions.VsEager"/>,
+/// of the eager TorchSharp peer (<see cref="EagerTrainer"/>), alternating step by step so both see the same machine
+/// state; both sides use the same batches, dtype and threads.
+/// </summary>
+public static class StepBench
+{
+    /// <summary>Parses <paramref name="path"/>, compiles its training step for <paramref name="mesh"/> and benchmarks it.</summary>
+    public static BenchReport Run(string path, Mesh? mesh, TrainingConfig config, BenchOptions options, Action<BenchProgress>? progress = null)
+    {
+        var sw = Stopwatch.StartNew();
+        var graph = Frontend.CompileFile(path);
+        var parse = sw.Elapsed.TotalSeconds;
+        progress?.Invoke(new BenchProgress("compiling", 0));
+        return Run(TrainingCompiler.Compile(graph, mesh, config), parse, options, progress);
+    }
+
+    /// <summary>Benchmarks an already compiled training step (<paramref name="parseSeconds"/>: what parsing its graph took).</summary>
+    public static BenchReport Run(CompiledTraining compiled, double parseSeconds, BenchOptions options, Action<BenchProgress>? progress = null)
+    {
+        if (options.Steps < 1) throw new ArgumentOutOfRangeException(nameof(options), "at least one timed step");
+        if (options.Warmup < 0) throw new ArgumentOutOfRangeException(nameof(options), "warm-up cannot be negative");
+        var wall = Stopwatch.StartNew();
+        var sw = Stopwatch.StartNew();
+        var program = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local, options: new CodeGenOptions { Profile = options.Profile }));
+        var emit = sw.Elapsed.TotalSeconds;
+        var phases = new CompilePhases(parseSeconds, compiled.AutodiffTime.TotalSeconds, compiled.Spmd.PropagateTime.TotalSeconds,
+            compiled.Spmd.PartitionTime.TotalSeconds, compiled.PassesTime.TotalSeconds, emit);
+        var flops = StepFlops.Of(compiled);
+        var memory = TrainingMemory.Of(compiled);
+        var dtype = program.Parameters.FirstOrDefault(p => p.Role == TensorRole.Parameter)?.DType ?? ScalarType.Float32;
+
+        // The peak of the whole machine: several virtual devices share its cores, so they share its peak.
+        Rt.Initialize();
+        int callerThreads = torch.get_num_threads();
+        torch.set_num_threads(Environment.ProcessorCount);
+        progress?.Invoke(new BenchProgress("measuring peak", 0));
+        var peak = PeakFlops.Measure(dtype, options.PeakSizes, options.PeakRepetitions, progress: f => progress?.Invoke(new BenchProgress("measuring peak", f)));
+        torch.set_num_threads(callerThreads);
+
+        var corpus = options.Corpus ?? ByteCorpus.Default();
+        var total = options.Warmup + options.Steps;
+        var eager = options.VsEager ? CreateEager(program, options.Seed) : null;
+        var eagerTimes = new List<double>();
+        var eagerLosses = new List<double>();
+        var resident = new List<long>();
+        var tokensSpec = program.Inputs.First(i => i.Name == "tokens");
+        try
+        {
+            progress?.Invoke(new BenchProgress("steps", 0));
+            var result = Trainer.Run(program, new TrainerOptions
+            {
+                Steps = total, Corpus = corpus, Seed = options.Seed, DataSeed = options.DataSeed,
+                ProfileFromStep = options.Profile ? options.Warmup + 1 : null,
+                BetweenSteps = step =>
+                {
+                    resident.Add(ResidentMemory.Current());
+                    if (eager is null) return;
+                    var (seconds, loss) = EagerStep(eager, corpus, options.DataSeed, step, tokensSpec.Shape[0], tokensSpec.Shape[1]);
+                    if (step > options.Warmup) eagerTimes.Add(seconds);
+                    eagerLosses.Add(loss);
+                },
+            }, s => progress?.Invoke(new BenchProgress("steps", (double)s.Step / total, s.Format())));
+            var timed = result.Steps.Where(s => s.Step > options.Warmup).Select(s => s.Seconds).ToList();
+            var ratios = eager is null ? null : timed.Zip(eagerTimes, (g, e) => g / e).ToList();
+            return new BenchReport
+            {
+                Graph = compiled.Training.Graph.Name, Mesh = compiled.Spmd.Mesh.ToString(), Devices = (int)compiled.Spmd.Mesh.DeviceCount,
+                Remat = compiled.RematName, Fused = compiled.Fusion is not null, DType = peak.DType, Device = PeakFlops.ThisDevice().Model,
+                TokensPerStep = flops.TokensPerStep, Flops = flops, Peak = peak, Nominal = PeakFlops.Nominal(PeakFlops.ThisDevice().Kind, peak.DType),
+                Compile = phases, Generated = new Timing(timed), Eager = eager is null ? null : new Timing(eagerTimes), Ratios = ratios,
+                Losses = result.Steps.Select(s => s.Loss).ToList(), EagerLosses = eager is null ? null : eagerLosses,
+                ResidentAfterStep = resident, PeakResidentBytes = ResidentMemory.Peak(), PlannedMemory = memory,
+                Profile = result.Profile, WallSeconds = wall.Elapsed.TotalSeconds,
+            };
+        }
+        finally
+        {
+            eager?.Dispose();
+        }
+    }
+
+    /// <summary>The eager peer, from the program's own initial weights when it runs on one device (so losses match step by step).</summary>
+    private static EagerTrainer? CreateEager(IGraphProgram program, long seed)
+    {
+        var config = ReferenceRunner.ConfigFrom(program)
+            ?? throw new InvalidOperationException($"--vs-eager needs PaLM's parameters ({string.Join(", ", PalmModel.WeightNames)}); graph '{program.Name}' has others");
+        using var scope = NewDisposeScope();
+        var weights = program.Mesh.DeviceCount == 1
+            ? program.Parameters.Select((p, i) => (p, i)).Where(x => x.p.Role == TensorRole.Parameter).Zip(program.InitParameters(seed)).ToDictionary(x => x.First.p.Name, x => x.Second)
+            : PalmModel.RandomWeights(config, seed);
+        return new EagerTrainer(config, weights);
+    }
+
+    /// <summary>One eager step on all cores (device threads have a share of them), timed like the generated one: batch in, scalars out.</summary>
+    private static (double Seconds, double Loss) EagerStep(EagerTrainer eager, ByteCorpus corpus, long dataSeed, long step, long batch, long seq)
+    {
+        int threads = torch.get_num_threads();
+        torch.set_num_threads(Environment.ProcessorCount);
+        try
+        {
+            var sw = Stopwatch.StartNew();
+            using var scope = NewDisposeScope();
+            var (tokens, targets) = corpus.Batch(dataSeed, step, batch, seq);
+            var r = eager.Step(tokens, targets, step);
+            return (sw.Elapsed.TotalSeconds, r.Loss);
+        }
+        finally
+        {
+            torch.set_num_threads(threads);
+        }
+    }
+}
