@@ -61,6 +61,16 @@ public sealed class BenchTests
         Assert.Contains("einsum", r.Stdout);
     }
 
+    [Fact]
+    public async Task Example_MeasureMfu_ReportsMfuOfPalmTiny()
+    {
+        var dll = Repo.ExampleDllOf("MeasureMfu");
+        Assert.True(File.Exists(dll), $"{dll} not built (tests/PaLM.Cli.Tests references examples/MeasureMfu to build it)");
+        var r = (await Proc.Dotnet(dll, [])).Expect(0);
+        Assert.StartsWith("palm-tiny: 836,736 model FLOPs/token", r.Lines[0]);
+        Assert.Matches(@"^MFU = [0-9]+\.[0-9]%$", r.Lines[^1]);
+    }
+
     [Theory]
     [InlineData("--steps", "0", "--steps must be at least 1")]
     [InlineData("--peak-sizes", "big", "--peak-sizes: 'big'")]

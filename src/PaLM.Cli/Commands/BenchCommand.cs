@@ -142,16 +142,13 @@ internal static class BenchCommand
         var total = p.TotalSeconds;
         Console.WriteLine();
         Console.WriteLine(F($"profile (device 0, {steps} steps): {total / steps * 1e3:F1} ms/step inside ops"));
-        var table = new Table().Border(TableBorder.Simple)
-            .AddColumns("ms/step", "share", "calls", "GFLOP/s", "page faults", "op", "value", "source");
+        Console.WriteLine("  ms/step   share  calls   GFLOP/s  page faults  op                   value                          source");
         foreach (var s in p.Sites.OrderByDescending(s => p.Seconds(s.Id)).Take(top))
         {
             var sec = p.Seconds(s.Id);
-            table.AddRow(F($"{sec / steps * 1e3:F2}"), F($"{sec / total * 100:F1}%"), F($"{p.Calls(s.Id) / steps}"),
-                s.Flops == 0 ? "-" : F($"{s.Flops * p.Calls(s.Id) / sec / 1e9:F1}"), F($"{p.PageFaults(s.Id) / steps}"),
-                Markup.Escape(s.Op), Markup.Escape(s.Name), Markup.Escape(s.Location));
+            var rate = s.Flops == 0 ? "-" : F($"{s.Flops * p.Calls(s.Id) / sec / 1e9:F1}");
+            Console.WriteLine(F($"{sec / steps * 1e3,9:F2} {sec / total * 100,6:F1}% {p.Calls(s.Id) / steps,6} {rate,9} {p.PageFaults(s.Id) / steps,12}  {s.Op,-20} {s.Name,-30} {s.Location}"));
         }
-        AnsiConsole.Write(table);
     }
 
     /// <summary>The report as JSON (snake_case keys; times in seconds, rates per second).</summary>
