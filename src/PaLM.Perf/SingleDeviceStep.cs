@@ -33,12 +33,7 @@ public sealed class SingleDeviceStep : IDisposable
         _program = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local));
         _persistent = _program.InitParameters(seed);
         foreach (var t in _persistent) t.MoveToOuterDisposeScope();
-        var cfg = ReferenceRunner.ConfigFrom(_program) ?? throw new ArgumentException($"graph '{graph.Name}' does not have PaLM's parameters", nameof(graph));
-        using (NewDisposeScope())
-        {
-            var weights = _program.Parameters.Where(p => p.Role == TensorRole.Parameter).Select((p, i) => (p.Name, _persistent[i])).ToDictionary(x => x.Name, x => x.Item2);
-            _eager = new EagerTrainer(cfg, weights);
-        }
+        _eager = StepBench.CreateEager(_program, _persistent);
         _corpus = ByteCorpus.Default();
         _tokens = Index("tokens");
         _targets = Index("targets");

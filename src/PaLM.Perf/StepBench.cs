@@ -200,14 +200,21 @@ public static class StepBench
     /// <summary>The eager peer, from the program's own initial weights when it runs on one device (so losses match step by step).</summary>
     private static EagerTrainer? CreateEager(IGraphProgram program, long seed)
     {
-        var config = ReferenceRunner.ConfigFrom(program)
-            ?? throw new InvalidOperationException($"--vs-eager needs PaLM's parameters ({string.Join(", ", PalmModel.WeightNames)}); graph '{program.Name}' has others");
         using var scope = NewDisposeScope();
-        var weights = program.Mesh.DeviceCount == 1
-            ? program.Parameters.Select((p, i) => (p, i)).Where(x => x.p.Role == TensorRole.Parameter).Zip(program.InitParameters(seed)).ToDictionary(x => x.First.p.Name, x => x.Second)
-            : PalmModel.RandomWeights(config, seed);
-        return new EagerTrainer(config, weights);
+        return program.Mesh.DeviceCount == 1 ? CreateEager(program, program.InitParameters(seed))
+            : new EagerTrainer(EagerConfig(program), PalmModel.RandomWeights(EagerConfig(program), seed));
     }
+
+    /// <summary>The eager peer starting from <paramref name="persistent"/>, a single-device program's persistent tensors (copied).</summary>
+    internal static EagerTrainer CreateEager(IGraphProgram program, Tensor[] persistent)
+    {
+        var weights = program.Parameters.Select((p, i) => (p, i)).Where(x => x.p.Role == TensorRole.Parameter)
+            .ToDictionary(x => x.p.Name, x => persistent[x.i]);
+        return new EagerTrainer(EagerConfig(program), weights);
+    }
+
+    private static PalmConfig EagerConfig(IGraphProgram program) => ReferenceRunner.ConfigFrom(program)
+        ?? throw new InvalidOperationException($"--vs-eager needs PaLM's parameters ({string.Join(", ", PalmModel.WeightNames)}); graph '{program.Name}' has others");
 
     /// <summary>One eager step on all cores (device threads have a share of them), timed like the generated one: batch in, scalars out.</summary>
     private static (double Seconds, double Loss) EagerStep(EagerTrainer eager, ByteCorpus corpus, long dataSeed, long step, long batch, long seq)

@@ -41,12 +41,7 @@ internal static class BenchCommand
             if (r.GetValue(warmup) < 0) throw new UserError("error: --warmup cannot be negative");
             if (r.GetValue(peakReps) < 1) throw new UserError("error: --peak-reps must be at least 1");
             var sizes = ParseSizes(r.GetValue(peakSizes)!);
-            ByteCorpus corpus;
-            try { corpus = r.GetValue(data) is { } d ? ByteCorpus.FromFile(d) : ByteCorpus.Default(); }
-            catch (Exception e) when (e is FileNotFoundException or InvalidDataException or DirectoryNotFoundException or ArgumentException)
-            {
-                throw new UserError($"error: {e.Message}");
-            }
+            var corpus = Common.LoadCorpus(r.GetValue(data));
             var sw = Stopwatch.StartNew();
             var g = Common.Load(r.GetValue(file)!);
             var parse = sw.Elapsed.TotalSeconds;

@@ -8,6 +8,16 @@ namespace PaLM.Cli.Commands;
 /// <summary>What every command shares: loading a graph from DSL or protobuf, and turning failures into clean errors.</summary>
 internal static class Common
 {
+    /// <summary>The text file to cut training batches from, or the default corpus; unreadable files are user errors.</summary>
+    public static PaLM.Runtime.Training.ByteCorpus LoadCorpus(string? path)
+    {
+        try { return path is { } d ? PaLM.Runtime.Training.ByteCorpus.FromFile(d) : PaLM.Runtime.Training.ByteCorpus.Default(); }
+        catch (Exception e) when (e is FileNotFoundException or InvalidDataException or DirectoryNotFoundException or ArgumentException)
+        {
+            throw new UserError($"error: {e.Message}");
+        }
+    }
+
     public static Argument<string> FileArgument(string description = "a .palm DSL file (or an IR file: .pb, .json)") =>
         new("FILE") { Description = description };
 

@@ -34,12 +34,7 @@ internal static class TrainCommand
             var total = r.GetValue(steps);
             if (total < 1) throw new UserError("error: --steps must be at least 1");
             if (r.GetValue(every) < 1) throw new UserError("error: --checkpoint-every must be at least 1");
-            ByteCorpus corpus;
-            try { corpus = r.GetValue(data) is { } d ? ByteCorpus.FromFile(d) : ByteCorpus.Default(); }
-            catch (Exception e) when (e is FileNotFoundException or InvalidDataException or DirectoryNotFoundException or ArgumentException)
-            {
-                throw new UserError($"error: {e.Message}");
-            }
+            var corpus = Common.LoadCorpus(r.GetValue(data));
             var g = Common.Load(path);
             var compiled = training.Compile(r, g, r.GetValue(mesh));
             var program = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local));

@@ -32,52 +32,41 @@ public static class InProcessMesh
 
         var results = new T[mesh.DeviceCount];
         using var world = new World(mesh);
+        // One device's whole run: its own intra-op threads, its collectives, failures handed to the others.
+        void RunDevice(int rank)
+        {
+            try
+            {
+                SetThreadsOnThisThread(threads);
+                using var comm = new Collectives(world, rank);
+                results[rank] = body(new DeviceContext(comm));
+            }
+            catch (Exception e)
+            {
+                world.Fail(e);
+            }
+        }
         if (mesh.DeviceCount == 1 && IsProcessMainThread())
         {
             // One device, called from the process's first thread: run it right here. glibc serves that thread from
             // its main heap, which keeps freed blocks for reuse (see Native/HeapTuning); any other thread gets an
             // arena that returns blocks over 64 MiB to the kernel on free, so every step would page-fault its large
             // activations in afresh (measured: 338 MB of fresh pages a palm-cpu step, docs/performance.md).
-            try
-            {
-                SetThreadsOnThisThread(threads);
-                using var comm = new Collectives(world, 0);
-                results[0] = body(new DeviceContext(comm));
-            }
-            catch (Exception e)
-            {
-                world.Fail(e);
-            }
-            finally
-            {
-                torch.set_num_threads(callerThreads);
-            }
-            world.FirstFailure?.Throw();
-            return results;
+            RunDevice(0);
         }
-        var devices = new Thread[mesh.DeviceCount];
-        for (int r = 0; r < devices.Length; r++)
+        else
         {
-            int rank = r;
-            devices[r] = new Thread(() =>
+            var devices = new Thread[mesh.DeviceCount];
+            for (int r = 0; r < devices.Length; r++)
             {
-                try
-                {
-                    SetThreadsOnThisThread(threads);
-                    using var comm = new Collectives(world, rank);
-                    results[rank] = body(new DeviceContext(comm));
-                }
-                catch (Exception e)
-                {
-                    world.Fail(e);
-                }
-            }, StackSize)
-            { Name = $"palm-device-{rank}", IsBackground = true };
+                int rank = r;
+                devices[r] = new Thread(() => RunDevice(rank), StackSize) { Name = $"palm-device-{rank}", IsBackground = true };
+            }
+            foreach (var t in devices)
+                t.Start();
+            foreach (var t in devices)
+                t.Join();
         }
-        foreach (var t in devices)
-            t.Start();
-        foreach (var t in devices)
-            t.Join();
 
         // Device threads moved libtorch's process-wide default (see SetThreadsOnThisThread); give it back the caller's
         // count. This thread's own count is unchanged by that.
