@@ -62,8 +62,8 @@ public sealed record ReshardStep(CollectiveKind Kind, ImmutableArray<string> Axe
 
 /// <summary>
 /// The one way palmc changes a tensor's layout: from a sharding (with partial axes) to another, as a short list of
-/// steps. Pending sums are reduced first (reduce-scatter onto a dim the target splits over that axis, else
-/// all-reduce); then dims that lose axes are all-gathered (minor axes first), dims that gain axes are sliced locally,
+/// steps. Pending sums are reduced first (reduce-scatter onto a dim the target splits over that axis, then
+/// all-reduce of the rest on the scattered piece); then dims that lose axes are all-gathered (minor axes first), dims that gain axes are sliced locally,
 /// and a gather and a slice over the same single axis become one all-to-all. Propagation prices candidate layouts
 /// with the same function the partitioner uses to emit them, so the cost model and the program agree.
 /// </summary>
@@ -83,28 +83,37 @@ public static class Reshard
 
         // 1. Pending sums. Kept ones must not be axes the target splits a dim over.
         var reduce = from.Partial.Where(p => !(keepPartial && !targetAxes.Contains(p) && to.Partial.Contains(p))).ToList();
-        var scatter = new List<(string Axis, int Dim)>();
-        var allReduce = new List<string>();
+        // Reduce-scatter every pending axis the target splits a dim over next (in the dim's axis order, so a dim split
+        // over (data, model) takes one reduce-scatter over both), then all-reduce what is left on the smaller piece:
+        // a gradient pending over (pod, data) and split over data crosses pods at 1/|data| of its size, as PaLM's did.
+        var pending = reduce.ToList();
+        var scatter = new List<(int Dim, List<string> Axes)>();
         var grown = cur.Select(c => c.Count).ToArray();
-        foreach (var p in reduce)
+        for (bool progress = true; progress;)
         {
-            // Reduce-scatter when the target splits a dim over p right after what it already splits that dim over.
-            var d = Enumerable.Range(0, cur.Length).FirstOrDefault(i =>
-                to.DimAxes[i].Length > grown[i] && IsPrefix(cur[i], to.DimAxes[i]) && to.DimAxes[i][grown[i]] == p, -1);
-            if (d >= 0) { scatter.Add((p, d)); grown[d]++; }
-            else allReduce.Add(p);
+            progress = false;
+            for (int i = 0; i < cur.Length; i++)
+            {
+                if (to.DimAxes[i].Length <= grown[i] || !IsPrefix(cur[i], to.DimAxes[i]) || !pending.Contains(to.DimAxes[i][grown[i]]))
+                    continue;
+                var axis = to.DimAxes[i][grown[i]++];
+                pending.Remove(axis);
+                if (scatter.Count > 0 && scatter[^1].Dim == i) scatter[^1].Axes.Add(axis);
+                else scatter.Add((i, [axis]));
+                progress = true;
+            }
         }
-        if (allReduce.Count > 0)
+        foreach (var (d, axes) in scatter)
         {
-            var k = mesh.Product(allReduce);
-            steps.Add(new ReshardStep(CollectiveKind.AllReduce, [.. allReduce], -1, -1, 2 * local * (k - 1) / k));
-        }
-        foreach (var (p, d) in scatter)
-        {
-            var k = mesh.SizeOf(p);
-            steps.Add(new ReshardStep(CollectiveKind.ReduceScatter, [p], d, -1, local * (k - 1) / k));
-            cur[d].Add(p);
+            var k = mesh.Product(axes);
+            steps.Add(new ReshardStep(CollectiveKind.ReduceScatter, [.. axes], d, -1, local * (k - 1) / k));
+            cur[d].AddRange(axes);
             local /= k;
+        }
+        if (pending.Count > 0)
+        {
+            var k = mesh.Product(pending);
+            steps.Add(new ReshardStep(CollectiveKind.AllReduce, [.. pending], -1, -1, 2 * local * (k - 1) / k));
         }
 
         // 2. Gathers: each dim keeps its longest prefix shared with the target.
