@@ -9,13 +9,19 @@ public static class Frontend
     /// <summary>Compiles a DSL file (and what it includes). Throws <see cref="DslException"/> with every error found.</summary>
     public static Graph CompileFile(string path) => Compile(path, File.ReadAllText);
 
+    /// <summary>
+    /// Compiles a DSL file with some declared dims resized (<c>batch</c> → 512): dims defined from them follow, and every
+    /// check (divisibility by the mesh included) runs on the new sizes. Naming an undeclared dim is an error.
+    /// </summary>
+    public static Graph CompileFile(string path, IReadOnlyDictionary<string, long>? dimOverrides) => Compile(path, File.ReadAllText, dimOverrides);
+
     /// <summary>Compiles DSL text held in memory; <paramref name="includes"/> supplies included files by path.</summary>
     public static Graph CompileText(string path, string text, IReadOnlyDictionary<string, string>? includes = null) =>
         Compile(path, p => p == path ? text
             : includes is not null && includes.TryGetValue(p, out var t) ? t
             : File.ReadAllText(p));
 
-    private static Graph Compile(string path, Func<string, string> readFile)
+    private static Graph Compile(string path, Func<string, string> readFile, IReadOnlyDictionary<string, long>? dimOverrides = null)
     {
         var diags = new List<Diagnostic>();
         var loader = new SourceLoader(readFile, diags);
@@ -25,7 +31,7 @@ public static class Frontend
         if (diags.Count == 0 || stmts.Length > 0)
         {
             var bindDiags = new List<Diagnostic>();
-            g = Binder.Bind(path, name, stmts, bindDiags, reportMissingOutput: diags.Count == 0);
+            g = Binder.Bind(path, name, stmts, bindDiags, reportMissingOutput: diags.Count == 0, dimOverrides);
             // Binding errors after syntax errors are often consequences of them; keep those in files without syntax errors.
             var firstSyntaxError = diags.GroupBy(d => d.Loc.File).ToDictionary(g => g.Key, g => g.Min(d => d.Loc.Line));
             diags.AddRange(bindDiags.Where(d => !firstSyntaxError.TryGetValue(d.Loc.File, out var line) || d.Loc.Line < line).ToList());

@@ -64,7 +64,7 @@ public sealed record StepFlops(
         }
 
         var totals = new long[4];
-        long matmul = 0, layers = 0;
+        long matmul = 0;
         var byOp = new SortedDictionary<string, long>(StringComparer.Ordinal);
         var perLayer = new SortedDictionary<string, long>(StringComparer.Ordinal);
         void Count(IEnumerable<Node> nodes, long trips, Phase phase, bool inLoop)
@@ -89,16 +89,28 @@ public sealed record StepFlops(
         {
             var n = g.Body.Nodes[i];
             var phase = i < info.ForwardNodes ? Phase.Forward : backward.Contains(n) ? Phase.Backward : Phase.Optimizer;
-            if (phase == Phase.Forward && n.Op.HasRegion) layers += ControlOps.Count(n, g.DimsByName);
             Count([n], 1, phase, inLoop: false);
         }
         // Per layer: everything the layer loops run, over the layers (remat auto splits the layers over two loops, which
         // together run every layer once).
+        var layers = Model(training).Layers;
         foreach (var k in perLayer.Keys.ToList()) perLayer[k] = layers == 0 ? 0 : perLayer[k] / layers;
 
-        var parameters = g.Parameters.Sum(p => p.Value.Type.ElementCount);
+        var (parameters, _, perToken) = Model(training);
         var tokens = g.Inputs.FirstOrDefault(a => a.Value.Name == "tokens")?.Value.Type.ElementCount ?? 1;
         return new StepFlops(totals[0], totals[1], totals[2], totals[3], matmul, tokens, parameters, layers,
-            Stats.PalmFlopsPerToken(g, parameters, layers), byOp, perLayer);
+            perToken, byOp, perLayer);
+    }
+
+    /// <summary>
+    /// N, L and PaLM's model FLOPs per token of a training step, without counting its ops (a count over the global
+    /// graph of a large model at a large batch can exceed 64 bits; the per-token figure does not).
+    /// </summary>
+    public static (long Parameters, long Layers, long? ModelFlopsPerToken) Model(TrainingGraph training)
+    {
+        var g = training.Graph;
+        long layers = g.Body.Nodes.Take(training.Gradients.ForwardNodes).Where(n => n.Op.HasRegion).Sum(n => ControlOps.Count(n, g.DimsByName));
+        var parameters = g.Parameters.Sum(p => p.Value.Type.ElementCount);
+        return (parameters, layers, Stats.PalmFlopsPerToken(g, parameters, layers));
     }
 }

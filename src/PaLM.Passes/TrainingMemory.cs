@@ -36,7 +36,7 @@ public sealed record TrainingMemory(long Parameters, long OptimizerState, long G
         var residuals = c.Training.Gradients.Residuals.Sum(Local);
         var topLevel = c.Training.Gradients.TopLevelSaved.Sum(Local);
         var perLayer = c.Training.Gradients.Residuals.Sum(v => Local(v) / Math.Max(1, v.Type.Dims[0].Size));
-        var recomputed = c.Training.Gradients.Recomputed.Sum(r => checked(r.Node.Op.Flops(r.Node) * r.Trips));
+        var recomputed = c.Training.Gradients.Recomputed.Sum(r => checked(r.Node.Op.Flops(r.Node) * r.Trips));   // exact; overflows only past 9.2e18
         return new TrainingMemory(parameters, state, grads, residuals + topLevel, inputs, recomputed, perLayer);
     }
 }

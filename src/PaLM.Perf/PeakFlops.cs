@@ -60,23 +60,19 @@ public static class PeakFlops
         return new PeakMeasurement(DTypeName(dtype), torch.get_num_threads(), samples, total.Elapsed.TotalSeconds);
     }
 
-    // Dense (no sparsity) peaks per chip from vendor datasheets; fp32 on NVIDIA is the non-tensor-core figure (TF32 is
-    // another dtype). CPUs are not listed: their peak depends on the SKU's clocks and FMA units, which /proc/cpuinfo
-    // does not tell reliably, so a CPU reports "unknown" and MFU uses the measured peak.
-    private static readonly NominalPeak[] s_table =
-    [
-        new("tpu-v4", "bf16", 275e12, "Google Cloud TPU v4 documentation; PaLM paper appendix B"),
-        new("a100", "bf16", 312e12, "NVIDIA A100 datasheet (dense)"),
-        new("a100", "f32", 19.5e12, "NVIDIA A100 datasheet"),
-        new("h100-sxm", "bf16", 989e12, "NVIDIA H100 SXM datasheet (dense)"),
-        new("h100-sxm", "f32", 67e12, "NVIDIA H100 SXM datasheet"),
-        new("h200", "bf16", 989e12, "NVIDIA H200 datasheet (dense; same compute as H100 SXM)"),
-        new("h200", "f32", 67e12, "NVIDIA H200 datasheet"),
-    ];
-
-    /// <summary>The datasheet peak of <paramref name="device"/> for <paramref name="dtype"/> (f32, bf16), or null when unknown.</summary>
-    public static NominalPeak? Nominal(string device, string dtype) =>
-        s_table.FirstOrDefault(p => p.Device.Equals(device, StringComparison.OrdinalIgnoreCase) && p.DType.Equals(dtype, StringComparison.OrdinalIgnoreCase));
+    /// <summary>
+    /// The datasheet peak of <paramref name="device"/> for <paramref name="dtype"/> from the hardware catalog
+    /// (PaLM.Sim, docs/simulation.md), or null when unknown. CPUs are not listed: their peak depends on the SKU's clocks
+    /// and FMA units, which /proc/cpuinfo does not tell reliably, so a CPU reports "unknown" and MFU uses the measured peak.
+    /// </summary>
+    public static NominalPeak? Nominal(string device, string dtype)
+    {
+        var catalog = PaLM.Sim.HardwareCatalog.Load(readEnvironment: false);
+        var name = catalog.Names.FirstOrDefault(n => n.Equals(device, StringComparison.OrdinalIgnoreCase));
+        if (name is null) return null;
+        var hw = catalog.Get(name);
+        return hw.PeakFlops.TryGetValue(dtype, out var f) ? new NominalPeak(hw.Name, dtype, f, hw.Sources.FirstOrDefault() ?? hw.Origin) : null;
+    }
 
     /// <summary>The IR's spelling of a dtype (f32, bf16, f64), the key of the nominal table.</summary>
     public static string DTypeName(ScalarType t) => t switch

@@ -22,14 +22,20 @@ internal static class Common
         new("FILE") { Description = description };
 
     /// <summary>Loads a graph by extension: .pb and .json are IR files, anything else is DSL.</summary>
-    public static Graph Load(string path)
+    public static Graph Load(string path) => Load(path, null);
+
+    /// <summary>Loads a graph with some DSL dims resized (<c>--batch</c>); IR files have fixed sizes and refuse.</summary>
+    public static Graph Load(string path, IReadOnlyDictionary<string, long>? dims)
     {
         if (!File.Exists(path)) throw new UserError($"{path}: error: no such file");
-        return Path.GetExtension(path).ToLowerInvariant() switch
+        var ext = Path.GetExtension(path).ToLowerInvariant();
+        if (dims is { Count: > 0 } && ext is ".pb" or ".json")
+            throw new UserError($"{path}: error: an IR file's dims are fixed; resize dims ({string.Join(", ", dims.Keys)}) in its DSL source");
+        return ext switch
         {
             ".pb" => Serialization.FromBytes(File.ReadAllBytes(path)),
             ".json" => Serialization.FromJson(File.ReadAllText(path)),
-            _ => Frontend.CompileFile(path),
+            _ => Frontend.CompileFile(path, dims),
         };
     }
 
@@ -77,7 +83,12 @@ internal static class Common
             Console.Error.WriteLine(e.Message);
             return 1;
         }
-        catch (OverflowException)
+        catch (PaLM.Sim.SimulationException e)
+        {
+            Console.Error.WriteLine(e.Message.StartsWith("error:", StringComparison.Ordinal) || e.Message.Contains(": error:", StringComparison.Ordinal) ? e.Message : $"error: {e.Message}");
+            return 1;
+        }
+        catch (OverflowException) when (Environment.GetEnvironmentVariable("PALMC_DEBUG") is null)
         {
             Console.Error.WriteLine("error: a size or FLOP count of this graph does not fit in 64 bits");
             return 1;

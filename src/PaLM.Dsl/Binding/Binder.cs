@@ -20,12 +20,18 @@ internal sealed partial class Binder
     private Binder(List<Diagnostic> diags) => _diags = diags;
 
     /// <summary>Binds a file's statements. A missing output is reported at <paramref name="file"/>:1:1, unless
-    /// <paramref name="reportMissingOutput"/> is false (syntax errors dropped statements; the output may be among them).</summary>
-    public static Graph? Bind(string file, string graphName, ImmutableArray<Stmt> stmts, List<Diagnostic> diags, bool reportMissingOutput = true)
+    /// <paramref name="reportMissingOutput"/> is false (syntax errors dropped statements; the output may be among them).
+    /// <paramref name="dimOverrides"/> replaces declared dims' sizes (dims defined from them follow), as a user's
+    /// <c>--batch</c> or <c>--dim</c> does.</summary>
+    public static Graph? Bind(string file, string graphName, ImmutableArray<Stmt> stmts, List<Diagnostic> diags, bool reportMissingOutput = true,
+        IReadOnlyDictionary<string, long>? dimOverrides = null)
     {
-        var b = new Binder(diags);
+        var b = new Binder(diags) { _overrides = dimOverrides, _file = file };
         return b.Run(file, graphName, stmts, reportMissingOutput);
     }
+
+    private IReadOnlyDictionary<string, long>? _overrides;
+    private string _file = "";
 
     private void Error(SourceLoc loc, string message) => _diags.Add(new Diagnostic(loc, message));
 
@@ -67,6 +73,15 @@ internal sealed partial class Binder
                         _dimOrder[name.Name] = _dimOrder.Count;
                     }
                 }
+        }
+        foreach (var (name, size) in _overrides ?? new Dictionary<string, long>())
+        {
+            if (!pending.ContainsKey(name))
+                Error(new SourceLoc(_file, 1, 1), $"dim override '{name}': the graph declares no such dim{Suggest(name, pending.Keys)}");
+            else if (size <= 0)
+                Error(pending[name].Name.Loc, $"dim override '{name}' must be positive, got {size}");
+            else
+                _dims[name] = new Dim(name, size);
         }
         var resolving = new HashSet<string>(StringComparer.Ordinal);
         long? Resolve(string name)

@@ -72,6 +72,7 @@ internal static class CollectiveOps
         Sharding = _ => ShardingRule.Collective,
         Vjp = Collective,
         Linearity = linearity,
+        IsView = name == "shard_slice",
     };
 
     private static void Check(InferContext c, Dim from, Dim to, bool grows)

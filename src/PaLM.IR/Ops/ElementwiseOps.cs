@@ -32,6 +32,7 @@ internal static class ElementwiseOps
         add(new OpDef
         {
             Name = "constant",
+            IsView = true,
             Doc = "a rank-0 constant of the given dtype",
             Signature = Sig(0, 0, Float("value"), new AttrSpec("dtype", AttrKind.DType, new DTypeAttr(DType.F32))),
             Infer = c => One(new TensorType(c.Attr<DTypeAttr>("dtype").Value)),
@@ -58,6 +59,7 @@ internal static class ElementwiseOps
         add(new OpDef
         {
             Name = "broadcast",
+            IsView = true,
             Doc = "repeats x along the dims of 'to' it lacks; the result has exactly the dims of 'to', in that order",
             Signature = Sig(1, 1, Dims("to")),
             Infer = c =>
@@ -79,6 +81,7 @@ internal static class ElementwiseOps
         add(new OpDef
         {
             Name = "sharding_constraint",
+            IsView = true,
             Doc = "x unchanged; its result's annotation pins a layout (JAX's with_sharding_constraint)",
             Signature = Sig(1, 1),
             Infer = c => One(c.Inputs[0]),

@@ -11,6 +11,7 @@ internal static class LayoutOps
         add(new OpDef
         {
             Name = "reshape",
+            IsView = true,
             Doc = "reinterprets the elements (row-major) with new dims of the same total size",
             Signature = Sig(1, 1, Dims("to")),
             Infer = c =>
@@ -33,6 +34,7 @@ internal static class LayoutOps
         add(new OpDef
         {
             Name = "transpose",
+            IsView = true,
             Doc = "reorders dims by name",
             Signature = Sig(1, 1, Dims("to")),
             Infer = c =>
@@ -53,6 +55,7 @@ internal static class LayoutOps
         add(new OpDef
         {
             Name = "split",
+            IsView = true,
             Doc = "splits one dim into consecutive pieces, one result per piece: a, b = split(x, along=d, into=[da, db])",
             Signature = Sig(1, 1, Dim("along"), Dims("into")),
             Infer = c =>

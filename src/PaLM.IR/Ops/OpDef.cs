@@ -150,6 +150,12 @@ public sealed class OpDef
     /// <summary>True for contractions (einsum): counted as matmul FLOPs.</summary>
     public bool IsMatmul { get; init; }
 
+    /// <summary>
+    /// True for ops that move no data at run time: views of their operand (reshape, split, broadcast, transpose, a
+    /// local shard slice) or annotations (sharding_constraint). The cost model charges them no memory traffic.
+    /// </summary>
+    public bool IsView { get; init; }
+
     public required Func<LowerContext, Lowering> Lower { get; init; }
 
     /// <summary>

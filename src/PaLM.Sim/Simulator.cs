@@ -1,0 +1,183 @@
+using System.Collections.Immutable;
+using System.Diagnostics;
+using PaLM.IR;
+using PaLM.Passes;
+using PaLM.Spmd;
+
+namespace PaLM.Sim;
+
+/// <summary>
+/// How parameters (and so their optimizer state) are laid out over the mesh. The batch axes are those the batch
+/// input is split over (pod and data in PaLM's graphs); the others are model axes.
+/// </summary>
+public enum ParameterLayout
+{
+    /// <summary>The annotations as written (PaLM's graphs: "2D finalized", every weight over data and model).</summary>
+    AsWritten,
+
+    /// <summary>Batch axes dropped from every parameter: weights replicated over data (Megatron-style tensor parallelism; pure data parallelism when the model axes have size 1).</summary>
+    ReplicatedOverBatch,
+
+    /// <summary>Every batch axis that splits a weight also brings the axes outside it (pods): weights sharded across pods too (FSDP over the whole cluster).</summary>
+    ShardedAcrossPods,
+}
+
+/// <summary>What to simulate: a model, a mesh on a hardware kind, a remat policy and a parameter layout.</summary>
+public sealed record SimulationConfig
+{
+    public required Hardware Hardware { get; init; }
+
+    /// <summary>The mesh (null: the graph's own).</summary>
+    public Mesh? Mesh { get; init; }
+
+    public RematPolicy Remat { get; init; } = RematPolicy.None;
+    public ParameterLayout Layout { get; init; } = ParameterLayout.AsWritten;
+
+    /// <summary>Compute dtype (null: the hardware's default, bf16 on accelerators).</summary>
+    public string? DType { get; init; }
+
+    /// <summary>Fraction of device memory the runtime, workspace and fragmentation are assumed to take.</summary>
+    public double MemoryReserve { get; init; } = 0.10;
+}
+
+/// <summary>A prediction for one step: time, throughput, utilization, memory against capacity, and the breakdown.</summary>
+public sealed record Prediction
+{
+    public required string Graph { get; init; }
+    public required Hardware Hardware { get; init; }
+    public required Mesh Mesh { get; init; }
+    public required string Remat { get; init; }
+    public required ParameterLayout Layout { get; init; }
+    public required string DType { get; init; }
+    public required long Devices { get; init; }
+    public required int Pods { get; init; }
+    public required long Hosts { get; init; }
+    public required long Batch { get; init; }
+    public required long TokensPerStep { get; init; }
+    public required StepCost Cost { get; init; }
+    public required double ModelFlopsPerStep { get; init; }
+    public required double RecomputedFlopsPerStep { get; init; }
+    public required double PeakFlopsPerDevice { get; init; }
+
+    /// <summary>Per-device bytes by category at the simulated precision (parameters and optimizer state in the graph's dtype).</summary>
+    public required IReadOnlyDictionary<string, long> MemoryPerDevice { get; init; }
+    public required long MemoryCapacity { get; init; }
+    public required double MemoryReserve { get; init; }
+    public required TimeSpan CompileTime { get; init; }
+
+    public double StepSeconds => Cost.StepSeconds;
+    public double TokensPerSecond => TokensPerStep / StepSeconds;
+    public double Mfu => ModelFlopsPerStep / (StepSeconds * Devices * PeakFlopsPerDevice);
+    public double Hfu => (ModelFlopsPerStep + RecomputedFlopsPerStep) / (StepSeconds * Devices * PeakFlopsPerDevice);
+    public long MemoryTotal => MemoryPerDevice.Values.Sum();
+    public long MemoryUsable => (long)(MemoryCapacity * (1 - MemoryReserve));
+    public bool Fits => MemoryTotal <= MemoryUsable;
+}
+
+/// <summary>
+/// palmc's answer for clusters it cannot run: compiles the training step exactly as it would run it (autodiff with the
+/// remat policy, propagation, partitioning, fusion), then prices the per-device program with <see cref="CostModel"/>
+/// and its memory with <see cref="TrainingMemory"/>.
+/// </summary>
+public static class Simulator
+{
+    public static Prediction Predict(Graph forward, SimulationConfig config)
+    {
+        var sw = Stopwatch.StartNew();
+        var mesh = SpmdCompiler.ResolveMesh(forward, config.Mesh);
+        var g = ApplyLayout(forward, mesh, config.Layout);
+        var compiled = TrainingCompiler.Compile(g, mesh, new TrainingConfig { Remat = config.Remat });
+        var compileTime = sw.Elapsed;
+        return Price(compiled, config, compileTime);
+    }
+
+    /// <summary>Prices an already compiled training step.</summary>
+    public static Prediction Price(CompiledTraining compiled, SimulationConfig config, TimeSpan compileTime = default)
+    {
+        var hw = config.Hardware;
+        var dtype = config.DType ?? hw.DefaultDType;
+        var mesh = compiled.Spmd.Mesh;
+        var topo = new Topology(hw, mesh);
+        var cost = CostModel.Predict(compiled.Local, topo, dtype);
+        // FLOPs in double: a count over the global graph of 540B at batch 2048 exceeds 64 bits (StepFlops is exact, in long).
+        var (_, _, perToken) = StepFlops.Model(compiled.Training);
+        var tokens = compiled.Training.Graph.Inputs.FirstOrDefault(a => a.Value.Name == "tokens")?.Value.Type.ElementCount ?? 1;
+        double recomputed = compiled.Training.Gradients.Recomputed.Sum(r => (double)r.Node.Op.Flops(r.Node) * r.Trips);
+        var memory = TrainingMemory.Of(compiled);
+        var graphFloat = compiled.Local.Args.Select(a => a.Value.Type.DType).FirstOrDefault(DTypes.IsFloat, DType.F32);
+        double scale = (double)HardwareCatalog.DTypeBytes(dtype) / DTypes.Bytes(graphFloat);
+        var byCategory = new SortedDictionary<string, long>(StringComparer.Ordinal)
+        {
+            ["parameters"] = memory.Parameters,
+            ["optimizer_state"] = memory.OptimizerState,
+            ["gradients"] = (long)(memory.Gradients * scale),
+            ["activations"] = (long)(memory.Activations * scale),
+            ["inputs"] = memory.Inputs,
+        };
+        var batch = compiled.Training.Graph.Inputs.FirstOrDefault(a => a.Value.Name == "tokens")?.Value.Type.Dims[0].Size ?? 1;
+        return new Prediction
+        {
+            Graph = compiled.Training.Graph.Name,
+            Hardware = hw,
+            Mesh = mesh,
+            Remat = compiled.RematName,
+            Layout = config.Layout,
+            DType = dtype,
+            Devices = topo.Devices,
+            Pods = topo.Pods,
+            Hosts = topo.Hosts,
+            Batch = batch,
+            TokensPerStep = tokens,
+            Cost = cost,
+            ModelFlopsPerStep = (double)(perToken ?? throw new SimulationException($"{compiled.Training.Graph.Name} is not PaLM-shaped (no heads, head_dim, seq dims): no model FLOPs for MFU")) * tokens,
+            RecomputedFlopsPerStep = recomputed,
+            PeakFlopsPerDevice = hw.Peak(dtype),
+            MemoryPerDevice = byCategory,
+            MemoryCapacity = hw.MemoryBytes,
+            MemoryReserve = config.MemoryReserve,
+            CompileTime = compileTime,
+        };
+    }
+
+    /// <summary>
+    /// A lower bound on per-device memory that needs no compile: each parameter's shard under the layout, twice more
+    /// for the optimizer's m and v, and a gradient at the compute precision. The search drops plans over capacity with it.
+    /// </summary>
+    public static long MemoryLowerBound(Graph forward, Mesh mesh, ParameterLayout layout, string dtype)
+    {
+        var g = ApplyLayout(forward, mesh, layout);
+        double gradScale = (double)HardwareCatalog.DTypeBytes(dtype) / 4;
+        double total = 0;
+        foreach (var a in g.Parameters)
+        {
+            var shards = a.Value.Sharding is { } s ? mesh.Product(s.AllAxes.Where(mesh.HasAxis)) : 1;
+            double local = (double)a.Value.Type.Bytes / shards;
+            total += local * (3 + gradScale * 4 / DTypes.Bytes(a.Value.Type.DType));
+        }
+        return (long)total;
+    }
+
+    /// <summary>The batch axes of <paramref name="g"/>: those its batch input (tokens) is split over, in order.</summary>
+    public static ImmutableArray<string> BatchAxes(Graph g) =>
+        g.Inputs.FirstOrDefault(a => a.Value.Type.Rank > 0)?.Value.Sharding is { } s ? [.. s.DimAxes[0]] : [];
+
+    /// <summary><paramref name="g"/> with its parameters re-annotated for <paramref name="layout"/>.</summary>
+    public static Graph ApplyLayout(Graph g, Mesh mesh, ParameterLayout layout)
+    {
+        if (layout == ParameterLayout.AsWritten) return g;
+        var batchAxes = BatchAxes(g);
+        return ArgShardings.Rewrite(g, (arg, s) =>
+        {
+            if (arg.Kind != ArgKind.Parameter || s is null) return s;
+            var dims = s.DimAxes.Select(axes => layout switch
+            {
+                ParameterLayout.ReplicatedOverBatch => axes.RemoveAll(batchAxes.Contains),
+                // A dim split over a batch axis gains the batch axes before it (data → pod, data), unless already there.
+                _ => axes.Any(batchAxes.Contains)
+                    ? [.. batchAxes.TakeWhile(b => b != axes.First(batchAxes.Contains)).Where(b => !axes.Contains(b)), .. axes]
+                    : axes,
+            }).ToImmutableArray();
+            return new Sharding(dims);
+        });
+    }
+}
