@@ -158,7 +158,7 @@ public sealed class CostModel
                 else exposed += cost.Seconds;
                 continue;
             }
-            if (n.Op.IsView || n.Op.Name == "shard_slice") continue;
+            if (n.Op.IsView) continue;
             double flops = n.Op.Flops(n);
             double bytes = n.Inputs.Sum(Bytes) + n.Outputs.Sum(Bytes);
             double tFlops = flops / (_peak * (n.Op.IsMatmul ? _efficiency : 1.0));

@@ -50,10 +50,10 @@ public static class LayoutSearch
         {
             try
             {
-                var bound = Simulator.MemoryLowerBound(forward, c.Mesh, c.Layout, dtype);
+                var bound = Simulator.MemoryLowerBound(forward, c.Mesh, c.Layout);
                 if (bound > usable)
                 {
-                    outcomes.Add(new SearchOutcome(c, null, "does not fit: parameters, optimizer state and gradients alone", bound));
+                    outcomes.Add(new SearchOutcome(c, null, "does not fit: parameters and optimizer state alone", bound));
                     return;
                 }
                 Interlocked.Increment(ref compiled);

@@ -140,19 +140,18 @@ public static class Simulator
     }
 
     /// <summary>
-    /// A lower bound on per-device memory that needs no compile: each parameter's shard under the layout, twice more
-    /// for the optimizer's m and v, and a gradient at the compute precision. The search drops plans over capacity with it.
+    /// A lower bound on per-device memory that needs no compile: each parameter's shard under the layout and twice
+    /// that for the optimizer's m and v, which are laid out like it. (Gradients are left out: their propagated layout
+    /// could be finer.) The search drops plans over capacity with it.
     /// </summary>
-    public static long MemoryLowerBound(Graph forward, Mesh mesh, ParameterLayout layout, string dtype)
+    public static long MemoryLowerBound(Graph forward, Mesh mesh, ParameterLayout layout)
     {
         var g = ApplyLayout(forward, mesh, layout);
-        double gradScale = (double)HardwareCatalog.DTypeBytes(dtype) / 4;
         double total = 0;
         foreach (var a in g.Parameters)
         {
             var shards = a.Value.Sharding is { } s ? mesh.Product(s.AllAxes.Where(mesh.HasAxis)) : 1;
-            double local = (double)a.Value.Type.Bytes / shards;
-            total += local * (3 + gradScale * 4 / DTypes.Bytes(a.Value.Type.DType));
+            total += 3.0 * a.Value.Type.Bytes / shards;
         }
         return (long)total;
     }
