@@ -18,6 +18,7 @@ public static class Program
             PlanCommand.Create(),
             TrainCommand.Create(),
             BenchCommand.Create(),
+            LaunchCommand.Create(),
         };
         return root.Parse(args).Invoke();
     }

@@ -167,7 +167,10 @@ public sealed class MpiCollectives : ICollectives
         _ => throw new NotSupportedException($"{op} over MPI: cannot sum {dtype} tensors (float32, float64, bfloat16, float16, int32 and int64 can be summed)."),
     };
 
-    private static unsafe nint Ptr(Tensor t)
+    private static nint Ptr(Tensor t) => DataPointer(t);
+
+    /// <summary>The address of a contiguous CPU tensor's first element (0 when it is empty).</summary>
+    internal static unsafe nint DataPointer(Tensor t)
     {
         // Tensor.bytes is a span over the tensor's own native memory (CPU, contiguous): its address is the data pointer.
         var span = t.bytes;

@@ -107,6 +107,25 @@ public sealed class MpiWorld : IDisposable
     }
 
     /// <summary>
+    /// Sums <paramref name="t"/> (contiguous float32/float64/int32/int64, CPU) over every rank in place: one MPI_Allreduce
+    /// with MPI_IN_PLACE on the tensor's own memory, no copy. What the collective benchmark times.
+    /// </summary>
+    public void AllReduceInPlace(TorchSharp.torch.Tensor t)
+    {
+        ArgumentNullException.ThrowIfNull(t);
+        if (!t.is_contiguous()) throw new ArgumentException("AllReduceInPlace needs a contiguous tensor.", nameof(t));
+        var type = t.dtype switch
+        {
+            TorchSharp.torch.ScalarType.Float32 => MpiType.Float32,
+            TorchSharp.torch.ScalarType.Float64 => MpiType.Float64,
+            TorchSharp.torch.ScalarType.Int32 => MpiType.Int32,
+            TorchSharp.torch.ScalarType.Int64 => MpiType.Int64,
+            _ => throw new NotSupportedException($"AllReduceInPlace: {t.dtype} (float32, float64, int32, int64 only)."),
+        };
+        Api.AllreduceInPlace(MpiCollectives.DataPointer(t), checked((int)t.numel()), type, MpiOp.Sum, Api.World);
+    }
+
+    /// <summary>
     /// Ends the whole job now: writes <paramref name="message"/> to stderr (flushed) and calls MPI_Abort, which makes
     /// mpirun kill every rank. Does not return.
     /// </summary>
