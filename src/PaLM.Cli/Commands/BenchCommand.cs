@@ -24,6 +24,7 @@ internal static class BenchCommand
         var file = Common.FileArgument();
         file.Arity = ArgumentArity.ZeroOrOne;   // not needed by --backend mpi, which measures collectives
         var backend = MpiSession.Option();
+        var verify = new Option<string?>("--verify-collectives") { Description = "with --backend mpi: compare every collective with the in-process backend on random cases, one file per rank in DIR (for the tests)", Hidden = true };
         var mpiSizes = new Option<string>("--sizes") { Description = "with --backend mpi: all-reduce message sizes", DefaultValueFactory = _ => "1MiB,16MiB,64MiB" };
         var mesh = Common.MeshOption();
         var steps = new Option<int>("--steps") { Description = "timed steps", DefaultValueFactory = _ => 10 };
@@ -37,7 +38,7 @@ internal static class BenchCommand
         var json = new Option<bool>("--json") { Description = "print the report as JSON" };
         var training = new TrainingOptions();
         var cmd = new Command("bench", "Benchmark the compiled training step: step time, tokens/s, MFU and HFU against the measured peak.")
-            { file, mesh, steps, warmup, vsEager, profile, top, peakReps, peakSizes, data, json, backend, mpiSizes };
+            { file, mesh, steps, warmup, vsEager, profile, top, peakReps, peakSizes, data, json, backend, mpiSizes, verify };
         training.AddTo(cmd);
         cmd.SetAction(r => Common.Guard(() =>
         {
@@ -45,7 +46,7 @@ internal static class BenchCommand
             if (r.GetValue(warmup) < 0) throw new UserError("error: --warmup cannot be negative");
             using (var mpi = MpiSession.Start(r.GetValue(backend)))
                 if (mpi is not null)
-                    return MpiBench.Run(mpi, r.GetValue(file), r.GetValue(mpiSizes)!, r.GetValue(steps), r.GetValue(warmup), r.GetValue(json));
+                    return r.GetValue(verify) is { } dir ? MpiCollectivesCheck.Run(mpi, dir, cases: 48, seed: 7) : MpiBench.Run(mpi, r.GetValue(file), r.GetValue(mpiSizes)!, r.GetValue(steps), r.GetValue(warmup), r.GetValue(json));
             if (r.GetValue(file) is null) throw new UserError("error: palmc bench needs FILE (the graph whose training step to time)");
             if (r.GetValue(peakReps) < 1) throw new UserError("error: --peak-reps must be at least 1");
             var sizes = ParseSizes(r.GetValue(peakSizes)!);

@@ -44,6 +44,9 @@ internal static class TrainCommand
                 var corpus = Common.LoadCorpus(r.GetValue(data));
                 var graph = Common.Load(r.GetValue(file)!);
                 var comp = training.Compile(r, graph, r.GetValue(mesh));
+                if (mpi is not null && comp.Spmd.Mesh.DeviceCount != mpi.World.Size)
+                    throw new UserError($"error: the mesh ({comp.Spmd.Mesh}) has {comp.Spmd.Mesh.DeviceCount} device(s) but this MPI job has {mpi.World.Size} rank(s); "
+                        + $"--backend mpi runs one device per rank (palmc launch -np {comp.Spmd.Mesh.DeviceCount} -- ...)");
                 return (graph, comp, RoslynCompiler.CompileInMemory(Emitter.Emit(comp.Local)), corpus);
             }
             var (g, compiled, program, corpus) = mpi is null ? Prepare() : mpi.Agree(() =>
