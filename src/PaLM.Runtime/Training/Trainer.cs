@@ -67,7 +67,7 @@ public sealed record TrainResult(long FirstStep, long LastStep, IReadOnlyList<St
 /// <summary>
 /// Runs a compiled training step (a program whose results replace its parameters and optimizer state, see
 /// <see cref="TensorSpec.Updates"/>) for many steps on every device of its mesh: in-process virtual devices, one thread
-/// each. Batches come from a <see cref="ByteCorpus"/>, the step number is fed as the <c>step</c> input, and
+/// each, or this process's one device of an MPI job (<see cref="TrainerOptions.Backend"/>). Batches come from a <see cref="ByteCorpus"/>, the step number is fed as the <c>step</c> input, and
 /// checkpoints are saved (every device's shards) and resumed from atomically.
 /// </summary>
 public static class Trainer
