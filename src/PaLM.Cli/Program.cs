@@ -19,6 +19,7 @@ public static class Program
             TrainCommand.Create(),
             BenchCommand.Create(),
             SimulateCommand.Create(),
+            LaunchCommand.Create(),
         };
         return root.Parse(args).Invoke();
     }

@@ -32,7 +32,7 @@ internal static class Proc
     public static Task<ProcResult> Palmc(params string[] args) => Dotnet(Repo.PalmcDll, args);
 
     /// <summary><c>dotnet DLL ARGS</c> with TERM=dumb and no PALMC_DEBUG, stdout and stderr captured, killed after the timeout.</summary>
-    public static async Task<ProcResult> Dotnet(string dll, string[] args, string? cwd = null, TimeSpan? timeout = null)
+    public static async Task<ProcResult> Dotnet(string dll, string[] args, string? cwd = null, TimeSpan? timeout = null, IReadOnlyDictionary<string, string>? env = null)
     {
         var psi = new ProcessStartInfo(s_dotnet)
         {
@@ -50,6 +50,7 @@ internal static class Proc
         psi.Environment["NO_COLOR"] = "1";
         psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
         psi.Environment.Remove("PALMC_DEBUG");
+        foreach (var (k, v) in env ?? new Dictionary<string, string>()) psi.Environment[k] = v;
 
         var command = $"(cd {psi.WorkingDirectory} && dotnet {string.Join(' ', psi.ArgumentList)})";
         using var process = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {command}");

@@ -15,12 +15,17 @@ namespace PaLM.Cli.Commands;
 /// the training step, measures the matmul peak in the same process, runs warm-up then timed steps, and reports step
 /// time (median and spread), tokens/s, MFU and HFU (PaLM appendix B), the FLOP breakdown, compile time per phase and
 /// memory; with --vs-eager the eager TorchSharp step runs alternately in the same process and the ratio is reported.
+/// With --backend mpi (under palmc launch) it times MPI all-reduce between the ranks instead (MpiBench).
 /// </summary>
 internal static class BenchCommand
 {
     public static Command Create()
     {
         var file = Common.FileArgument();
+        file.Arity = ArgumentArity.ZeroOrOne;   // not needed by --backend mpi, which measures collectives
+        var backend = MpiSession.Option();
+        var verify = new Option<string?>("--verify-collectives") { Description = "with --backend mpi: compare every collective with the in-process backend on random cases, one file per rank in DIR (for the tests)", Hidden = true };
+        var mpiSizes = new Option<string>("--sizes") { Description = "with --backend mpi: all-reduce message sizes", DefaultValueFactory = _ => "1MiB,16MiB,64MiB" };
         var mesh = Common.MeshOption();
         var steps = new Option<int>("--steps") { Description = "timed steps", DefaultValueFactory = _ => 10 };
         var warmup = new Option<int>("--warmup") { Description = "untimed warm-up steps", DefaultValueFactory = _ => 2 };
@@ -33,12 +38,16 @@ internal static class BenchCommand
         var json = new Option<bool>("--json") { Description = "print the report as JSON" };
         var training = new TrainingOptions();
         var cmd = new Command("bench", "Benchmark the compiled training step: step time, tokens/s, MFU and HFU against the measured peak.")
-            { file, mesh, steps, warmup, vsEager, profile, top, peakReps, peakSizes, data, json };
+            { file, mesh, steps, warmup, vsEager, profile, top, peakReps, peakSizes, data, json, backend, mpiSizes, verify };
         training.AddTo(cmd);
         cmd.SetAction(r => Common.Guard(() =>
         {
             if (r.GetValue(steps) < 1) throw new UserError("error: --steps must be at least 1");
             if (r.GetValue(warmup) < 0) throw new UserError("error: --warmup cannot be negative");
+            using (var mpi = MpiSession.Start(r.GetValue(backend)))
+                if (mpi is not null)
+                    return r.GetValue(verify) is { } dir ? MpiCollectivesCheck.Run(mpi, dir, cases: 48, seed: 7) : MpiBench.Run(mpi, r.GetValue(file), r.GetValue(mpiSizes)!, r.GetValue(steps), r.GetValue(warmup), r.GetValue(json));
+            if (r.GetValue(file) is null) throw new UserError("error: palmc bench needs FILE (the graph whose training step to time)");
             if (r.GetValue(peakReps) < 1) throw new UserError("error: --peak-reps must be at least 1");
             var sizes = ParseSizes(r.GetValue(peakSizes)!);
             var corpus = Common.LoadCorpus(r.GetValue(data));

@@ -61,50 +61,31 @@ internal static class Common
         {
             return body();
         }
-        catch (DslException e)
+        catch (QuietExit e)
         {
-            Console.Error.WriteLine(e.FormatAll());
-            var n = e.Diagnostics.Count;
-            Console.Error.WriteLine($"{n} error{(n == 1 ? "" : "s")}");
-            return 1;
+            return e.Code;
         }
-        catch (ShardingException e)
+        catch (Exception e) when (!IsInternal(e) || Environment.GetEnvironmentVariable("PALMC_DEBUG") is null)   // debugging: let it crash with the trace
         {
-            Console.Error.WriteLine($"error: {e.Message}");
-            return 1;
-        }
-        catch (IrFormatException e)
-        {
-            Console.Error.WriteLine($"error: {e.Message}");
-            return 1;
-        }
-        catch (UserError e)
-        {
-            Console.Error.WriteLine(e.Message);
-            return 1;
-        }
-        catch (PaLM.Sim.SimulationException e)
-        {
-            Console.Error.WriteLine(e.Message.StartsWith("error:", StringComparison.Ordinal) || e.Message.Contains(": error:", StringComparison.Ordinal) ? e.Message : $"error: {e.Message}");
-            return 1;
-        }
-        catch (OverflowException) when (Environment.GetEnvironmentVariable("PALMC_DEBUG") is null)
-        {
-            Console.Error.WriteLine("error: a size or FLOP count of this graph does not fit in 64 bits");
-            return 1;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            Console.Error.WriteLine($"error: {e.Message}");
-            return 1;
-        }
-        catch (Exception e) when (Environment.GetEnvironmentVariable("PALMC_DEBUG") is null)
-        {
-            Console.Error.WriteLine($"palmc: internal error: {e.GetType().Name}: {e.Message}");
-            Console.Error.WriteLine("(set PALMC_DEBUG=1 for the stack trace, and please report it)");
-            return 70;
+            var (text, code) = Describe(e);
+            Console.Error.WriteLine(text);
+            return code;
         }
     }
+
+    private static bool IsInternal(Exception e) => Describe(e).Code == 70;
+
+    /// <summary>What <see cref="Guard"/> prints for a failure, and the exit code: 1 for the user's errors, 70 for internal ones.</summary>
+    public static (string Text, int Code) Describe(Exception e) => e switch
+    {
+        DslException d => ($"{d.FormatAll()}\n{d.Diagnostics.Count} error{(d.Diagnostics.Count == 1 ? "" : "s")}", 1),
+        ShardingException or IrFormatException => ($"error: {e.Message}", 1),
+        UserError => (e.Message, 1),
+        PaLM.Sim.SimulationException => (e.Message.StartsWith("error:", StringComparison.Ordinal) || e.Message.Contains(": error:", StringComparison.Ordinal) ? e.Message : $"error: {e.Message}", 1),
+        OverflowException => ("error: a size or FLOP count of this graph does not fit in 64 bits", 1),
+        IOException or UnauthorizedAccessException => ($"error: {e.Message}", 1),
+        _ => ($"palmc: internal error: {e.GetType().Name}: {e.Message}\n(set PALMC_DEBUG=1 for the stack trace, and please report it)", 70),
+    };
 }
 
 /// <summary>An error in what the user asked for; its message is printed as is.</summary>

@@ -25,7 +25,7 @@ public sealed record CheckpointData(
 /// (written under a temporary name, then renamed), and loading verifies every digest, so a crash or a
 /// damaged disk costs at most the newest checkpoint, never a silently wrong resume.
 /// </summary>
-public static class Checkpoint
+public static partial class Checkpoint
 {
     /// <summary>The manifest format version this code writes and reads.</summary>
     public const int FormatVersion = 1;
@@ -110,9 +110,11 @@ public static class Checkpoint
     /// Candidates are the <c>step-*</c> folders, newest step first (the <c>latest</c> file is only a hint); one is
     /// used only if its manifest parses and every file's size and SHA-256 match. Corrupt or partial ones are
     /// skipped, each reported through <paramref name="warn"/> with the reason. Tensors are created on the CPU with
-    /// the recorded dtype and shape.
+    /// the recorded dtype and shape. With <paramref name="onlyDevice"/>, only that device's tensors are read and its
+    /// file's digest checked (the other devices' files must exist with the recorded sizes, and their lists come back
+    /// empty): how one rank of a multi-process job loads its own shard.
     /// </summary>
-    public static CheckpointData? LoadLatest(string dir, Action<string>? warn = null)
+    public static CheckpointData? LoadLatest(string dir, Action<string>? warn = null, int? onlyDevice = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(dir);
         if (!Directory.Exists(dir))
@@ -124,7 +126,7 @@ public static class Checkpoint
             CheckpointData data;
             try
             {
-                data = LoadFolder(path, step);
+                data = LoadFolder(path, step, onlyDevice);
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
@@ -213,32 +215,35 @@ public static class Checkpoint
             w.WriteEndObject();
             w.WriteStartArray("devices");
             foreach (var d in devices)
-            {
-                w.WriteStartObject();
-                w.WriteString("file", d.File);
-                w.WriteNumber("bytes", d.Bytes);
-                w.WriteString("sha256", d.Sha256);
-                w.WriteStartArray("tensors");
-                foreach (var t in d.Tensors)
-                {
-                    w.WriteStartObject();
-                    w.WriteString("name", t.Name);
-                    w.WriteString("dtype", t.Dtype.ToString());
-                    w.WriteStartArray("shape");
-                    foreach (var n in t.Shape)
-                        w.WriteNumberValue(n);
-                    w.WriteEndArray();
-                    w.WriteNumber("offset", t.Offset);
-                    w.WriteNumber("length", t.Length);
-                    w.WriteEndObject();
-                }
-                w.WriteEndArray();
-                w.WriteEndObject();
-            }
+                WriteDevice(w, d);
             w.WriteEndArray();
             w.WriteEndObject();
         }
         return buffer.ToArray();
+    }
+
+    private static void WriteDevice(Utf8JsonWriter w, DeviceEntry d)
+    {
+        w.WriteStartObject();
+        w.WriteString("file", d.File);
+        w.WriteNumber("bytes", d.Bytes);
+        w.WriteString("sha256", d.Sha256);
+        w.WriteStartArray("tensors");
+        foreach (var t in d.Tensors)
+        {
+            w.WriteStartObject();
+            w.WriteString("name", t.Name);
+            w.WriteString("dtype", t.Dtype.ToString());
+            w.WriteStartArray("shape");
+            foreach (var n in t.Shape)
+                w.WriteNumberValue(n);
+            w.WriteEndArray();
+            w.WriteNumber("offset", t.Offset);
+            w.WriteNumber("length", t.Length);
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+        w.WriteEndObject();
     }
 
     private static void WriteAllBytesDurably(string path, byte[] bytes)
@@ -316,9 +321,11 @@ public static class Checkpoint
 
     // ---- loading ----
 
-    private static CheckpointData LoadFolder(string path, long step)
+    private static CheckpointData LoadFolder(string path, long step, int? onlyDevice)
     {
         var manifest = ReadManifest(path, step);
+        if (onlyDevice is int only && (only < 0 || only >= manifest.Devices.Count))
+            throw new InvalidDataException($"it holds {manifest.Devices.Count} devices' shards, not device {only}'s.");
         foreach (var d in manifest.Devices)
         {
             var file = new FileInfo(Path.Combine(path, d.File));
@@ -334,6 +341,11 @@ public static class Checkpoint
             var devices = new IReadOnlyList<(string Name, torch.Tensor Tensor)>[manifest.Devices.Count];
             for (var i = 0; i < devices.Length; i++)
             {
+                if (onlyDevice is int o && o != i)
+                {
+                    devices[i] = [];
+                    continue;
+                }
                 var d = manifest.Devices[i];
                 var tensors = new (string Name, torch.Tensor Tensor)[d.Tensors.Count];
                 using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
@@ -415,51 +427,56 @@ public static class Checkpoint
 
         var devices = new List<DeviceEntry>();
         foreach (var d in Prop(root, "devices", JsonValueKind.Array).EnumerateArray())
-        {
-            var file = Str(d, "file");
-            var expectedFile = DeviceFileName(devices.Count);
-            if (file != expectedFile)   // also keeps a tampered manifest from naming paths outside the folder
-                throw Bad($"device {devices.Count} names file '{file}', expected '{expectedFile}'");
-            var bytes = Int(d, "bytes");
-            var sha = Str(d, "sha256");
-            if (sha.Length != 64 || !sha.All(char.IsAsciiHexDigitLower))
-                throw Bad($"device {devices.Count} has a malformed sha256");
-            var tensors = new List<TensorEntry>();
-            long offset = 0;
-            foreach (var t in Prop(d, "tensors", JsonValueKind.Array).EnumerateArray())
-            {
-                var name = Str(t, "name");
-                var dtypeName = Str(t, "dtype");
-                if (!s_dtypes.TryGetValue(dtypeName, out var dtype))
-                    throw Bad($"tensor '{name}' has unsupported dtype '{dtypeName}'");
-                var shape = Prop(t, "shape", JsonValueKind.Array).EnumerateArray().Select(e => e.GetInt64()).ToArray();
-                long numel = 1;
-                foreach (var n in shape)
-                    numel = n >= 0 ? checked(numel * n) : throw Bad($"tensor '{name}' has a negative dimension");
-                var length = checked(numel * ElementSize(dtype));
-                if (Int(t, "offset") != offset || Int(t, "length") != length)
-                    throw Bad($"tensor '{name}' has an offset or length inconsistent with its shape and position");
-                tensors.Add(new TensorEntry(name, dtype, shape, offset, length));
-                offset = checked(offset + length);
-            }
-            if (offset != bytes)
-                throw Bad($"the tensors of {file} add up to {offset} bytes, but it records {bytes}");
-            devices.Add(new DeviceEntry(file, bytes, sha, tensors));
-        }
+            devices.Add(ParseDevice(d, devices.Count));
         return new Manifest(devices, metadata);
 
-        static InvalidDataException Bad(string why) => new($"{ManifestFileName} is invalid: {why}.");
-
-        static JsonElement Prop(JsonElement obj, string name, JsonValueKind kind) =>
-            obj.ValueKind == JsonValueKind.Object && obj.TryGetProperty(name, out var v) && v.ValueKind == kind
-                ? v
-                : throw Bad($"'{name}' is missing or not of kind {kind}");
-
-        static string Str(JsonElement obj, string name) => Prop(obj, name, JsonValueKind.String).GetString()!;
-
-        static long Int(JsonElement obj, string name) =>
-            Prop(obj, name, JsonValueKind.Number).TryGetInt64(out var v) ? v : throw Bad($"'{name}' is not an integer");
     }
+
+    /// <summary>One device's entry of a manifest (or of a shard's staging entry, see SaveShard), validated.</summary>
+    private static DeviceEntry ParseDevice(JsonElement d, int index)
+    {
+        var file = Str(d, "file");
+        var expectedFile = DeviceFileName(index);
+        if (file != expectedFile)   // also keeps a tampered manifest from naming paths outside the folder
+            throw Bad($"device {index} names file '{file}', expected '{expectedFile}'");
+        var bytes = Int(d, "bytes");
+        var sha = Str(d, "sha256");
+        if (sha.Length != 64 || !sha.All(char.IsAsciiHexDigitLower))
+            throw Bad($"device {index} has a malformed sha256");
+        var tensors = new List<TensorEntry>();
+        long offset = 0;
+        foreach (var t in Prop(d, "tensors", JsonValueKind.Array).EnumerateArray())
+        {
+            var name = Str(t, "name");
+            var dtypeName = Str(t, "dtype");
+            if (!s_dtypes.TryGetValue(dtypeName, out var dtype))
+                throw Bad($"tensor '{name}' has unsupported dtype '{dtypeName}'");
+            var shape = Prop(t, "shape", JsonValueKind.Array).EnumerateArray().Select(e => e.GetInt64()).ToArray();
+            long numel = 1;
+            foreach (var n in shape)
+                numel = n >= 0 ? checked(numel * n) : throw Bad($"tensor '{name}' has a negative dimension");
+            var length = checked(numel * ElementSize(dtype));
+            if (Int(t, "offset") != offset || Int(t, "length") != length)
+                throw Bad($"tensor '{name}' has an offset or length inconsistent with its shape and position");
+            tensors.Add(new TensorEntry(name, dtype, shape, offset, length));
+            offset = checked(offset + length);
+        }
+        if (offset != bytes)
+            throw Bad($"the tensors of {file} add up to {offset} bytes, but it records {bytes}");
+        return new DeviceEntry(file, bytes, sha, tensors);
+    }
+
+    private static InvalidDataException Bad(string why) => new($"{ManifestFileName} is invalid: {why}.");
+
+    private static JsonElement Prop(JsonElement obj, string name, JsonValueKind kind) =>
+        obj.ValueKind == JsonValueKind.Object && obj.TryGetProperty(name, out var v) && v.ValueKind == kind
+            ? v
+            : throw Bad($"'{name}' is missing or not of kind {kind}");
+
+    private static string Str(JsonElement obj, string name) => Prop(obj, name, JsonValueKind.String).GetString()!;
+
+    private static long Int(JsonElement obj, string name) =>
+        Prop(obj, name, JsonValueKind.Number).TryGetInt64(out var v) ? v : throw Bad($"'{name}' is not an integer");
 
     private static long ElementSize(torch.ScalarType t) => t switch
     {

@@ -39,6 +39,13 @@ public sealed record TrainerOptions
     /// meanwhile: how a benchmark interleaves a peer's step (the eager reference) with the generated one.
     /// </summary>
     public Action<long>? BetweenSteps { get; init; }
+
+    /// <summary>
+    /// Where the devices run (null: <see cref="InProcessBackend"/>, every device in this process). With one device per
+    /// process (<see cref="Distributed.MpiBackend"/>), each process loads its own shard of a checkpoint, the processes
+    /// agree on the step, and each writes its own shard of a checkpoint (the folder must be on a file system they all see).
+    /// </summary>
+    public IMeshBackend? Backend { get; init; }
 }
 
 /// <summary>One training step as seen from device 0 (every device computes the same replicated scalars).</summary>
@@ -60,7 +67,7 @@ public sealed record TrainResult(long FirstStep, long LastStep, IReadOnlyList<St
 /// <summary>
 /// Runs a compiled training step (a program whose results replace its parameters and optimizer state, see
 /// <see cref="TensorSpec.Updates"/>) for many steps on every device of its mesh: in-process virtual devices, one thread
-/// each. Batches come from a <see cref="ByteCorpus"/>, the step number is fed as the <c>step</c> input, and
+/// each, or this process's one device of an MPI job (<see cref="TrainerOptions.Backend"/>). Batches come from a <see cref="ByteCorpus"/>, the step number is fed as the <c>step</c> input, and
 /// checkpoints are saved (every device's shards) and resumed from atomically.
 /// </summary>
 public static class Trainer
@@ -76,79 +83,128 @@ public static class Trainer
         if (vocab is > 0 and < ByteTokenizer.VocabSize && options.Corpus.Bytes.Span.IndexOfAnyInRange((byte)vocab, (byte)255) is var at and >= 0)
             throw new InvalidOperationException($"the corpus {options.Corpus.Name} has byte {options.Corpus.Bytes.Span[at]} at offset {at}, outside the graph's vocab of {vocab} (byte-level tokens need vocab = 256)");
 
-        CheckpointData? resume = null;
-        if (options.CheckpointDir is { } dir && Directory.Exists(dir))
-        {
-            resume = Checkpoint.LoadLatest(dir, w => log?.Invoke($"checkpoint: {w}"));
-            if (resume is not null)
-            {
-                if (resume.Devices.Count != program.Mesh.DeviceCount)
-                    throw new InvalidOperationException($"the checkpoint in {dir} (step {resume.Step}) holds {resume.Devices.Count} devices' shards, this mesh has {program.Mesh.DeviceCount}");
-                if (resume.Metadata.TryGetValue("program", out var name) && name != program.Name)
-                    throw new InvalidOperationException($"the checkpoint in {dir} was written by program '{name}', not '{program.Name}'");
-                // Shards belong to mesh positions: the same device count on another mesh would load them onto the wrong devices.
-                if (resume.Metadata.TryGetValue("mesh", out var meshText) && meshText != program.Mesh.ToString())
-                    throw new InvalidOperationException($"the checkpoint in {dir} holds shards for mesh {meshText}, this program runs on {program.Mesh}");
-                log?.Invoke($"resuming from step {resume.Step} ({dir})");
-            }
-        }
-        long first = (resume?.Step ?? 0) + 1;
+        var backend = options.Backend ?? InProcessBackend.Instance;
         var reports = new List<StepReport>();
-        var shared = new IReadOnlyList<(string, Tensor)>[program.Mesh.DeviceCount];
         if (options.ProfileFromStep is not null && program.ProfileSites.Count == 0)
             throw new InvalidOperationException($"program '{program.Name}' was not compiled with profiling on");
         var profile = options.ProfileFromStep is null ? null : new OpProfile(program.ProfileSites);
 
-        InProcessMesh.Run(program.Mesh, device =>
+        if (backend.InProcess)
         {
-            var persistent = resume is null ? program.InitParameters(device, options.Seed) : Restore(program, resume.Devices[device.Rank]);
-            try
+            // Every device here: load the whole checkpoint once; device 0 saves every device's shards.
+            var resume = LoadResume(program, options, null, log);
+            long first = (resume?.Step ?? 0) + 1;
+            var shared = new IReadOnlyList<(string, Tensor)>[program.Mesh.DeviceCount];
+            backend.Run(program.Mesh, device =>
             {
-                for (long step = first; step <= options.Steps; step++)
+                var persistent = resume is null ? program.InitParameters(device, options.Seed) : Restore(program, resume.Devices[device.Rank]);
+                RunSteps(program, layout, options, device, persistent, first, reports, onStep, profile,
+                    step => SaveCheckpoint(program, device, persistent, shared, options.CheckpointDir!, step, options));
+            }, options.ThreadsPerDevice);
+            return new TrainResult(first, options.Steps, reports, resume?.Step) { Profile = profile };
+        }
+
+        // One device per process: each loads only its own shard, and the devices agree on the step before training.
+        long firstStep = 1;
+        long? resumedFrom = null;
+        backend.Run(program.Mesh, device =>
+        {
+            var resume = LoadResume(program, options, device.Rank, device.Rank == 0 ? log : null);
+            AgreeOnResumeStep(device, resume?.Step ?? -1, options.CheckpointDir);
+            resumedFrom = resume?.Step;
+            firstStep = (resume?.Step ?? 0) + 1;
+            var persistent = resume is null ? program.InitParameters(device, options.Seed) : Restore(program, resume.Devices[device.Rank]);
+            if (resume is not null)
+                foreach (var (_, t) in resume.Devices[device.Rank]) t.Dispose();
+            RunSteps(program, layout, options, device, persistent, firstStep, reports, onStep, profile,
+                step => SaveCheckpointSharded(program, device, persistent, options.CheckpointDir!, step, options));
+        }, options.ThreadsPerDevice);
+        return new TrainResult(firstStep, options.Steps, reports, resumedFrom) { Profile = profile };
+    }
+
+    /// <summary>The newest complete checkpoint in the options' folder (all devices, or only <paramref name="device"/>'s shard), checked against the program.</summary>
+    private static CheckpointData? LoadResume(IGraphProgram program, TrainerOptions options, int? device, Action<string>? log)
+    {
+        if (options.CheckpointDir is not { } dir || !Directory.Exists(dir))
+            return null;
+        var resume = Checkpoint.LoadLatest(dir, w => log?.Invoke($"checkpoint: {w}"), device);
+        if (resume is null)
+            return null;
+        if (resume.Devices.Count != program.Mesh.DeviceCount)
+            throw new InvalidOperationException($"the checkpoint in {dir} (step {resume.Step}) holds {resume.Devices.Count} devices' shards, this mesh has {program.Mesh.DeviceCount}");
+        if (resume.Metadata.TryGetValue("program", out var name) && name != program.Name)
+            throw new InvalidOperationException($"the checkpoint in {dir} was written by program '{name}', not '{program.Name}'");
+        // Shards belong to mesh positions: the same device count on another mesh would load them onto the wrong devices.
+        if (resume.Metadata.TryGetValue("mesh", out var meshText) && meshText != program.Mesh.ToString())
+            throw new InvalidOperationException($"the checkpoint in {dir} holds shards for mesh {meshText}, this program runs on {program.Mesh}");
+        log?.Invoke($"resuming from step {resume.Step} ({dir})");
+        return resume;
+    }
+
+    /// <summary>
+    /// Every device chose a checkpoint on its own (checking only its own file's digest); they must have chosen the same
+    /// step (-1: none), or some would resume from a checkpoint that another found damaged.
+    /// </summary>
+    private static void AgreeOnResumeStep(DeviceContext device, long step, string? dir)
+    {
+        var all = device.Mesh.AxisNames;
+        if (all.Length == 0) return;
+        using var scope = NewDisposeScope();
+        var steps = device.Comm.AllGather(tensor(new[] { step }), 0, all).data<long>().ToArray();
+        if (steps.All(s => s == steps[0])) return;
+        string Say(long s) => s < 0 ? "no checkpoint" : $"step {s}";
+        var groups = steps.Select((s, r) => (s, r)).GroupBy(x => x.s).Select(g => $"{Say(g.Key)} on rank(s) {string.Join(", ", g.Select(x => x.r))}");
+        throw new InvalidOperationException($"the devices disagree about the newest complete checkpoint in {dir}: {string.Join("; ", groups)} (a damaged shard?); remove or repair the newer checkpoint");
+    }
+
+    /// <summary>One device's training loop: steps <paramref name="first"/>..Steps, checkpoints through <paramref name="save"/>.</summary>
+    private static void RunSteps(IGraphProgram program, Layout layout, TrainerOptions options, DeviceContext device, Tensor[] persistent,
+        long first, List<StepReport> reports, Action<StepReport>? onStep, OpProfile? profile, Action<long> save)
+    {
+        try
+        {
+            for (long step = first; step <= options.Steps; step++)
+            {
+                if (device.Rank == 0 && step >= options.ProfileFromStep && device.Profile is null) device.Profile = profile;
+                var sw = Stopwatch.StartNew();
+                using (var scope = NewDisposeScope())
                 {
-                    if (device.Rank == 0 && step >= options.ProfileFromStep && device.Profile is null) device.Profile = profile;
-                    var sw = Stopwatch.StartNew();
-                    using (var scope = NewDisposeScope())
+                    var (tokens, targets) = options.Corpus.Batch(options.DataSeed, step, layout.Batch, layout.Seq);
+                    var inputs = new Tensor[program.Inputs.Count];
+                    inputs[layout.Tokens] = Rt.ShardOf(device, tokens, program.Inputs[layout.Tokens].DimAxes);
+                    inputs[layout.Targets] = Rt.ShardOf(device, targets, program.Inputs[layout.Targets].DimAxes);
+                    inputs[layout.Step] = tensor((float)step, ScalarType.Float32);
+                    var outs = program.Forward(device, persistent, inputs);
+                    // The new parameters and state replace the old ones and outlive this step's scope.
+                    foreach (var (output, target) in layout.Updates)
                     {
-                        var (tokens, targets) = options.Corpus.Batch(options.DataSeed, step, layout.Batch, layout.Seq);
-                        var inputs = new Tensor[program.Inputs.Count];
-                        inputs[layout.Tokens] = Rt.ShardOf(device, tokens, program.Inputs[layout.Tokens].DimAxes);
-                        inputs[layout.Targets] = Rt.ShardOf(device, targets, program.Inputs[layout.Targets].DimAxes);
-                        inputs[layout.Step] = tensor((float)step, ScalarType.Float32);
-                        var outs = program.Forward(device, persistent, inputs);
-                        // The new parameters and state replace the old ones and outlive this step's scope.
-                        foreach (var (output, target) in layout.Updates)
-                        {
-                            persistent[target].Dispose();
-                            persistent[target] = outs[output].MoveToOuterDisposeScope();
-                        }
-                        if (device.Rank == 0)
-                        {
-                            double Scalar(int i) => i < 0 ? double.NaN : outs[i].to_type(ScalarType.Float64).item<double>();
-                            var report = new StepReport(step, Scalar(layout.Loss), Scalar(layout.GradNorm), Scalar(layout.Lr), 0, layout.Batch * layout.Seq);
-                            sw.Stop();
-                            report = report with { Seconds = sw.Elapsed.TotalSeconds };
-                            reports.Add(report);
-                            onStep?.Invoke(report);
-                        }
+                        persistent[target].Dispose();
+                        persistent[target] = outs[output].MoveToOuterDisposeScope();
                     }
-                    if (options.CheckpointDir is { } ckpt && (step % options.CheckpointEvery == 0 || step == options.Steps))
-                        SaveCheckpoint(program, device, persistent, shared, ckpt, step, options);
-                    if (options.BetweenSteps is { } between)
+                    if (device.Rank == 0)
                     {
-                        device.Comm.Barrier();
-                        if (device.Rank == 0) between(step);
-                        device.Comm.Barrier();
+                        double Scalar(int i) => i < 0 ? double.NaN : outs[i].to_type(ScalarType.Float64).item<double>();
+                        var report = new StepReport(step, Scalar(layout.Loss), Scalar(layout.GradNorm), Scalar(layout.Lr), 0, layout.Batch * layout.Seq);
+                        sw.Stop();
+                        report = report with { Seconds = sw.Elapsed.TotalSeconds };
+                        reports.Add(report);
+                        onStep?.Invoke(report);
                     }
                 }
-                return 0;
+                if (options.CheckpointDir is not null && (step % options.CheckpointEvery == 0 || step == options.Steps))
+                    save(step);
+                if (options.BetweenSteps is { } between)
+                {
+                    device.Comm.Barrier();
+                    if (device.Rank == 0) between(step);
+                    device.Comm.Barrier();
+                }
             }
-            finally
-            {
-                foreach (var t in persistent) t.Dispose();
-            }
-        }, options.ThreadsPerDevice);
-        return new TrainResult(first, options.Steps, reports, resume?.Step) { Profile = profile };
+        }
+        finally
+        {
+            foreach (var t in persistent) t.Dispose();
+        }
     }
 
     /// <summary>Every device hands its shards to device 0, which writes one checkpoint while the others wait.</summary>
@@ -159,18 +215,33 @@ public static class Trainer
         device.Comm.Barrier();
         if (device.Rank == 0)
         {
-            var meta = new Dictionary<string, string>
-            {
-                ["program"] = program.Name,
-                ["mesh"] = program.Mesh.ToString(),
-                ["seed"] = options.Seed.ToString(CultureInfo.InvariantCulture),
-                ["data_seed"] = options.DataSeed.ToString(CultureInfo.InvariantCulture),
-                ["corpus"] = options.Corpus.Name,
-            };
-            Checkpoint.Save(dir, new CheckpointData(step, [.. shared], meta));
+            Checkpoint.Save(dir, new CheckpointData(step, [.. shared], Metadata(program, options)));
         }
         device.Comm.Barrier();
     }
+
+    /// <summary>
+    /// One device per process: device 0 opens the step's staging folder, every device writes its own shard, and device 0
+    /// writes the manifest and renames the folder into place (Checkpoint.Sharded.cs); barriers keep the phases apart.
+    /// </summary>
+    private static void SaveCheckpointSharded(IGraphProgram program, DeviceContext device, Tensor[] persistent, string dir, long step, TrainerOptions options)
+    {
+        if (device.Rank == 0) Checkpoint.BeginSharded(dir, step);
+        device.Comm.Barrier();
+        Checkpoint.SaveShard(dir, step, device.Rank, program.Parameters.Select((p, i) => (p.Name, persistent[i])).ToList());
+        device.Comm.Barrier();
+        if (device.Rank == 0) Checkpoint.CommitSharded(dir, step, program.Mesh.DeviceCount, Metadata(program, options));
+        device.Comm.Barrier();
+    }
+
+    private static Dictionary<string, string> Metadata(IGraphProgram program, TrainerOptions options) => new()
+    {
+        ["program"] = program.Name,
+        ["mesh"] = program.Mesh.ToString(),
+        ["seed"] = options.Seed.ToString(CultureInfo.InvariantCulture),
+        ["data_seed"] = options.DataSeed.ToString(CultureInfo.InvariantCulture),
+        ["corpus"] = options.Corpus.Name,
+    };
 
     private static Tensor[] Restore(IGraphProgram program, IReadOnlyList<(string Name, Tensor Tensor)> saved)
     {
