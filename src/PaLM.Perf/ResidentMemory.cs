@@ -12,6 +12,10 @@ public static class ResidentMemory
 {
     public static long Current() => Read("VmRSS:");
 
+    /// <summary>
+    /// VmHWM: the kernel's high-water mark. It is folded in lazily (on munmap and exit, not on madvise), so memory
+    /// returned with madvise(MADV_DONTNEED) can leave it below an RSS read earlier; callers that sampled RSS take the max.
+    /// </summary>
     public static long Peak() => Read("VmHWM:");
 
     /// <summary>Bytes the native heap has handed out and not had back (all arenas, mmapped blocks included).</summary>

@@ -187,7 +187,7 @@ public static class StepBench
                 TokensPerStep = flops.TokensPerStep, Flops = flops, Peak = peak, Nominal = PeakFlops.Nominal(PeakFlops.ThisDevice().Kind, peak.DType),
                 Compile = phases, Generated = new Timing(timed), Eager = eager is null ? null : new Timing(eagerTimes), Ratios = ratios,
                 Losses = result.Steps.Select(s => s.Loss).ToList(), EagerLosses = eager is null ? null : eagerLosses,
-                ResidentAfterStep = resident, PeakResidentBytes = ResidentMemory.Peak(), PlannedMemory = memory,
+                ResidentAfterStep = resident, PeakResidentBytes = Math.Max(ResidentMemory.Peak(), resident.DefaultIfEmpty().Max()), PlannedMemory = memory,
                 Profile = result.Profile, WallSeconds = wall.Elapsed.TotalSeconds,
             };
         }
