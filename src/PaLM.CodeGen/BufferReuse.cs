@@ -19,9 +19,19 @@ namespace PaLM.CodeGen;
 /// </summary>
 public static class BufferReuse
 {
-    /// <summary>For each node that can run in place: which operand's buffer it takes.</summary>
-    public static IReadOnlyDictionary<Node, int> Plan(Graph g)
+    /// <summary>
+    /// For each node that can run in place: which operand's buffer it takes. With <paramref name="donateUpdatedArguments"/>
+    /// (JAX's <c>donate_argnums</c>, XLA's input/output aliasing), the parameters and optimizer state a training step
+    /// replaces (<see cref="Graph.OutputUpdates"/>) count as buffers the step owns: the update that produces their
+    /// successor may write into them, so the caller must not read or dispose the old tensor after the call unless it
+    /// is not the same object as the new one.
+    /// </summary>
+    public static IReadOnlyDictionary<Node, int> Plan(Graph g, bool donateUpdatedArguments = false)
     {
+        var donated = new HashSet<Value>(ReferenceEqualityComparer.Instance);
+        if (donateUpdatedArguments)
+            foreach (var i in g.OutputUpdates.Where(i => i >= 0))
+                if (g.Args[i].Kind is ArgKind.Parameter or ArgKind.State) donated.Add(g.Args[i].Value);
         // Every use of every value: the node reading it (null for a block result) and where.
         var uses = new Dictionary<Value, List<(Node? User, Block Block, int Index)>>(ReferenceEqualityComparer.Instance);
         void Use(Value v, Node? user, Block b, int i)
@@ -54,7 +64,7 @@ public static class BufferReuse
                     var candidates = n.Inputs.Length == 2 && n.Op.Commutative ? new[] { 0, 1 } : new[] { 0 };
                     foreach (var k in candidates)
                     {
-                        if (Donatable(n, b, i, k, call, producers, uses))
+                        if (Donatable(n, b, i, k, call, producers, uses, donated))
                         {
                             plan[n] = k;
                             break;
@@ -72,20 +82,37 @@ public static class BufferReuse
     private static bool FreshResult(Node op) => op.Regions.Length == 0 && (op.Op.InPlace is not null || op.Op.IsMatmul && op.Inputs.Length >= 2);
 
     private static bool Donatable(Node n, Block b, int at, int k, RtCall call, Dictionary<Value, Node> producers,
-        Dictionary<Value, List<(Node? User, Block Block, int Index)>> uses)
+        Dictionary<Value, List<(Node? User, Block Block, int Index)>> uses, HashSet<Value> donated)
     {
         var v = n.Inputs[k];
-        if (!producers.TryGetValue(v, out var producer) || !FreshResult(producer)) return false;
+        bool isDonatedArg = donated.Contains(v);
+        if (!isDonatedArg && (!producers.TryGetValue(v, out var producer) || !FreshResult(producer))) return false;
         if (n.Inputs.Count(x => ReferenceEquals(x, v)) != 1) return false;
         // Every other reader ran earlier in this block and made no view of v (its result is a buffer of its own).
+        // A donated argument is also read by the layer loops; a loop reading it as a stacked or invariant operand
+        // views it only while it runs, and its results alias it only if the body hands it straight to a carried result.
         foreach (var (user, block, index) in uses[v])
         {
             if (ReferenceEquals(user, n)) continue;
-            if (user is null || !ReferenceEquals(block, b) || index >= at || !FreshResult(user)) return false;
+            if (user is null || !ReferenceEquals(block, b) || index >= at) return false;
+            if (!FreshResult(user) && !(isDonatedArg && LoopDoesNotAlias(user, v))) return false;
         }
         var t = n.Outputs[0].Type;
         if (v.Type.DType != t.DType || !v.Type.Shape.SequenceEqual(t.Shape)) return false;
         return k < call.Args.Length && call.Args[k] is LInput { Index: var i } && i == k;
+    }
+
+    private static bool LoopDoesNotAlias(Node loop, Value v)
+    {
+        if (!loop.Op.HasRegion) return false;
+        var carried = (int)loop.Attr<IntAttr>("carried").Value;
+        var body = loop.Regions[0];
+        for (int i = 0; i < loop.Inputs.Length; i++)
+        {
+            if (!ReferenceEquals(loop.Inputs[i], v)) continue;
+            if (i < carried || body.Results.Take(carried).Contains(body.Args[i], ReferenceEqualityComparer.Instance)) return false;
+        }
+        return true;
     }
 
     /// <summary>The in-place call for <paramref name="n"/>, taking operand <paramref name="k"/>'s buffer.</summary>

@@ -20,6 +20,13 @@ public sealed record CodeGenOptions
 
     /// <summary>Compute elementwise ops into their operands' dead buffers (see <see cref="BufferReuse"/>). On by default.</summary>
     public bool ReuseBuffers { get; init; } = true;
+
+    /// <summary>
+    /// Let a training step update its parameters and optimizer state in place (JAX's <c>donate_argnums</c>): the
+    /// caller hands the old tensors over and must treat them as consumed (the trainer does). Off by default, since a
+    /// caller that runs the step twice on the same parameters would see them change.
+    /// </summary>
+    public bool DonateUpdatedArguments { get; init; }
 }
 
 /// <summary>The generated C# of one graph: its syntax tree and the name of the class implementing IGraphProgram.</summary>
@@ -50,7 +57,7 @@ public sealed class Emitter
     private Emitter(Graph graph, CodeGenOptions options)
     {
         (_graph, _options) = (graph, options);
-        _inPlace = options.ReuseBuffers ? BufferReuse.Plan(graph) : new Dictionary<Node, int>();
+        _inPlace = options.ReuseBuffers ? BufferReuse.Plan(graph, options.DonateUpdatedArguments) : new Dictionary<Node, int>();
     }
 
     public static GeneratedSource Emit(Graph graph, string? sourceFileName = null, CodeGenOptions? options = null)

@@ -30,7 +30,7 @@ public sealed class SingleDeviceStep : IDisposable
         var one = graph.Mesh is { } m ? new Mesh([.. m.Axes.Select(a => a with { Size = 1 })]) : null;
         var compiled = TrainingCompiler.Compile(graph, one, config ?? new TrainingConfig());
         if (compiled.Spmd.Mesh.DeviceCount != 1) throw new ArgumentException("a single-device step needs a one-device mesh", nameof(graph));
-        _program = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local));
+        _program = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local, options: new CodeGenOptions { DonateUpdatedArguments = true }));
         _persistent = _program.InitParameters(seed);
         foreach (var t in _persistent) t.MoveToOuterDisposeScope();
         _eager = StepBench.CreateEager(_program, _persistent);
@@ -64,7 +64,7 @@ public sealed class SingleDeviceStep : IDisposable
             var spec = _program.Outputs[i];
             if (spec.Updates >= 0)
             {
-                _persistent[spec.Updates].Dispose();
+                if (!ReferenceEquals(_persistent[spec.Updates], outs[i])) _persistent[spec.Updates].Dispose();   // donated: updated in place
                 _persistent[spec.Updates] = outs[i].MoveToOuterDisposeScope();
             }
             else if (spec.Name == "loss") loss = outs[i].item<float>();

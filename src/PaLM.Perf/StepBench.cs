@@ -26,6 +26,9 @@ public sealed record BenchOptions
     /// <summary>Time every op of the generated step (compiled with profiling timers).</summary>
     public bool Profile { get; init; }
 
+    /// <summary>Compile the step with donated parameters and optimizer state (updated in place, as `palmc train` runs it).</summary>
+    public bool Donate { get; init; } = true;
+
     public IReadOnlyList<long> PeakSizes { get; init; } = PeakFlops.DefaultSizes;
     public int PeakRepetitions { get; init; } = PeakFlops.DefaultRepetitions;
     public long Seed { get; init; }
@@ -139,7 +142,7 @@ public static class StepBench
         if (options.Warmup < 0) throw new ArgumentOutOfRangeException(nameof(options), "warm-up cannot be negative");
         var wall = Stopwatch.StartNew();
         var sw = Stopwatch.StartNew();
-        var program = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local, options: new CodeGenOptions { Profile = options.Profile }));
+        var program = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local, options: new CodeGenOptions { Profile = options.Profile, DonateUpdatedArguments = options.Donate }));
         var emit = sw.Elapsed.TotalSeconds;
         var phases = new CompilePhases(parseSeconds, compiled.AutodiffTime.TotalSeconds, compiled.Spmd.PropagateTime.TotalSeconds,
             compiled.Spmd.PartitionTime.TotalSeconds, compiled.PassesTime.TotalSeconds, emit);

@@ -31,6 +31,7 @@ internal static class BenchCommand
         var warmup = new Option<int>("--warmup") { Description = "untimed warm-up steps", DefaultValueFactory = _ => 2 };
         var vsEager = new Option<bool>("--vs-eager") { Description = "also run the hand-written eager TorchSharp step, alternating, and report generated/eager" };
         var profile = new Option<bool>("--profile") { Description = "time every op of the generated step and list the costliest" };
+        var noDonate = new Option<bool>("--no-donate") { Description = "compile the step without donated parameters and optimizer state (each update allocates new tensors)" };
         var top = new Option<int>("--profile-top") { Description = "ops to list with --profile", DefaultValueFactory = _ => 25 };
         var peakReps = new Option<int>("--peak-reps") { Description = "timed matmuls per peak size (best of them counts)", DefaultValueFactory = _ => PeakFlops.DefaultRepetitions };
         var peakSizes = new Option<string>("--peak-sizes") { Description = "square matmul sizes of the peak measurement", DefaultValueFactory = _ => string.Join(",", PeakFlops.DefaultSizes) };
@@ -38,7 +39,7 @@ internal static class BenchCommand
         var json = new Option<bool>("--json") { Description = "print the report as JSON" };
         var training = new TrainingOptions();
         var cmd = new Command("bench", "Benchmark the compiled training step: step time, tokens/s, MFU and HFU against the measured peak.")
-            { file, mesh, steps, warmup, vsEager, profile, top, peakReps, peakSizes, data, json, backend, mpiSizes, verify };
+            { file, mesh, steps, warmup, vsEager, profile, noDonate, top, peakReps, peakSizes, data, json, backend, mpiSizes, verify };
         training.AddTo(cmd);
         cmd.SetAction(r => Common.Guard(() =>
         {
@@ -57,7 +58,7 @@ internal static class BenchCommand
             var compiled = training.Compile(r, g, r.GetValue(mesh));
             var options = new BenchOptions
             {
-                Steps = r.GetValue(steps), Warmup = r.GetValue(warmup), VsEager = r.GetValue(vsEager), Profile = r.GetValue(profile),
+                Steps = r.GetValue(steps), Warmup = r.GetValue(warmup), VsEager = r.GetValue(vsEager), Profile = r.GetValue(profile), Donate = !r.GetValue(noDonate),
                 PeakRepetitions = r.GetValue(peakReps), PeakSizes = sizes, Corpus = corpus,
             };
             var asJson = r.GetValue(json);

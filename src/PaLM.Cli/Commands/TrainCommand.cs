@@ -47,7 +47,7 @@ internal static class TrainCommand
                 if (mpi is not null && comp.Spmd.Mesh.DeviceCount != mpi.World.Size)
                     throw new UserError($"error: the mesh ({comp.Spmd.Mesh}) has {comp.Spmd.Mesh.DeviceCount} device(s) but this MPI job has {mpi.World.Size} rank(s); "
                         + $"--backend mpi runs one device per rank (palmc launch -np {comp.Spmd.Mesh.DeviceCount} -- ...)");
-                return (graph, comp, RoslynCompiler.CompileInMemory(Emitter.Emit(comp.Local)), corpus);
+                return (graph, comp, RoslynCompiler.CompileInMemory(Emitter.Emit(comp.Local, options: new CodeGenOptions { DonateUpdatedArguments = true })), corpus);
             }
             var (g, compiled, program, corpus) = mpi is null ? Prepare() : mpi.Agree(() =>
             {

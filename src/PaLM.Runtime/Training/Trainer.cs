@@ -175,10 +175,11 @@ public static class Trainer
                     inputs[layout.Targets] = Rt.ShardOf(device, targets, program.Inputs[layout.Targets].DimAxes);
                     inputs[layout.Step] = tensor((float)step, ScalarType.Float32);
                     var outs = program.Forward(device, persistent, inputs);
-                    // The new parameters and state replace the old ones and outlive this step's scope.
+                    // The new parameters and state replace the old ones and outlive this step's scope. A program compiled
+                    // with donated arguments may have updated one in place: then the new tensor is the old object.
                     foreach (var (output, target) in layout.Updates)
                     {
-                        persistent[target].Dispose();
+                        if (!ReferenceEquals(persistent[target], outs[output])) persistent[target].Dispose();
                         persistent[target] = outs[output].MoveToOuterDisposeScope();
                     }
                     if (device.Rank == 0)

@@ -1,0 +1,76 @@
+using PaLM.CodeGen;
+using PaLM.Dsl;
+using PaLM.IR;
+using PaLM.Runtime;
+using PaLM.Runtime.Training;
+using static TorchSharp.torch;
+
+namespace PaLM.Passes.Tests;
+
+/// <summary>
+/// Donated arguments (JAX's donate_argnums): a training step compiled with <see cref="CodeGenOptions.DonateUpdatedArguments"/>
+/// writes the new parameters and optimizer state into the old tensors, and computes bit-identical results to one
+/// compiled without it, step after step.
+/// </summary>
+public sealed class DonationTests
+{
+    private static readonly Lazy<Graph> s_tiny = new(() => Frontend.CompileFile(TestPaths.Graph("palm-tiny")));
+
+    [Fact]
+    public void TheUpdatesOfLayerWeightsAndTheirStateRunInPlace()
+    {
+        var compiled = TrainingCompiler.Compile(s_tiny.Value, null, new TrainingConfig());
+        var local = compiled.Local;
+        var args = local.Args.Select(a => a.Value).ToHashSet(ReferenceEqualityComparer.Instance);
+        string[] Donated(bool on) => [.. BufferReuse.Plan(local, on).Where(kv => args.Contains(kv.Key.Inputs[kv.Value]))
+            .Select(kv => kv.Key.Inputs[kv.Value].Name).Order(StringComparer.Ordinal)];
+        Assert.Empty(Donated(false));
+        var donated = Donated(true);
+        foreach (var w in new[] { "w_q", "w_k", "w_v", "w_o", "w_gate", "w_up", "w_down" })
+            Assert.Contains(w, donated);
+        // Optimizer state is donated too (m and v of each weight).
+        Assert.True(donated.Length > 14, string.Join(", ", donated));
+        // Only parameters and state a step replaces: never the batch.
+        Assert.DoesNotContain("tokens", donated);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void DonatedStepsComputeTheSameBits(bool fuse)
+    {
+        Rt.Initialize();
+        var compiled = TrainingCompiler.Compile(s_tiny.Value, null, new TrainingConfig { Fuse = fuse, Remat = RematPolicy.Full });
+        var plain = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local));
+        var donating = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local, options: new CodeGenOptions { DonateUpdatedArguments = true }));
+        using var scope = NewDisposeScope();
+        var a = plain.InitParameters(seed: 3);
+        var b = donating.InitParameters(seed: 3);
+        int In(string name) => plain.Inputs.Select(i => i.Name).ToList().IndexOf(name);
+        var shape = plain.Inputs[In("tokens")].Shape;
+        var corpus = ByteCorpus.Default();
+        int inPlace = 0;
+        for (long step = 1; step <= 3; step++)
+        {
+            var (tokens, targets) = corpus.Batch(5, step, shape[0], shape[1]);
+            var inputs = new Tensor[plain.Inputs.Count];
+            inputs[In("tokens")] = tokens;
+            inputs[In("targets")] = targets;
+            inputs[In("step")] = tensor((float)step, ScalarType.Float32);
+            var outA = plain.Forward(a, inputs);
+            var outB = donating.Forward(b, inputs);
+            for (int i = 0; i < outA.Length; i++)
+            {
+                Assert.True(outA[i].eq(outB[i]).all().item<bool>(), $"step {step}: output {plain.Outputs[i].Name} differs");
+                if (plain.Outputs[i].Updates is var u and >= 0)
+                {
+                    Assert.False(ReferenceEquals(a[u], outA[i]));   // without donation every update is a new tensor
+                    if (ReferenceEquals(b[u], outB[i])) inPlace++;
+                    a[u] = outA[i];
+                    b[u] = outB[i];
+                }
+            }
+        }
+        Assert.True(inPlace > 0, "no update ran in place");
+    }
+}
