@@ -21,7 +21,7 @@ internal static class SimulateCommand
 
     public static Command Create()
     {
-        var files = new Argument<string[]>("FILE") { Description = "a .palm DSL file (several with --sweep)", Arity = ArgumentArity.OneOrMore };
+        var files = new Argument<string[]>("FILE") { Description = "a .palm DSL file (several with --sweep)", Arity = ArgumentArity.ZeroOrMore };
         var hardware = new Option<string?>("--hardware") { Description = "hardware from the catalog: tpu-v4, a100-80gb, h100-sxm, h200, cpu (this machine, measured), or one from --hardware-file" };
         var hardwareFile = new Option<string[]>("--hardware-file") { Description = "a JSON file adding devices to the catalog (docs/simulation.md)", AllowMultipleArgumentsPerToken = false };
         var listHardware = new Option<bool>("--list-hardware") { Description = "list the catalog and exit" };
@@ -53,7 +53,8 @@ internal static class SimulateCommand
             var hw = catalog.Get(hwName);
             var policy = ParseRemat(r.GetValue(remat)!);
             var lay = ParseLayout(r.GetValue(layout)!);
-            var paths = r.GetValue(files)!;
+            var paths = r.GetValue(files) ?? [];
+            if (paths.Length == 0) throw new UserError("error: give a .palm FILE to simulate (or --list-hardware)");
             long? batchSize = r.GetValue(batch);
             if (batchSize is <= 0) throw new UserError("error: --batch must be positive");
             Graph Load(string path, long? b) => Common.Load(path, b is { } n ? new Dictionary<string, long> { ["batch"] = n } : null);
@@ -137,8 +138,8 @@ internal static class SimulateCommand
     {
         AnsiConsole.Write(new Rule(Markup.Escape($"{p.Graph} on {p.Devices:N0} x {p.Hardware.Name} ({p.Pods} pod{(p.Pods == 1 ? "" : "s")}, {p.Hosts:N0} hosts)")).LeftJustified());
         Console.WriteLine(string.Create(Inv, $"mesh {p.Mesh}; {Candidate.LayoutName(p.Layout)}; remat {p.Remat}; compute in {p.DType}; batch {p.Batch} sequences, {p.TokensPerStep:N0} tokens/step"));
-        Console.WriteLine(string.Create(Inv, $"step {p.StepSeconds:F3} s   tokens/s {p.TokensPerSecond:N0}   MFU {p.Mfu:P1}   HFU {p.Hfu:P1}   (peak {p.PeakFlopsPerDevice / 1e12:G4} TFLOP/s/chip, matmul efficiency {p.Hardware.MatmulEfficiency:P0})"));
-        Console.WriteLine(string.Create(Inv, $"time: compute {p.Cost.ComputeSeconds:F3} s + memory-bound {p.Cost.MemoryBoundSeconds:F3} s + exposed communication {p.Cost.ExposedCommunicationSeconds:F3} s (of {p.Cost.CommunicationSeconds:F3} s)"));
+        Console.WriteLine(string.Create(Inv, $"step {Time(p.StepSeconds)}   tokens/s {p.TokensPerSecond:N0}   MFU {p.Mfu:P1}   HFU {p.Hfu:P1}   (peak {p.PeakFlopsPerDevice / 1e12:G4} TFLOP/s/chip, matmul efficiency {p.Hardware.MatmulEfficiency:P0})"));
+        Console.WriteLine(string.Create(Inv, $"time: compute {Time(p.Cost.ComputeSeconds)} + memory-bound {Time(p.Cost.MemoryBoundSeconds)} + exposed communication {Time(p.Cost.ExposedCommunicationSeconds)} (of {Time(p.Cost.CommunicationSeconds)})"));
         var c = new Table().AddColumns("collectives over", "count/step", "bytes/device/step", "seconds", "exposed s");
         foreach (var a in p.Cost.ByAxes)
             c.AddRow(Markup.Escape(a.Axes), a.Count.ToString("N0", Inv), PlanCommand.Bytes((long)a.BytesPerDevice), a.Seconds.ToString("F3", Inv), a.ExposedSeconds.ToString("F3", Inv));
@@ -164,6 +165,10 @@ internal static class SimulateCommand
             Console.WriteLine(string.Create(Inv,
                 $"measured here: step {measured.Generated.Median:F3} s median ({measured.Generated.Min:F3}-{measured.Generated.Max:F3}, {measured.Generated.Samples.Count} steps); measured / predicted = {measured.Generated.Median / p.StepSeconds:F2}"));
     }
+
+    /// <summary>Seconds with a unit that keeps three significant places: 16.599 s, 148.2 ms, 85.3 µs.</summary>
+    private static string Time(double s) => s >= 1 || s == 0 ? string.Create(Inv, $"{s:F3} s")
+        : s >= 1e-3 ? string.Create(Inv, $"{s * 1e3:F1} ms") : string.Create(Inv, $"{s * 1e6:F1} µs");
 
     private static Dictionary<string, object?> ToJson(Prediction p, List<PaperRow>? paper, BenchReport? measured)
     {
