@@ -267,7 +267,12 @@ public static class Rt
     public static Tensor Cast(Tensor x, ScalarType dtype) => x.dtype == dtype ? x.alias() : x.to_type(dtype);
 
     /// <summary>Einstein summation with a letter spec such as <c>"bsd,dhk->bshk"</c>.</summary>
-    public static Tensor Einsum(string spec, params Tensor[] xs) => torch.einsum(spec, xs);
+    /// <remarks>Two operands run as one batched matmul in their memory order (<see cref="Contraction"/>);
+    /// <c>PALMC_EINSUM=torch</c> sends every einsum to torch.einsum instead (to compare).</remarks>
+    public static Tensor Einsum(string spec, params Tensor[] xs) =>
+        xs.Length == 2 && !s_torchEinsum && Contraction.TryParse(spec, out var c) ? c.Run(xs[0], xs[1]) : torch.einsum(spec, xs);
+
+    private static readonly bool s_torchEinsum = Environment.GetEnvironmentVariable("PALMC_EINSUM") == "torch";
 
     /// <summary>Sum over <paramref name="axes"/> (dropped). No axes: x (new handle).</summary>
     public static Tensor Sum(Tensor x, long[] axes) => axes.Length == 0 ? x.alias() : x.sum(axes);

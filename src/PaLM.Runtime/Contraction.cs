@@ -1,0 +1,133 @@
+using System.Collections.Concurrent;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PaLM.Runtime;
+
+/// <summary>
+/// A two-operand einsum as one batched matmul whose dim order follows the operands' memory layout.
+/// <para>
+/// Why: torch.einsum orders the contracted and free dims as the spec lists them, so an operand that is a permuted view
+/// (as the attention scores are: computed as <c>[b, s, h, t]</c>, read as <c>[b, h, s, t]</c>) is copied into that
+/// order first. Measured on palm-cpu's attention gradient <c>bhst,bshd->btd</c> with such a view: 47 ms through
+/// torch.einsum, 12 ms as <c>[b, t, s·h] @ [b, s·h, d]</c>, which reads both operands where they lie.
+/// </para>
+/// <para>
+/// How: labels in both operands and the output are batch dims, in both but not the output are contracted, in one
+/// operand and the output are that side's free dims. Each group is ordered by the memory order (strides) of the
+/// operand it best fits, so merging it into one matrix dim is a view; matmul then reads [B, M, K] and [B, K, N] with
+/// whatever strides they have (a transposed layout included) without copying.
+/// The result is the matmul's [B, M, N] seen through a view and a permutation in the spec's output order. Specs this
+/// does not cover (a label summed out of one operand only, repeated labels, ellipses) go to torch.einsum.
+/// </para>
+/// </summary>
+internal sealed class Contraction
+{
+    private static readonly ConcurrentDictionary<string, Contraction?> s_cache = new(StringComparer.Ordinal);
+
+    private readonly string _x, _y, _out;
+    private readonly char[] _batch, _contracted, _left, _right;
+
+    private Contraction(string x, string y, string output)
+    {
+        (_x, _y, _out) = (x, y, output);
+        _batch = [.. output.Where(c => x.Contains(c) && y.Contains(c))];
+        _contracted = [.. x.Where(c => y.Contains(c) && !output.Contains(c))];
+        _left = [.. output.Where(c => x.Contains(c) && !y.Contains(c))];
+        _right = [.. output.Where(c => y.Contains(c) && !x.Contains(c))];
+    }
+
+    /// <summary>The contraction of <paramref name="spec"/>, or false when it is not a plain two-operand product.</summary>
+    public static bool TryParse(string spec, out Contraction c)
+    {
+        c = s_cache.GetOrAdd(spec, Parse)!;
+        return c is not null;
+    }
+
+    private static Contraction? Parse(string spec)
+    {
+        var arrow = spec.Split("->");
+        if (arrow.Length != 2) return null;
+        var ins = arrow[0].Split(',');
+        if (ins.Length != 2) return null;
+        string x = ins[0], y = ins[1], o = arrow[1];
+        bool Plain(string s) => s.All(char.IsAsciiLetter) && s.Distinct().Count() == s.Length;
+        if (!Plain(x) || !Plain(y) || !Plain(o)) return null;
+        // Every label of an operand is in the other operand or the output; every output label is in an operand.
+        if (x.Any(ch => !y.Contains(ch) && !o.Contains(ch)) || y.Any(ch => !x.Contains(ch) && !o.Contains(ch))) return null;
+        if (o.Any(ch => !x.Contains(ch) && !y.Contains(ch))) return null;
+        return new Contraction(x, y, o);
+    }
+
+    public Tensor Run(Tensor x, Tensor y)
+    {
+        if (x.dim() != _x.Length || y.dim() != _y.Length) return torch.einsum($"{_x},{_y}->{_out}", x, y);
+        long Size(char c) => _x.IndexOf(c) is var i and >= 0 ? x.shape[i] : y.shape[_y.IndexOf(c)];
+        // Order each group by memory: batch and contracted by the larger operand (its copy would cost more), free dims
+        // by their own operand.
+        var (big, bigSpec) = x.numel() >= y.numel() ? (x, _x) : (y, _y);
+        var batch = ByMemory(_batch, big, bigSpec);
+        var contracted = ByMemory(_contracted, big, bigSpec);
+        var left = ByMemory(_left, x, _x);
+        var right = ByMemory(_right, y, _y);
+        long B = batch.Aggregate(1L, (n, c) => n * Size(c)), M = left.Aggregate(1L, (n, c) => n * Size(c));
+        long N = right.Aggregate(1L, (n, c) => n * Size(c)), K = contracted.Aggregate(1L, (n, c) => n * Size(c));
+
+        using var scope = NewDisposeScope();
+        var xm = AsMatrix(x, _x, batch, left, contracted, B, M, K);                 // [B, M, K]
+        var ym = AsMatrix(y, _y, batch, right, contracted, B, N, K).transpose(1, 2);   // [B, K, N]
+        var product = torch.matmul(xm, ym);                                         // [B, M, N]
+        // [B, M, N] → [batch..., left..., right...] → the output's order.
+        char[] order = [.. batch, .. left, .. right];
+        var result = product.view([.. order.Select(Size)]);
+        var perm = _out.Select(c => (long)Array.IndexOf(order, c)).ToArray();
+        if (!perm.Select((p, i) => p == i).All(b => b)) result = result.permute(perm);
+        return result.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// <paramref name="t"/> as [B, F, K] (rows: its free dims, columns: the contracted ones): a view when each group's
+    /// dims, in the order chosen, merge into one (matmul takes any strides of the last two dims), else a copy.
+    /// </summary>
+    private static Tensor AsMatrix(Tensor t, string spec, char[] batch, char[] free, char[] contracted, long B, long F, long K) =>
+        Arrange(t, spec, batch, free, contracted).reshape(B, F, K);
+
+    private static Tensor Arrange(Tensor t, string spec, char[] batch, char[] free, char[] contracted)
+    {
+        long[] Dims(IEnumerable<char> labels) => [.. labels.Select(c => (long)spec.IndexOf(c))];
+        return t.permute([.. Dims(batch), .. Dims(free), .. Dims(contracted)]);
+    }
+
+    /// <summary>Whether <see cref="Run"/> reads both operands in place (no copy to rearrange either): for tests.</summary>
+    internal bool ReadsInPlace(Tensor x, Tensor y)
+    {
+        var (big, bigSpec) = x.numel() >= y.numel() ? (x, _x) : (y, _y);
+        var batch = ByMemory(_batch, big, bigSpec);
+        var contracted = ByMemory(_contracted, big, bigSpec);
+        int[] Runs(char[] free) => [batch.Length, free.Length, contracted.Length];
+        return Mergeable(Arrange(x, _x, batch, ByMemory(_left, x, _x), contracted), Runs(_left))
+            && Mergeable(Arrange(y, _y, batch, ByMemory(_right, y, _y), contracted), Runs(_right));
+    }
+
+    /// <summary>Whether each consecutive run of dims (of the given lengths) can merge into one dim as a view.</summary>
+    private static bool Mergeable(Tensor t, int[] runs)
+    {
+        var shape = t.shape;
+        var strides = t.stride();
+        int d = 0;
+        foreach (var run in runs)
+        {
+            for (int i = d; i < d + run - 1; i++)
+                if (shape[i] != 1 && shape[i + 1] != 1 && strides[i] != strides[i + 1] * shape[i + 1]) return false;
+            d += run;
+        }
+        return true;
+    }
+
+    /// <summary><paramref name="labels"/> sorted by decreasing stride in <paramref name="t"/> (its memory order).</summary>
+    private static char[] ByMemory(char[] labels, Tensor t, string spec)
+    {
+        var strides = t.stride();
+        return [.. labels.OrderByDescending(c => spec.IndexOf(c) is var i and >= 0 ? strides[i] : 0).ThenBy(c => Array.IndexOf(labels, c))];
+    }
+}
