@@ -65,6 +65,9 @@ public sealed class CostModel
             if (a.Kind == ArgKind.Input && a.Value.Type.Rank > 0) _batchDependent.Add(a.Value);
             if (a.Kind is ArgKind.Parameter or ArgKind.State) _master.Add(a.Value);
         }
+        // The new parameters and state are master copies too (fp32), like the arguments they replace.
+        for (int i = 0; i < local.OutputUpdates.Length && i < local.Body.Results.Length; i++)
+            if (local.OutputUpdates[i] >= 0) _master.Add(local.Body.Results[i]);
         MarkBatchDependent(local.Body);
     }
 

@@ -19,9 +19,10 @@ public static class PaperComparison
     public const double CrossPodBytesPerHost = 1.3e9;
     public const double TwoPodScaling = 1.95;
 
-    /// <summary>Whether <paramref name="p"/> is the paper's setting: 540B on TPU v4 across two pods.</summary>
+    /// <summary>Whether <paramref name="p"/> is the paper's setting: 540B on TPU v4, its pod axis across two pods.</summary>
     public static bool Applies(Prediction p) =>
-        p.Graph.StartsWith("palm-540b", StringComparison.Ordinal) && p.Hardware.Name == "tpu-v4" && p.Pods == 2;
+        p.Graph.StartsWith("palm-540b", StringComparison.Ordinal) && p.Hardware.Name == "tpu-v4" && p.Pods == 2
+        && p.Mesh.HasAxis("pod") && p.Mesh.SizeOf("pod") == 2;   // the pod axis is what spans the two pods
 
     /// <summary>
     /// The side by side. <paramref name="onePod"/> is the same plan on one pod with half the batch (the paper's weak

@@ -165,6 +165,8 @@ public static class Simulator
     {
         if (layout == ParameterLayout.AsWritten) return g;
         var batchAxes = BatchAxes(g);
+        if (layout == ParameterLayout.ShardedAcrossPods && (batchAxes.Length < 2 || !mesh.HasAxis(batchAxes[0]) || mesh.SizeOf(batchAxes[0]) < 2))
+            throw new SimulationException($"layout across-pods shards weights over the outer batch axis, but {g.Name}'s mesh ({mesh}) has no such axis of size 2 or more");
         return ArgShardings.Rewrite(g, (arg, s) =>
         {
             if (arg.Kind != ArgKind.Parameter || s is null) return s;

@@ -58,7 +58,7 @@ public static class Sweep
                     }
                 }
             }
-            catch (Exception e) when (e is ShardingException or SimulationException or InvalidOperationException)
+            catch (Exception e) when (e is ShardingException or SimulationException or InvalidOperationException or PaLM.Dsl.DslException)
             {
                 why = e.Message;
             }

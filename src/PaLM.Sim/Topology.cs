@@ -19,11 +19,11 @@ public readonly record struct CollectiveCost(double Seconds, double CrossPodByte
 /// <para>
 /// Inside a pod (ICI, NVLink) collectives use the α-β model of ring algorithms (Thakur et al. 2005):
 /// all-gather and reduce-scatter of a tensor of full size V over p members cost s·α + (p-1)/p · V / B, all-reduce
-/// twice that (reduce-scatter then all-gather), all-to-all of a local tensor V on a ring (p-1)·α + V·p / (4·B)
+/// twice that (reduce-scatter then all-gather), all-to-all of a local tensor V on a ring s·α + V·p / (4·B)
 /// (bisection-bound: a quarter of an all-gather of the p·V result). On a torus B = 2·k·link bandwidth: a
 /// bidirectional ring along each of the k torus dims the group occupies, where an axis of n chips occupies
 /// ceil(log n / log max_ring) dims (TPU v4 slices are optically reconfigured, so each mesh axis is assumed to get
-/// whole torus dims; at most the torus's dims in all). On a switch (NVSwitch) B = links · link bandwidth. The latency
+/// whole torus dims), shared out over the axes innermost first, at most the torus's dims in all. On a switch (NVSwitch) B = links · link bandwidth. The latency
 /// steps s are p-1 on a switch and k·(p^(1/k) - 1) on a torus (one ring phase per dim).
 /// </para>
 /// <para>
@@ -53,7 +53,42 @@ public sealed class Topology
         _strides = new long[mesh.Axes.Length];
         long s = 1;
         for (int i = mesh.Axes.Length - 1; i >= 0; i--) { _strides[i] = s; s *= mesh.Axes[i].Size; }
+
+        // Each axis: its members inside one pod. A group must not straddle a pod boundary partway: the axis's block of
+        // ranks (stride · size) either fits a whole number of times in a pod, or is whole pods with the pod a whole
+        // number of strides.
+        _inPod = new long[mesh.Axes.Length];
+        _torusDims = new int[mesh.Axes.Length];
+        for (int i = 0; i < mesh.Axes.Length; i++)
+        {
+            long n = mesh.Axes[i].Size, stride = _strides[i], block = stride * n;
+            bool ok;
+            if (stride >= ChipsPerPod) { ok = stride % ChipsPerPod == 0; _inPod[i] = 1; }
+            else if (block <= ChipsPerPod) { ok = ChipsPerPod % block == 0; _inPod[i] = n; }
+            else { ok = ChipsPerPod % stride == 0 && block % ChipsPerPod == 0; _inPod[i] = ChipsPerPod / stride; }
+            if (!ok)
+                throw new SimulationException(
+                    $"mesh axis '{mesh.Axes[i].Name}' ({n}) straddles pods of {ChipsPerPod} {hardware.Name} chips partway (its groups would span a pod boundary); "
+                    + "choose axis sizes whose products divide the pod size or are whole pods");
+        }
+        // Torus dims are shared out once over the axes, innermost first (the model axis, whose collectives are on the
+        // critical path): an axis of n chips in a pod wants ceil(log n / log max_ring) dims; when none are left it shares
+        // one with the others (counted as one dim of bandwidth).
+        if (hardware.Interconnect.IsTorus)
+        {
+            int left = hardware.Interconnect.TorusDims;
+            for (int i = mesh.Axes.Length - 1; i >= 0; i--)
+            {
+                int want = TorusDimsFor(_inPod[i]);
+                if (want == 0) continue;
+                _torusDims[i] = Math.Max(1, Math.Min(want, left));
+                left = Math.Max(0, left - want);
+            }
+        }
     }
+
+    private readonly long[] _inPod;
+    private readonly int[] _torusDims;
 
     public Hardware Hardware { get; }
     public long Devices { get; }
@@ -70,14 +105,9 @@ public sealed class Topology
         foreach (var a in axes)
         {
             int i = _mesh.Axes.IndexOf(_mesh.Axes.First(x => x.Name == a));
-            long n = _mesh.Axes[i].Size, stride = _strides[i];
-            // Members of this axis inside one pod: the pod holds ChipsPerPod consecutive ranks.
-            long inside = stride >= ChipsPerPod ? 1 : Math.Min(n, ChipsPerPod / stride);
-            if (n % inside != 0)
-                throw new SimulationException($"mesh axis '{a}' ({n}) straddles pods of {ChipsPerPod} chips unevenly");
-            inPod *= inside;
-            pods *= n / inside;
-            dims += TorusDimsFor(inside);
+            inPod *= _inPod[i];
+            pods *= _mesh.Axes[i].Size / _inPod[i];
+            dims += _torusDims[i];
         }
         return (inPod, pods, Hardware.Interconnect.IsTorus ? Math.Min(dims, Hardware.Interconnect.TorusDims) : 0);
     }

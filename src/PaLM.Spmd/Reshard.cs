@@ -94,13 +94,14 @@ public static class Reshard
             progress = false;
             for (int i = 0; i < cur.Length; i++)
             {
-                if (to.DimAxes[i].Length <= grown[i] || !IsPrefix(cur[i], to.DimAxes[i]) || !pending.Contains(to.DimAxes[i][grown[i]]))
-                    continue;
-                var axis = to.DimAxes[i][grown[i]++];
-                pending.Remove(axis);
-                if (scatter.Count > 0 && scatter[^1].Dim == i) scatter[^1].Axes.Add(axis);
-                else scatter.Add((i, [axis]));
-                progress = true;
+                while (to.DimAxes[i].Length > grown[i] && IsPrefix(cur[i], to.DimAxes[i]) && pending.Contains(to.DimAxes[i][grown[i]]))
+                {
+                    var axis = to.DimAxes[i][grown[i]++];
+                    pending.Remove(axis);
+                    if (scatter.Count > 0 && scatter[^1].Dim == i) scatter[^1].Axes.Add(axis);
+                    else scatter.Add((i, [axis]));
+                    progress = true;
+                }
             }
         }
         foreach (var (d, axes) in scatter)

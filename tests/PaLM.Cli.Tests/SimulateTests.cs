@@ -12,6 +12,10 @@ public sealed class SimulateTests
             "--batch", "2048", "--remat", "palm")).Expect(0);
         foreach (var s in new[] { "MFU", "HFU", "tokens/s", "cross-pod bytes per host per step", "two pods / one pod throughput", "46.2", "57.8", "238,300", "1.950", "fits:" })
             Assert.Contains(s, r.Stdout);
+        // With the data axis spanning the pods instead, there is no pod axis to halve: no side by side.
+        var other = (await Proc.Palmc("simulate", "graphs/palm-540b.palm", "--hardware", "tpu-v4", "--mesh", "pod=1,data=512,model=12",
+            "--batch", "2048", "--remat", "palm")).Expect(0);
+        Assert.DoesNotContain("two pods / one pod", other.Stdout);
     }
 
     [Fact]
@@ -84,5 +88,17 @@ public sealed class SimulateTests
         Assert.Contains("batch", batch.Stderr);
         var measure = (await Proc.Palmc("simulate", "graphs/palm-tiny.palm", "--hardware", "tpu-v4", "--measure")).Expect(1);
         Assert.Contains("needs --hardware cpu", measure.Stderr);
+        foreach (var args in new[]
+        {
+            new[] { "graphs/palm-tiny.palm", "--hardware", "tpu-v4", "--search", "--devices", "0" },
+            ["graphs/palm-tiny.palm", "--hardware", "tpu-v4", "--search", "--top", "0"],
+            ["nope.palm", "--hardware", "tpu-v4", "--sweep"],
+            ["graphs/palm-tiny.palm", "--hardware", "tpu-v4", "--layout", "across-pods"],
+        })
+        {
+            var r = (await Proc.Palmc(["simulate", .. args])).Expect(1);
+            Assert.DoesNotContain("internal error", r.Stderr);
+            Assert.Contains("error", r.Stderr);
+        }
     }
 }

@@ -46,6 +46,23 @@ public sealed class CatalogAndSearchTests
             var e = Assert.Throws<SimulationException>(() => HardwareCatalog.Load([path], readEnvironment: false));
             Assert.Contains(path, e.Message);
             Assert.Contains("peak_flops.bf16", e.Message);
+            // Wrong kinds and values name their field instead of failing inside the parser.
+            const string Good = """
+                "peak_flops": { "bf16": 1e12 }, "memory_bytes": 1e9, "memory_bandwidth": 1e11,
+                "network": { "bandwidth_per_host": 1e9 }
+                """;
+            foreach (var (bad, field) in new[]
+            {
+                (""" "chips_per_host": 0.5, "chips_per_pod": 8, "interconnect": { "topology": "switch", "links_per_chip": 1, "link_bandwidth": 1e10 } """, "chips_per_host"),
+                (""" "chips_per_host": 4, "chips_per_pod": 8, "interconnect": { "topology": "torus", "torus_dims": 3, "max_ring": 1, "links_per_chip": 6, "link_bandwidth": 1e10 } """, "interconnect.max_ring"),
+                (""" "chips_per_host": 4, "chips_per_pod": 8, "interconnect": "fast" """, "interconnect"),
+                (""" "chips_per_host": 4, "chips_per_pod": 8, "default_dtype": 16, "interconnect": { "topology": "switch", "links_per_chip": 1, "link_bandwidth": 1e10 } """, "default_dtype"),
+            })
+            {
+                File.WriteAllText(path, $"{{ \"name\": \"x\", {Good}, {bad} }}");
+                var err = Assert.Throws<SimulationException>(() => HardwareCatalog.Load([path], readEnvironment: false));
+                Assert.Contains($"'{field}'", err.Message);
+            }
         }
         finally { File.Delete(path); }
     }

@@ -83,6 +83,30 @@ public sealed class CollectiveCostTests
     }
 
     [Fact]
+    public void AnAxisThatWouldStraddleAPodBoundaryIsRefused()
+    {
+        var c = HardwareCatalog.Load(readEnvironment: false);
+        c.AddText("""
+            { "name": "small", "peak_flops": { "bf16": 1e12 }, "memory_bytes": 1e9, "memory_bandwidth": 1e11, "chips_per_host": 2, "chips_per_pod": 8,
+              "interconnect": { "topology": "switch", "links_per_chip": 1, "link_bandwidth": 1e10 }, "network": { "bandwidth_per_host": 1e9 } }
+            """, "test");
+        // 12 chips are two pods of 6: model groups of 4 would cross from one pod into the next.
+        var e = Assert.Throws<SimulationException>(() => new Topology(c.Get("small"), Mesh.Parse("data=3,model=4")));
+        Assert.Contains("straddles pods", e.Message);
+        Assert.Equal((3L, 1L, 0), new Topology(c.Get("small"), Mesh.Parse("data=2,model=3")).Split(["model"]));
+    }
+
+    [Fact]
+    public void TorusDimsAreSharedOutOnceOverTheAxes()
+    {
+        // 6144 chips, pod=1: data=1024 spans both pods (512 in each), model=6 takes one torus dim, data the other two.
+        var t = new Topology(Tpu, Mesh.Parse("pod=1,data=1024,model=6"));
+        Assert.Equal((6L, 1L, 1), t.Split(["model"]));
+        Assert.Equal((512L, 2L, 2), t.Split(["data"]));
+        Assert.Equal((3072L, 2L, 3), t.Split(["data", "model"]));
+    }
+
+    [Fact]
     public void AGroupOfOneCostsNothing() =>
         Assert.Equal(default, new Topology(Tpu, Mesh.Parse("data=4,model=1")).Cost(CollectiveOp.AllReduce, ["model"], V));
 }

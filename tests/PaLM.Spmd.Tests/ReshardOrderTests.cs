@@ -34,4 +34,16 @@ public sealed class ReshardOrderTests
         Assert.Equal(["data", "model"], step.Axes.ToArray());
         Assert.Equal(T.Bytes * 11 / 12, step.Bytes);
     }
+
+    [Fact]
+    public void EachDimTakesAllItsPendingAxesInOneReduceScatter()
+    {
+        var mesh = Mesh.Parse("pod=2,data=2,model=3");
+        var t = new TensorType(DType.F32, new Dim("rows", 24), new Dim("cols", 6));
+        var steps = Reshard.Plan(t, new Sharding([[], []], ["data", "model", "pod"]), new Sharding([["data", "model"], ["pod"]]), mesh);
+        Assert.Equal(2, steps.Count);
+        Assert.All(steps, s => Assert.Equal(CollectiveKind.ReduceScatter, s.Kind));
+        Assert.Equal(["data", "model"], steps[0].Axes.ToArray());
+        Assert.Equal(["pod"], steps[1].Axes.ToArray());
+    }
 }

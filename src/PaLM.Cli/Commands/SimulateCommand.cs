@@ -59,8 +59,16 @@ internal static class SimulateCommand
             if (batchSize is <= 0) throw new UserError("error: --batch must be positive");
             Graph Load(string path, long? b) => Common.Load(path, b is { } n ? new Dictionary<string, long> { ["batch"] = n } : null);
 
+            if (r.GetValue(top) < 1) throw new UserError("error: --top must be at least 1");
+            if (r.GetValue(maxModel) < 1) throw new UserError("error: --max-model must be at least 1");
+            if (r.GetValue(devices) is <= 0) throw new UserError("error: --devices must be positive");
+            foreach (var path in paths)
+                if (!File.Exists(path)) throw new UserError($"{path}: error: no such file");
             if (r.GetValue(sweep))
+            {
+                foreach (var path in paths) Common.Load(path);   // the files' own errors, reported once and cleanly
                 return RunSweep(paths, (p, b) => Load(p, b), hw, policy, r.GetValue(chips), r.GetValue(batches), r.GetValue(dtype), r.GetValue(output), r.GetValue(json));
+            }
             if (paths.Length != 1) throw new UserError("error: give one FILE (several only with --sweep)");
             var g = Load(paths[0], batchSize);
             var meshOverride = Common.ParseMesh(r.GetValue(mesh));
@@ -140,9 +148,9 @@ internal static class SimulateCommand
         Console.WriteLine(string.Create(Inv, $"mesh {p.Mesh}; {Candidate.LayoutName(p.Layout)}; remat {p.Remat}; compute in {p.DType}; batch {p.Batch} sequences, {p.TokensPerStep:N0} tokens/step"));
         Console.WriteLine(string.Create(Inv, $"step {Time(p.StepSeconds)}   tokens/s {p.TokensPerSecond:N0}   MFU {p.Mfu:P1}   HFU {p.Hfu:P1}   (peak {p.PeakFlopsPerDevice / 1e12:G4} TFLOP/s/chip, matmul efficiency {p.Hardware.MatmulEfficiency:P0})"));
         Console.WriteLine(string.Create(Inv, $"time: compute {Time(p.Cost.ComputeSeconds)} + memory-bound {Time(p.Cost.MemoryBoundSeconds)} + exposed communication {Time(p.Cost.ExposedCommunicationSeconds)} (of {Time(p.Cost.CommunicationSeconds)})"));
-        var c = new Table().AddColumns("collectives over", "count/step", "bytes/device/step", "seconds", "exposed s");
+        var c = new Table().AddColumns("collectives over", "count/step", "bytes/device/step", "time", "exposed");
         foreach (var a in p.Cost.ByAxes)
-            c.AddRow(Markup.Escape(a.Axes), a.Count.ToString("N0", Inv), PlanCommand.Bytes((long)a.BytesPerDevice), a.Seconds.ToString("F3", Inv), a.ExposedSeconds.ToString("F3", Inv));
+            c.AddRow(Markup.Escape(a.Axes), a.Count.ToString("N0", Inv), PlanCommand.Bytes((long)a.BytesPerDevice), Time(a.Seconds), Time(a.ExposedSeconds));
         AnsiConsole.Write(c);
         Console.WriteLine(string.Create(Inv, $"bytes crossing the pod boundary per host per step: {p.Cost.CrossPodBytesPerHost:N0} ({p.Cost.CrossPodBytesPerHost / 1e9:F2} GB)"));
         var m = new Table().AddColumn("memory per device").AddColumn(new TableColumn("bytes").RightAligned());
@@ -285,14 +293,14 @@ internal static class SimulateCommand
         // Plain columns (not a table): the reasons are long, and this is read in logs and pipes as much as on terminals.
         var shown = report.Ranked.Take(top).ToList();
         if (mine is not null && !shown.Contains(mine)) shown.Add(mine);
-        Console.WriteLine(string.Create(Inv, $"{"#",-11} {"mesh",-30} {"layout",-11} {"remat",-5} {"step s",8} {"MFU",6} {"memory",10}  why"));
+        Console.WriteLine(string.Create(Inv, $"{"#",-11} {"mesh",-30} {"layout",-11} {"remat",-5} {"step",10} {"MFU",6} {"memory",10}  why"));
         foreach (var o in shown)
         {
             var rank = report.Ranked.ToList().IndexOf(o);
             var p = o.Prediction;
             var label = (rank >= 0 ? (rank + 1).ToString(Inv) : "-") + (ReferenceEquals(o, mine) ? " (given)" : "");
             Console.WriteLine(string.Create(Inv,
-                $"{label,-11} {o.Candidate.Mesh,-30} {ParseLayoutName(o.Candidate.Layout),-11} {o.Candidate.Remat.Name,-5} {(p is null ? "-" : p.StepSeconds.ToString("F2", Inv)),8} {(p is null ? "-" : (p.Mfu * 100).ToString("F1", Inv) + "%"),6} {(p is null ? "-" : PlanCommand.Bytes(p.MemoryTotal)),10}  {o.Rejected ?? LayoutSearch.Explain(o, best)}"));
+                $"{label,-11} {o.Candidate.Mesh,-30} {ParseLayoutName(o.Candidate.Layout),-11} {o.Candidate.Remat.Name,-5} {(p is null ? "-" : Time(p.StepSeconds)),10} {(p is null ? "-" : (p.Mfu * 100).ToString("F1", Inv) + "%"),6} {(p is null ? "-" : PlanCommand.Bytes(p.MemoryTotal)),10}  {o.Rejected ?? LayoutSearch.Explain(o, best)}"));
         }
         var reasons = report.Rejected.GroupBy(o => o.Rejected!.StartsWith("does not fit", StringComparison.Ordinal) ? "do not fit in memory" : "cannot be partitioned (a dim does not divide, or similar)");
         foreach (var r in reasons) Console.WriteLine(string.Create(Inv, $"rejected: {r.Count()} plans {r.Key}"));

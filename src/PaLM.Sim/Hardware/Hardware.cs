@@ -129,6 +129,23 @@ public sealed class HardwareCatalog
         if (name.Length == 0) throw new SimulationException($"{where}: error: missing 'name'");
         JsonElement Need(JsonElement o, string key, string path) =>
             o.TryGetProperty(key, out var v) ? v : throw new SimulationException($"{where}: error: missing '{path}{key}'");
+        int Int(JsonElement o, string key, string path = "", int min = 1)
+        {
+            var x = Num(o, key, path);
+            if (x != Math.Floor(x) || x < min || x > int.MaxValue)
+                throw new SimulationException($"{where}: error: '{path}{key}' must be a whole number of at least {min}, got {x.ToString(CultureInfo.InvariantCulture)}");
+            return (int)x;
+        }
+        string? Str(JsonElement o, string key, string path = "")
+        {
+            if (!o.TryGetProperty(key, out var v)) return null;
+            return v.ValueKind == JsonValueKind.String ? v.GetString() : throw new SimulationException($"{where}: error: '{path}{key}' must be a string");
+        }
+        JsonElement Obj(JsonElement o, string key)
+        {
+            var v = Need(o, key, "");
+            return v.ValueKind == JsonValueKind.Object ? v : throw new SimulationException($"{where}: error: '{key}' must be an object");
+        }
         double Num(JsonElement o, string key, string path = "", double? fallback = null, bool positive = true)
         {
             if (!o.TryGetProperty(key, out var v))
@@ -143,29 +160,29 @@ public sealed class HardwareCatalog
         if (pf.ValueKind != JsonValueKind.Object) throw new SimulationException($"{where}: error: 'peak_flops' must map dtype to FLOP/s");
         foreach (var p in pf.EnumerateObject()) peaks[p.Name] = Num(pf, p.Name, "peak_flops.");
         if (peaks.Count == 0) throw new SimulationException($"{where}: error: 'peak_flops' lists no dtype");
-        var dtype = e.TryGetProperty("default_dtype", out var dt) ? dt.GetString() ?? "" : peaks.Keys.First();
+        var dtype = Str(e, "default_dtype") ?? peaks.Keys.First();
         if (!peaks.ContainsKey(dtype)) throw new SimulationException($"{where}: error: default_dtype '{dtype}' has no entry in peak_flops");
         var eff = Num(e, "matmul_efficiency", fallback: 0.8);
         if (eff > 1) throw new SimulationException($"{where}: error: 'matmul_efficiency' is a fraction of peak, at most 1");
-        var ici = Need(e, "interconnect", "");
-        var topology = ici.TryGetProperty("topology", out var t) ? t.GetString() ?? "" : "";
+        var ici = Obj(e, "interconnect");
+        var topology = Str(ici, "topology", "interconnect.") ?? "";
         if (topology is not ("torus" or "switch")) throw new SimulationException($"{where}: error: 'interconnect.topology' must be \"torus\" or \"switch\"");
-        var torusDims = topology == "torus" ? (int)Num(ici, "torus_dims", "interconnect.") : 0;
-        var maxRing = topology == "torus" ? (int)Num(ici, "max_ring", "interconnect.") : 0;
-        var net = Need(e, "network", "");
-        var chipsPerHost = (int)Num(e, "chips_per_host");
-        var chipsPerPod = (int)Num(e, "chips_per_pod");
+        var torusDims = topology == "torus" ? Int(ici, "torus_dims", "interconnect.") : 0;
+        var maxRing = topology == "torus" ? Int(ici, "max_ring", "interconnect.", min: 2) : 0;
+        var net = Obj(e, "network");
+        var chipsPerHost = Int(e, "chips_per_host");
+        var chipsPerPod = Int(e, "chips_per_pod");
         if (chipsPerPod % chipsPerHost != 0) throw new SimulationException($"{where}: error: chips_per_pod ({chipsPerPod}) must be a multiple of chips_per_host ({chipsPerHost})");
         var sources = e.TryGetProperty("sources", out var s) && s.ValueKind == JsonValueKind.Array
-            ? s.EnumerateArray().Select(x => x.GetString() ?? "").ToImmutableArray()
+            ? s.EnumerateArray().Select(x => x.ValueKind == JsonValueKind.String ? x.GetString()! : x.ToString()).ToImmutableArray()
             : [];
         return new Hardware(
             name,
-            e.TryGetProperty("description", out var d) ? d.GetString() ?? name : name,
+            Str(e, "description") ?? name,
             peaks.ToImmutable(), dtype, eff,
             (long)Num(e, "memory_bytes"), Num(e, "memory_bandwidth"),
             chipsPerHost, chipsPerPod,
-            new Interconnect(topology, torusDims, maxRing, (int)Num(ici, "links_per_chip", "interconnect."), Num(ici, "link_bandwidth", "interconnect."),
+            new Interconnect(topology, torusDims, maxRing, Int(ici, "links_per_chip", "interconnect."), Num(ici, "link_bandwidth", "interconnect."),
                 Num(ici, "latency_seconds", "interconnect.", fallback: 1e-6)),
             new Network(Num(net, "bandwidth_per_host", "network."), Num(net, "latency_seconds", "network.", fallback: 1e-5)),
             sources, origin);
