@@ -53,7 +53,7 @@ public sealed class MpiCollectives : ICollectives
         if (axes.Length == 0)
             return x.alias();
         var g = GetGroup(axes);
-        dim = NormalizeDim(x, dim, nameof(dim));
+        dim = CollectiveArgs.NormalizeDim(x, dim, nameof(dim));
         if (g.Size == 1)
             return x.alias();
         using var _ = torch.no_grad();
@@ -74,8 +74,8 @@ public sealed class MpiCollectives : ICollectives
         if (axes.Length == 0)
             return x.alias();
         var g = GetGroup(axes);
-        dim = NormalizeDim(x, dim, nameof(dim));
-        long chunk = ChunkSize(x, dim, g.Size, "ReduceScatter");
+        dim = CollectiveArgs.NormalizeDim(x, dim, nameof(dim));
+        long chunk = CollectiveArgs.ChunkSize(x, dim, g.Size, "ReduceScatter");
         if (g.Size == 1)
             return x.alias();
         using var _ = torch.no_grad();
@@ -112,9 +112,9 @@ public sealed class MpiCollectives : ICollectives
         if (axes.Length == 0)
             return x.alias();
         var g = GetGroup(axes);
-        splitDim = NormalizeDim(x, splitDim, nameof(splitDim));
-        concatDim = NormalizeDim(x, concatDim, nameof(concatDim));
-        long chunk = ChunkSize(x, splitDim, g.Size, "AllToAll");
+        splitDim = CollectiveArgs.NormalizeDim(x, splitDim, nameof(splitDim));
+        concatDim = CollectiveArgs.NormalizeDim(x, concatDim, nameof(concatDim));
+        long chunk = CollectiveArgs.ChunkSize(x, splitDim, g.Size, "AllToAll");
         if (g.Size == 1)
             return x.alias();
         using var _ = torch.no_grad();
@@ -187,20 +187,4 @@ public sealed class MpiCollectives : ICollectives
             : throw new NotSupportedException($"a collective moving {bytes} bytes per member: MPI counts are 32-bit; split the tensor.");
     }
 
-    private static long NormalizeDim(Tensor x, long dim, string name)
-    {
-        long rank = x.dim();
-        long d = dim < 0 ? dim + rank : dim;
-        if (d < 0 || d >= rank)
-            throw new ArgumentOutOfRangeException(name, dim, $"Dimension {dim} is out of range for a tensor of rank {rank}.");
-        return d;
-    }
-
-    private static long ChunkSize(Tensor x, long dim, int groupSize, string op)
-    {
-        long n = x.shape[dim];
-        if (n % groupSize != 0)
-            throw new ArgumentException($"{op}: dimension {dim} of size {n} does not divide into {groupSize} equal chunks.", nameof(x));
-        return n / groupSize;
-    }
 }

@@ -170,7 +170,7 @@ public static class InProcessMesh
             if (axes.Length == 0)
                 return x.alias();
             var g = GetGroup(axes);
-            dim = NormalizeDim(x, dim, nameof(dim));
+            dim = CollectiveArgs.NormalizeDim(x, dim, nameof(dim));
             if (g.Size == 1)
                 return x.alias();
             return Exchange(g, x, new("AllGather", dim, 0), xs => torch.cat(xs, dim));
@@ -181,8 +181,8 @@ public static class InProcessMesh
             if (axes.Length == 0)
                 return x.alias();
             var g = GetGroup(axes);
-            dim = NormalizeDim(x, dim, nameof(dim));
-            long chunk = ChunkSize(x, dim, g.Size, "ReduceScatter");
+            dim = CollectiveArgs.NormalizeDim(x, dim, nameof(dim));
+            long chunk = CollectiveArgs.ChunkSize(x, dim, g.Size, "ReduceScatter");
             if (g.Size == 1)
                 return x.alias();
             return Exchange(g, x, new("ReduceScatter", dim, 0), xs =>
@@ -211,9 +211,9 @@ public static class InProcessMesh
             if (axes.Length == 0)
                 return x.alias();
             var g = GetGroup(axes);
-            splitDim = NormalizeDim(x, splitDim, nameof(splitDim));
-            concatDim = NormalizeDim(x, concatDim, nameof(concatDim));
-            long chunk = ChunkSize(x, splitDim, g.Size, "AllToAll");
+            splitDim = CollectiveArgs.NormalizeDim(x, splitDim, nameof(splitDim));
+            concatDim = CollectiveArgs.NormalizeDim(x, concatDim, nameof(concatDim));
+            long chunk = CollectiveArgs.ChunkSize(x, splitDim, g.Size, "AllToAll");
             if (g.Size == 1)
                 return x.alias();
             return Exchange(g, x, new("AllToAll", splitDim, concatDim), xs =>
@@ -286,23 +286,6 @@ public static class InProcessMesh
                 _groups[key] = g = new Group(rv, index, members.Length);
             }
             return g;
-        }
-
-        private static long NormalizeDim(Tensor x, long dim, string name)
-        {
-            long rank = x.dim();
-            long d = dim < 0 ? dim + rank : dim;
-            if (d < 0 || d >= rank)
-                throw new ArgumentOutOfRangeException(name, dim, $"Dimension {dim} is out of range for a tensor of rank {rank}.");
-            return d;
-        }
-
-        private static long ChunkSize(Tensor x, long dim, int groupSize, string op)
-        {
-            long n = x.shape[dim];
-            if (n % groupSize != 0)
-                throw new ArgumentException($"{op}: dimension {dim} of size {n} does not divide into {groupSize} equal chunks.", nameof(x));
-            return n / groupSize;
         }
 
         private void CheckSameShapes(Tensor[] xs, string op)
