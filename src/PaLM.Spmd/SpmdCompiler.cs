@@ -34,10 +34,6 @@ public sealed class SpmdProgram
 public static class SpmdCompiler
 {
     /// <summary>
-    /// Compiles <paramref name="g"/> for its mesh, or for <paramref name="meshOverride"/> (axes the graph declares but
-    /// the override leaves out get size 1). Throws <see cref="ShardingException"/> for annotations the mesh cannot take.
-    /// </summary>
-    /// <summary>
     /// The mesh <paramref name="g"/> is compiled for: its own, or <paramref name="meshOverride"/> with declared axes it
     /// leaves out at size 1. An override naming an axis the graph does not declare is refused.
     /// </summary>
@@ -53,6 +49,10 @@ public static class SpmdCompiler
         return meshOverride is null ? declared : declared.OverriddenBy(meshOverride);
     }
 
+    /// <summary>
+    /// Compiles <paramref name="g"/> for its mesh, or for <paramref name="meshOverride"/> (axes the graph declares but
+    /// the override leaves out get size 1). Throws <see cref="ShardingException"/> for annotations the mesh cannot take.
+    /// </summary>
     public static SpmdProgram Compile(Graph g, Mesh? meshOverride = null)
     {
         var mesh = ResolveMesh(g, meshOverride);
