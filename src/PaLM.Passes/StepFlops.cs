@@ -93,24 +93,23 @@ public sealed record StepFlops(
         }
         // Per layer: everything the layer loops run, over the layers (remat auto splits the layers over two loops, which
         // together run every layer once).
-        var layers = Model(training).Layers;
+        var (parameters, layers, perToken, tokens) = Model(training);
         foreach (var k in perLayer.Keys.ToList()) perLayer[k] = layers == 0 ? 0 : perLayer[k] / layers;
 
-        var (parameters, _, perToken) = Model(training);
-        var tokens = g.Inputs.FirstOrDefault(a => a.Value.Name == "tokens")?.Value.Type.ElementCount ?? 1;
         return new StepFlops(totals[0], totals[1], totals[2], totals[3], matmul, tokens, parameters, layers,
             perToken, byOp, perLayer);
     }
 
     /// <summary>
-    /// N, L and PaLM's model FLOPs per token of a training step, without counting its ops (a count over the global
-    /// graph of a large model at a large batch can exceed 64 bits; the per-token figure does not).
+    /// N, L, PaLM's model FLOPs per token and the tokens of a training step, without counting its ops (a count over the
+    /// global graph of a large model at a large batch can exceed 64 bits; the per-token figure does not).
     /// </summary>
-    public static (long Parameters, long Layers, long? ModelFlopsPerToken) Model(TrainingGraph training)
+    public static (long Parameters, long Layers, long? ModelFlopsPerToken, long TokensPerStep) Model(TrainingGraph training)
     {
         var g = training.Graph;
         long layers = g.Body.Nodes.Take(training.Gradients.ForwardNodes).Where(n => n.Op.HasRegion).Sum(n => ControlOps.Count(n, g.DimsByName));
         var parameters = g.Parameters.Sum(p => p.Value.Type.ElementCount);
-        return (parameters, layers, Stats.PalmFlopsPerToken(g, parameters, layers));
+        var tokens = g.Inputs.FirstOrDefault(a => a.Value.Name == "tokens")?.Value.Type.ElementCount ?? 1;
+        return (parameters, layers, Stats.PalmFlopsPerToken(g, parameters, layers), tokens);
     }
 }

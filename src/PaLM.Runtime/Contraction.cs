@@ -63,13 +63,7 @@ internal sealed class Contraction
     {
         if (x.dim() != _x.Length || y.dim() != _y.Length) return torch.einsum($"{_x},{_y}->{_out}", x, y);
         long Size(char c) => _x.IndexOf(c) is var i and >= 0 ? x.shape[i] : y.shape[_y.IndexOf(c)];
-        // Order each group by memory: batch and contracted by the larger operand (its copy would cost more), free dims
-        // by their own operand.
-        var (big, bigSpec) = x.numel() >= y.numel() ? (x, _x) : (y, _y);
-        var batch = ByMemory(_batch, big, bigSpec);
-        var contracted = ByMemory(_contracted, big, bigSpec);
-        var left = ByMemory(_left, x, _x);
-        var right = ByMemory(_right, y, _y);
+        var (batch, contracted, left, right) = Order(x, y);
         long B = batch.Aggregate(1L, (n, c) => n * Size(c)), M = left.Aggregate(1L, (n, c) => n * Size(c));
         long N = right.Aggregate(1L, (n, c) => n * Size(c)), K = contracted.Aggregate(1L, (n, c) => n * Size(c));
 
@@ -98,15 +92,23 @@ internal sealed class Contraction
         return t.permute([.. Dims(batch), .. Dims(free), .. Dims(contracted)]);
     }
 
+    /// <summary>
+    /// Each group in memory order: batch and contracted dims as the larger operand lays them out (its copy would cost
+    /// more), free dims as their own operand does.
+    /// </summary>
+    private (char[] Batch, char[] Contracted, char[] Left, char[] Right) Order(Tensor x, Tensor y)
+    {
+        var (big, bigSpec) = x.numel() >= y.numel() ? (x, _x) : (y, _y);
+        return (ByMemory(_batch, big, bigSpec), ByMemory(_contracted, big, bigSpec), ByMemory(_left, x, _x), ByMemory(_right, y, _y));
+    }
+
     /// <summary>Whether <see cref="Run"/> reads both operands in place (no copy to rearrange either): for tests.</summary>
     internal bool ReadsInPlace(Tensor x, Tensor y)
     {
-        var (big, bigSpec) = x.numel() >= y.numel() ? (x, _x) : (y, _y);
-        var batch = ByMemory(_batch, big, bigSpec);
-        var contracted = ByMemory(_contracted, big, bigSpec);
+        var (batch, contracted, left, right) = Order(x, y);
         int[] Runs(char[] free) => [batch.Length, free.Length, contracted.Length];
-        return Mergeable(Arrange(x, _x, batch, ByMemory(_left, x, _x), contracted), Runs(_left))
-            && Mergeable(Arrange(y, _y, batch, ByMemory(_right, y, _y), contracted), Runs(_right));
+        return Mergeable(Arrange(x, _x, batch, left, contracted), Runs(left))
+            && Mergeable(Arrange(y, _y, batch, right, contracted), Runs(right));
     }
 
     /// <summary>Whether each consecutive run of dims (of the given lengths) can merge into one dim as a view.</summary>

@@ -57,8 +57,7 @@ public sealed class CostModel
         _peak = hw.Peak(dtype);
         _efficiency = hw.MatmulEfficiency;
         _bandwidth = hw.MemoryBandwidth;
-        var graphFloat = local.Args.Select(a => a.Value.Type.DType).FirstOrDefault(DTypes.IsFloat, DType.F32);
-        _scale = (double)HardwareCatalog.DTypeBytes(dtype) / DTypes.Bytes(graphFloat);
+        _scale = PrecisionScale(local, dtype);
         foreach (var a in local.Args)
         {
             // The batch (tokens, targets) has rank > 0; the scalar step number only drives the optimizer.
@@ -97,6 +96,10 @@ public sealed class CostModel
                 foreach (var o in n.Outputs) _batchDependent.Add(o);
         }
     }
+
+    /// <summary>Bytes at <paramref name="dtype"/> per byte of the graph's floating-point dtype (bf16 over f32: 0.5).</summary>
+    public static double PrecisionScale(Graph g, string dtype) =>
+        (double)HardwareCatalog.DTypeBytes(dtype) / DTypes.Bytes(g.Args.Select(a => a.Value.Type.DType).FirstOrDefault(DTypes.IsFloat, DType.F32));
 
     /// <summary>The predicted cost of one step of <paramref name="local"/> (a per-device program) on <paramref name="topo"/>.</summary>
     public static StepCost Predict(Graph local, Topology topo, string dtype)

@@ -10,14 +10,7 @@ namespace PaLM.Sim;
 /// <summary>One plan the search considers: a mesh, a parameter layout and a remat policy.</summary>
 public sealed record Candidate(Mesh Mesh, ParameterLayout Layout, RematPolicy Remat)
 {
-    public override string ToString() => $"mesh {Mesh}, {LayoutName(Layout)}, remat {Remat.Name}";
-
-    public static string LayoutName(ParameterLayout l) => l switch
-    {
-        ParameterLayout.AsWritten => "weights as written",
-        ParameterLayout.ReplicatedOverBatch => "weights replicated over batch axes",
-        _ => "weights sharded across pods",
-    };
+    public override string ToString() => $"mesh {Mesh}, {ParameterLayouts.Phrase(Layout)}, remat {Remat.Name}";
 }
 
 /// <summary>A candidate's outcome: its prediction, or why it was rejected (with the bytes when it does not fit).</summary>
@@ -78,25 +71,17 @@ public static class LayoutSearch
     /// <summary>The plans considered for <paramref name="devices"/> chips of <paramref name="hw"/>.</summary>
     public static IEnumerable<Candidate> Candidates(Graph forward, Hardware hw, long devices, int maxModel, IEnumerable<RematPolicy> policies)
     {
-        var declared = forward.Mesh ?? throw new SimulationException($"{forward.Name} declares no mesh: nothing to search over");
-        var batchAxes = Simulator.BatchAxes(forward);
-        var modelAxis = declared.Axes.Select(a => a.Name).FirstOrDefault(a => !batchAxes.Contains(a));
-        if (batchAxes.IsEmpty) throw new SimulationException($"{forward.Name}: the batch input is not split over any mesh axis, so there is no data axis to search");
-        string dataAxis = batchAxes[^1];
-        string? podAxis = batchAxes.Length > 1 ? batchAxes[0] : null;
+        var roles = MeshRoles.Of(forward);
         int pods = (int)((devices + hw.ChipsPerPod - 1) / hw.ChipsPerPod);
-        var podSizes = podAxis is null ? [1L] : pods > 1 ? new[] { (long)pods, 1L } : [1L];
+        var podSizes = roles.Pod is null ? [1L] : pods > 1 ? new[] { (long)pods, 1L } : [1L];
         var policyList = policies.ToList();
         foreach (var pod in podSizes)
         {
             if (devices % pod != 0) continue;
-            for (long model = 1; model <= (modelAxis is null ? 1 : maxModel); model++)
+            for (long model = 1; model <= (roles.Model is null ? 1 : maxModel); model++)
             {
                 if (devices / pod % model != 0) continue;
-                long data = devices / pod / model;
-                var axes = declared.Axes.Select(a => new MeshAxis(a.Name,
-                    a.Name == podAxis ? pod : a.Name == dataAxis ? data : a.Name == modelAxis ? model : 1)).ToImmutableArray();
-                var mesh = new Mesh(axes);
+                var mesh = roles.Build(pod, devices / pod / model, model);
                 foreach (var layout in Enum.GetValues<ParameterLayout>())
                 {
                     if (layout == ParameterLayout.ShardedAcrossPods && pod == 1) continue;   // same as as-written

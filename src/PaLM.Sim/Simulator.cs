@@ -22,6 +22,50 @@ public enum ParameterLayout
     ShardedAcrossPods,
 }
 
+/// <summary>The one table of layout names: the CLI's spelling and the phrase reports use.</summary>
+public static class ParameterLayouts
+{
+    private static readonly (ParameterLayout Layout, string Name, string Phrase)[] s_table =
+    [
+        (ParameterLayout.AsWritten, "as-written", "weights as written"),
+        (ParameterLayout.ReplicatedOverBatch, "replicated", "weights replicated over batch axes"),
+        (ParameterLayout.ShardedAcrossPods, "across-pods", "weights sharded across pods"),
+    ];
+
+    /// <summary><c>as-written</c>, <c>replicated</c>, <c>across-pods</c>.</summary>
+    public static string Name(ParameterLayout l) => s_table.First(x => x.Layout == l).Name;
+
+    /// <summary>"weights as written", ...</summary>
+    public static string Phrase(ParameterLayout l) => s_table.First(x => x.Layout == l).Phrase;
+
+    public static IEnumerable<string> Names => s_table.Select(x => x.Name);
+
+    /// <summary>The layout called <paramref name="name"/>, or null.</summary>
+    public static ParameterLayout? Parse(string name) => s_table.Where(x => x.Name == name).Select(x => (ParameterLayout?)x.Layout).FirstOrDefault();
+}
+
+/// <summary>
+/// Which mesh axis plays which part in a graph: the batch input's axes (outermost first: pods, then data) and the first
+/// other axis (model). The search and the sweep build meshes from it.
+/// </summary>
+public sealed record MeshRoles(Mesh Declared, string? Pod, string Data, string? Model)
+{
+    public static MeshRoles Of(Graph g)
+    {
+        var declared = g.Mesh ?? throw new SimulationException($"{g.Name} declares no mesh");
+        var batch = Simulator.BatchAxes(g);
+        if (batch.IsEmpty) throw new SimulationException($"{g.Name}: the batch input is not split over any mesh axis, so there is no data axis");
+        return new MeshRoles(declared, batch.Length > 1 ? batch[0] : null, batch[^1], declared.Axes.Select(a => a.Name).FirstOrDefault(a => !batch.Contains(a)));
+    }
+
+    /// <summary>The graph's model-axis size (1 without a model axis).</summary>
+    public long ModelSize => Model is null ? 1 : Declared.SizeOf(Model);
+
+    /// <summary>The declared axes resized: <paramref name="pod"/>, <paramref name="data"/>, <paramref name="model"/>, every other axis 1.</summary>
+    public Mesh Build(long pod, long data, long model) => new([.. Declared.Axes.Select(a => new MeshAxis(a.Name,
+        a.Name == Pod ? pod : a.Name == Data ? data : a.Name == Model ? model : 1))]);
+}
+
 /// <summary>What to simulate: a model, a mesh on a hardware kind, a remat policy and a parameter layout.</summary>
 public sealed record SimulationConfig
 {
@@ -100,12 +144,10 @@ public static class Simulator
         var topo = new Topology(hw, mesh);
         var cost = CostModel.Predict(compiled.Local, topo, dtype);
         // FLOPs in double: a count over the global graph of 540B at batch 2048 exceeds 64 bits (StepFlops is exact, in long).
-        var (_, _, perToken) = StepFlops.Model(compiled.Training);
-        var tokens = compiled.Training.Graph.Inputs.FirstOrDefault(a => a.Value.Name == "tokens")?.Value.Type.ElementCount ?? 1;
+        var (_, _, perToken, tokens) = StepFlops.Model(compiled.Training);
         double recomputed = compiled.Training.Gradients.Recomputed.Sum(r => (double)r.Node.Op.Flops(r.Node) * r.Trips);
         var memory = TrainingMemory.Of(compiled);
-        var graphFloat = compiled.Local.Args.Select(a => a.Value.Type.DType).FirstOrDefault(DTypes.IsFloat, DType.F32);
-        double scale = (double)HardwareCatalog.DTypeBytes(dtype) / DTypes.Bytes(graphFloat);
+        double scale = CostModel.PrecisionScale(compiled.Local, dtype);
         var byCategory = new SortedDictionary<string, long>(StringComparer.Ordinal)
         {
             ["parameters"] = memory.Parameters,

@@ -71,10 +71,7 @@ public static class Sweep
     /// <summary>Model-axis sizes to try, largest first: the graph's own, then each smaller one.</summary>
     private static IEnumerable<long> ModelSizes(Graph g)
     {
-        var batchAxes = Simulator.BatchAxes(g);
-        var modelAxis = g.Mesh?.Axes.Select(a => a.Name).FirstOrDefault(a => !batchAxes.Contains(a));
-        long declared = modelAxis is null ? 1 : g.Mesh!.SizeOf(modelAxis);
-        for (long m = declared; m >= 1; m--) yield return m;
+        for (long m = MeshRoles.Of(g).ModelSize; m >= 1; m--) yield return m;
     }
 
     /// <summary>
@@ -83,17 +80,12 @@ public static class Sweep
     /// </summary>
     public static Mesh MeshFor(Graph g, Hardware hw, long chips, long? model = null)
     {
-        var declared = g.Mesh ?? throw new SimulationException($"{g.Name} declares no mesh");
-        var batchAxes = Simulator.BatchAxes(g);
-        if (batchAxes.IsEmpty) throw new SimulationException($"{g.Name}: the batch is not split over any mesh axis");
-        var modelAxis = declared.Axes.Select(a => a.Name).FirstOrDefault(a => !batchAxes.Contains(a));
-        long modelSize = model ?? (modelAxis is null ? 1 : declared.SizeOf(modelAxis));
-        long pods = batchAxes.Length > 1 ? (chips + hw.ChipsPerPod - 1) / hw.ChipsPerPod : 1;
+        var roles = MeshRoles.Of(g);
+        long modelSize = model ?? roles.ModelSize;
+        long pods = roles.Pod is null ? 1 : (chips + hw.ChipsPerPod - 1) / hw.ChipsPerPod;
         if (chips % (modelSize * pods) != 0)
             throw new SimulationException($"{chips} chips do not divide into {pods} pod(s) x {modelSize}-way model parallelism");
-        long data = chips / modelSize / pods;
-        return new Mesh([.. declared.Axes.Select(a => new MeshAxis(a.Name,
-            a.Name == modelAxis ? modelSize : a.Name == batchAxes[^1] ? data : batchAxes.Length > 1 && a.Name == batchAxes[0] ? pods : 1))]);
+        return roles.Build(pods, chips / modelSize / pods, modelSize);
     }
 
     /// <summary>The sweep as a Markdown table (one row per model and chip count, MFU and tokens/s per batch).</summary>

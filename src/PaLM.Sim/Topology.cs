@@ -145,24 +145,23 @@ public sealed class Topology
         // Latency: a torus collective runs one ring phase per dim it spans, so its steps are the rings' lengths summed
         // (k·(n1^(1/k) - 1)), not n1 - 1; a switch ring takes n1 - 1 steps.
         double steps = n1 <= 1 ? 0 : ici.IsTorus ? Math.Max(1, k) * (Math.Pow(n1, 1.0 / Math.Max(1, k)) - 1) : n1 - 1;
-        double inPodLatency = steps * ici.Latency;
         switch (op)
         {
             case CollectiveOp.AllGather:
             case CollectiveOp.ReduceScatter:
-                inPod = n1 > 1 ? inPodLatency + (n1 - 1.0) / n1 * bytes / bw : 0;
+                inPod = Ring(n1, bytes, bw, ici.Latency, steps);
                 crossBytes = n2 > 1 ? (n2 - 1.0) / n2 * bytes / n1 : 0;
                 cross = Ring(n2, bytes / n1, dbw, dcn.Latency);
                 break;
             case CollectiveOp.AllReduce:
-                inPod = n1 > 1 ? 2 * (inPodLatency + (n1 - 1.0) / n1 * bytes / bw) : 0;
+                inPod = 2 * Ring(n1, bytes, bw, ici.Latency, steps);
                 crossBytes = n2 > 1 ? 2 * (n2 - 1.0) / n2 * bytes / n1 : 0;
                 cross = 2 * Ring(n2, bytes / n1, dbw, dcn.Latency);
                 break;
             case CollectiveOp.AllToAll:
                 // Inside the pod: bisection-bound on a ring (torus) or one pass over the links (switch).
                 if (n1 > 1)
-                    inPod = inPodLatency + (ici.IsTorus ? bytes * n1 / (4.0 * bw) : bytes * (n1 - 1.0) / n1 / bw);
+                    inPod = steps * ici.Latency + (ici.IsTorus ? bytes * n1 / (4.0 * bw) : bytes * (n1 - 1.0) / n1 / bw);
                 crossBytes = n2 > 1 ? (n2 - 1.0) / n2 * bytes : 0;
                 if (n2 > 1) cross = (n2 - 1) * dcn.Latency + crossBytes / dbw;
                 break;
@@ -170,7 +169,10 @@ public sealed class Topology
         return new CollectiveCost(inPod + cross, crossBytes);
     }
 
-    /// <summary>Ring all-gather or reduce-scatter of full size <paramref name="bytes"/> over <paramref name="p"/> members.</summary>
-    public static double Ring(long p, double bytes, double bandwidth, double latency) =>
-        p <= 1 ? 0 : (p - 1) * latency + (p - 1.0) / p * bytes / bandwidth;
+    /// <summary>
+    /// Ring all-gather or reduce-scatter of full size <paramref name="bytes"/> over <paramref name="p"/> members in
+    /// <paramref name="steps"/> latency steps (p - 1 by default; fewer on a multi-dim torus).
+    /// </summary>
+    public static double Ring(long p, double bytes, double bandwidth, double latency, double? steps = null) =>
+        p <= 1 ? 0 : (steps ?? p - 1) * latency + (p - 1.0) / p * bytes / bandwidth;
 }

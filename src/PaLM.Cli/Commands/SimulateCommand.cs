@@ -114,13 +114,8 @@ internal static class SimulateCommand
         catch (ArgumentException e) { throw new UserError($"error: --remat: {e.Message}"); }
     }
 
-    private static ParameterLayout ParseLayout(string name) => name switch
-    {
-        "as-written" => ParameterLayout.AsWritten,
-        "replicated" => ParameterLayout.ReplicatedOverBatch,
-        "across-pods" => ParameterLayout.ShardedAcrossPods,
-        _ => throw new UserError($"error: --layout must be as-written, replicated or across-pods, not '{name}'"),
-    };
+    private static ParameterLayout ParseLayout(string name) => ParameterLayouts.Parse(name)
+        ?? throw new UserError($"error: --layout must be {string.Join(", ", ParameterLayouts.Names)}, not '{name}'");
 
     private static int ListHardware(HardwareCatalog catalog)
     {
@@ -145,7 +140,7 @@ internal static class SimulateCommand
     private static void Render(Prediction p, List<PaperRow>? paper, BenchReport? measured)
     {
         AnsiConsole.Write(new Rule(Markup.Escape($"{p.Graph} on {p.Devices:N0} x {p.Hardware.Name} ({p.Pods} pod{(p.Pods == 1 ? "" : "s")}, {p.Hosts:N0} hosts)")).LeftJustified());
-        Console.WriteLine(string.Create(Inv, $"mesh {p.Mesh}; {Candidate.LayoutName(p.Layout)}; remat {p.Remat}; compute in {p.DType}; batch {p.Batch} sequences, {p.TokensPerStep:N0} tokens/step"));
+        Console.WriteLine(string.Create(Inv, $"mesh {p.Mesh}; {ParameterLayouts.Phrase(p.Layout)}; remat {p.Remat}; compute in {p.DType}; batch {p.Batch} sequences, {p.TokensPerStep:N0} tokens/step"));
         Console.WriteLine(string.Create(Inv, $"step {Time(p.StepSeconds)}   tokens/s {p.TokensPerSecond:N0}   MFU {p.Mfu:P1}   HFU {p.Hfu:P1}   (peak {p.PeakFlopsPerDevice / 1e12:G4} TFLOP/s/chip, matmul efficiency {p.Hardware.MatmulEfficiency:P0})"));
         Console.WriteLine(string.Create(Inv, $"time: compute {Time(p.Cost.ComputeSeconds)} + memory-bound {Time(p.Cost.MemoryBoundSeconds)} + exposed communication {Time(p.Cost.ExposedCommunicationSeconds)} (of {Time(p.Cost.CommunicationSeconds)})"));
         var c = new Table().AddColumns("collectives over", "count/step", "bytes/device/step", "time", "exposed");
@@ -190,7 +185,7 @@ internal static class SimulateCommand
             ["pods"] = p.Pods,
             ["hosts"] = p.Hosts,
             ["remat"] = p.Remat,
-            ["layout"] = ParseLayoutName(p.Layout),
+            ["layout"] = ParameterLayouts.Name(p.Layout),
             ["dtype"] = p.DType,
             ["batch"] = p.Batch,
             ["tokens_per_step"] = p.TokensPerStep,
@@ -230,13 +225,6 @@ internal static class SimulateCommand
         return j;
     }
 
-    private static string ParseLayoutName(ParameterLayout l) => l switch
-    {
-        ParameterLayout.AsWritten => "as-written",
-        ParameterLayout.ReplicatedOverBatch => "replicated",
-        _ => "across-pods",
-    };
-
     // ---- search -----------------------------------------------------------------------------------------------------
 
     private static int RunSearch(Graph g, Hardware hw, long devices, string? dtype, int top, int maxModel, Mesh? given, RematPolicy givenRemat,
@@ -261,7 +249,7 @@ internal static class SimulateCommand
             {
                 ["rank"] = rank,
                 ["mesh"] = o.Candidate.Mesh.Axes.ToDictionary(a => a.Name, a => a.Size),
-                ["layout"] = ParseLayoutName(o.Candidate.Layout),
+                ["layout"] = ParameterLayouts.Name(o.Candidate.Layout),
                 ["remat"] = o.Candidate.Remat.Name,
                 ["step_seconds"] = o.Prediction?.StepSeconds,
                 ["mfu"] = o.Prediction?.Mfu,
@@ -300,7 +288,7 @@ internal static class SimulateCommand
             var p = o.Prediction;
             var label = (rank >= 0 ? (rank + 1).ToString(Inv) : "-") + (ReferenceEquals(o, mine) ? " (given)" : "");
             Console.WriteLine(string.Create(Inv,
-                $"{label,-11} {o.Candidate.Mesh,-30} {ParseLayoutName(o.Candidate.Layout),-11} {o.Candidate.Remat.Name,-5} {(p is null ? "-" : Time(p.StepSeconds)),10} {(p is null ? "-" : (p.Mfu * 100).ToString("F1", Inv) + "%"),6} {(p is null ? "-" : PlanCommand.Bytes(p.MemoryTotal)),10}  {o.Rejected ?? LayoutSearch.Explain(o, best)}"));
+                $"{label,-11} {o.Candidate.Mesh,-30} {ParameterLayouts.Name(o.Candidate.Layout),-11} {o.Candidate.Remat.Name,-5} {(p is null ? "-" : Time(p.StepSeconds)),10} {(p is null ? "-" : (p.Mfu * 100).ToString("F1", Inv) + "%"),6} {(p is null ? "-" : PlanCommand.Bytes(p.MemoryTotal)),10}  {o.Rejected ?? LayoutSearch.Explain(o, best)}"));
         }
         var reasons = report.Rejected.GroupBy(o => o.Rejected!.StartsWith("does not fit", StringComparison.Ordinal) ? "do not fit in memory" : "cannot be partitioned (a dim does not divide, or similar)");
         foreach (var r in reasons) Console.WriteLine(string.Create(Inv, $"rejected: {r.Count()} plans {r.Key}"));
