@@ -47,7 +47,26 @@ public sealed class Autodiff
         _b = b;
         _policyOf = policyOf;
         _residualSharding = residualSharding;
+        IndexReaders(g.Body);
     }
+
+    /// <summary>The forward nodes reading each forward value; values a block yields are in <see cref="_escapes"/>.</summary>
+    private readonly Dictionary<Value, List<Node>> _readers = new(ReferenceEqualityComparer.Instance);
+    private readonly HashSet<Value> _escapes = new(ReferenceEqualityComparer.Instance);
+
+    private void IndexReaders(Block block)
+    {
+        foreach (var n in block.Nodes)
+        {
+            foreach (var v in n.Inputs)
+                (_readers.TryGetValue(v, out var list) ? list : _readers[v] = []).Add(n);
+            foreach (var r in n.Regions) IndexReaders(r);
+        }
+        foreach (var v in block.Results) _escapes.Add(v);
+    }
+
+    private IReadOnlyList<Node>? Readers(Value v) =>
+        _escapes.Contains(v) ? null : _readers.TryGetValue(v, out var list) ? list : [];
 
     /// <summary>
     /// Appends to <paramref name="top"/> the forward nodes of <paramref name="g"/> (loops augmented with residuals) and
@@ -169,7 +188,7 @@ public sealed class Autodiff
     private IReadOnlyList<Value?> Vjp(Node n, Func<Value, Value> primal, ImmutableArray<Value?> outCts, List<Node> into)
     {
         var ctx = new VjpContext(n, primal, outCts, i => _active.Contains(n.Inputs[i]),
-            (op, inputs, attrs, hint) => Emit(into, op.Name, inputs, attrs, hint, n.Loc), _b.Dims);
+            (op, inputs, attrs, hint) => Emit(into, op.Name, inputs, attrs, hint, n.Loc), _b.Dims, Readers);
         var ins = n.Op.Vjp(ctx);
         if (ins.Count != n.Inputs.Length)
             throw new InvalidOperationException($"vjp of {n.Op.Name} returned {ins.Count} cotangents for {n.Inputs.Length} operands");

@@ -45,4 +45,29 @@ public sealed class FusionTests
         var after = ModelCollectives(ForwardLoop(fused.Local));
         Assert.Equal(before - 1, after);
     }
+
+    [Theory]
+    [InlineData("data=1,model=1")]
+    [InlineData("data=2,model=2")]
+    public void ASumOfFiveEinsumsJoinsItsOperandsOnce(string mesh)
+    {
+        // The backward's input gradient of h sums five terms (q, k, v, gate, up). Fused pairwise, the growing operands
+        // would be joined four times; after flattening, no concatenation reads another one's (renamed) result, and one
+        // joins all five activation gradients.
+        var g = Frontend.CompileFile(TestPaths.Graph("palm-tiny"));
+        var fused = TrainingCompiler.Compile(g, Mesh.Parse(mesh), new TrainingConfig { Fuse = true });
+        var body = BackwardLoop(fused.Local).Regions[0].Nodes;
+        var producer = body.SelectMany(n => n.Outputs.Select(o => (o, n))).ToDictionary(p => p.o, p => p.n);
+        Node? Producer(Value v) => producer.GetValueOrDefault(v);
+        foreach (var cat in body.Where(n => n.Op.Name == "concat"))
+            foreach (var v in cat.Inputs)
+            {
+                var p = Producer(v);
+                if (p?.Op.Name == "reshape") p = Producer(p.Inputs[0]);
+                Assert.False(p?.Op.Name == "concat", $"{cat.Outputs[0].Name} reads the concatenation {p?.Outputs[0].Name}");
+            }
+        // On one device all five terms share a layout; on 2×2, k and v's gradients are reduced apart and join later.
+        if (mesh == "data=1,model=1")
+            Assert.Contains(body, n => n.Op.Name == "concat" && n.Inputs.Length == 5 && n.Inputs[0].Type.Has("batch"));
+    }
 }

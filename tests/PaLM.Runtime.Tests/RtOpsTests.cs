@@ -56,6 +56,42 @@ public sealed class RtOpsTests
         AssertClose(randn([200, 100], generator: g3) * 0.02, n1);
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void ConcatOfPermutedPiecesEqualsTorchCatAndKeepsTheirMemoryOrder(int seed)
+    {
+        // Pieces that are one permutation of contiguous tensors are joined in memory order (Rt.Concat's fast path);
+        // mixed layouts and contiguous pieces take torch.cat. Either way the values equal torch.cat's.
+        using var scope = Rt.Scope();
+        var rng = new Random(seed);
+        var rank = rng.Next(2, 5);
+        var perm = Enumerable.Range(0, rank).Select(i => (long)i).OrderBy(_ => rng.Next()).ToArray();
+        if (perm.Select((p, i) => p == i).All(b => b)) perm = [.. perm.Reverse()];
+        var axis = rng.Next(rank);
+        var shape = Enumerable.Range(0, rank).Select(_ => (long)rng.Next(2, 6)).ToArray();
+        var pieces = Enumerable.Range(0, rng.Next(2, 5)).Select(_ =>
+        {
+            var s = (long[])shape.Clone();
+            s[axis] = rng.Next(1, 5);
+            // Stored in the order perm, seen in the logical order: x.permute(perm) is contiguous.
+            var stored = Randn(rng.Next(), [.. perm.Select(d => s[d])]);
+            var inverse = new long[rank];
+            for (int i = 0; i < rank; i++) inverse[perm[i]] = i;
+            return stored.permute(inverse);
+        }).ToArray();
+        var expected = cat(pieces, axis);
+        var joined = Rt.Concat(pieces, axis);
+        AssertClose(expected, joined, rtol: 0, atol: 0);
+        if (pieces.All(p => p.shape[axis] > 1))
+            Assert.True(joined.permute(perm).is_contiguous(), "the join keeps the pieces' memory order");
+
+        // One piece in another layout: the general path, same values.
+        pieces[0] = pieces[0].contiguous();
+        AssertClose(cat(pieces, axis), Rt.Concat(pieces, axis), rtol: 0, atol: 0);
+    }
+
     [Fact]
     public void ShapeOps()
     {

@@ -17,8 +17,9 @@ public sealed class VjpContext
 
     public VjpContext(Node node, Func<Value, Value> primal, ImmutableArray<Value?> cotangents, Func<int, bool> wants,
         Func<OpDef, IReadOnlyList<Value>, ImmutableSortedDictionary<string, Attr>, string, ImmutableArray<Value>> emit,
-        IReadOnlyDictionary<string, Dim> dims)
+        IReadOnlyDictionary<string, Dim> dims, Func<Value, IReadOnlyList<Node>?>? readers = null)
     {
+        _readers = readers;
         Node = node;
         _primal = primal;
         _cotangents = cotangents;
@@ -26,6 +27,14 @@ public sealed class VjpContext
         _emit = emit;
         Dims = dims;
     }
+
+    private readonly Func<Value, IReadOnlyList<Node>?>? _readers;
+
+    /// <summary>
+    /// The forward nodes that read result <paramref name="k"/>, or null when that is unknown or the result also leaves
+    /// its block (then its cotangent may come from anywhere). Lets a rule use what its consumers' VJPs guarantee.
+    /// </summary>
+    public IReadOnlyList<Node>? Readers(int k = 0) => _readers?.Invoke(Node.Outputs[k]);
 
     /// <summary>The primal (forward) node.</summary>
     public Node Node { get; }
