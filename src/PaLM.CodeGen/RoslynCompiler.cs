@@ -57,14 +57,44 @@ public static class RoslynCompiler
         return (dll.ToArray(), pdb.ToArray());
     }
 
-    private static int s_counter;
+    /// <summary>
+    /// Compiles and loads into this process; returns a new instance of the graph's program. The assembly comes from
+    /// the persistent <see cref="ProgramCache"/> when it holds this program (<see cref="ProgramCache.Default"/> unless
+    /// given; null: no cache).
+    /// </summary>
+    public static IGraphProgram CompileInMemory(GeneratedSource source) => CompileInMemory(source, ProgramCache.Default, out _);
 
-    /// <summary>Compiles and loads into this process; returns a new instance of the graph's program.</summary>
-    public static IGraphProgram CompileInMemory(GeneratedSource source)
+    /// <summary>As above, with the cache to use and whether the assembly came from it.</summary>
+    public static IGraphProgram CompileInMemory(GeneratedSource source, ProgramCache? cache, out bool fromCache)
     {
-        var name = $"palmc.{source.ClassName}.{Interlocked.Increment(ref s_counter)}";
+        var key = ProgramCache.Key(source, "library");
+        // The assembly name is the key: each program loads into its own context, so a program compiled twice (or
+        // loaded from the cache and compiled again) never clashes with itself.
+        var name = $"palmc.{source.ClassName}.{key[..16]}";
+        if (cache?.TryGet(key) is { } hit)
+        {
+            try
+            {
+                fromCache = true;
+                return Load(hit.Dll, hit.Pdb, name, source);
+            }
+            catch (Exception e) when (e is BadImageFormatException or FileLoadException or CodeGenException or InvalidCastException)
+            {
+                cache.Remove(key);      // damaged or foreign: rebuilt below
+            }
+        }
+        var sw = System.Diagnostics.Stopwatch.StartNew();
         var (dll, pdb) = EmitBytes(source, name, OutputKind.DynamicallyLinkedLibrary);
-        var asm = AssemblyLoadContext.Default.LoadFromStream(new MemoryStream(dll), new MemoryStream(pdb));
+        cache?.Put(key, dll, pdb, sw.Elapsed.TotalSeconds);
+        fromCache = false;
+        return Load(dll, pdb, name, source);
+    }
+
+    private static IGraphProgram Load(byte[] dll, byte[] pdb, string name, GeneratedSource source)
+    {
+        // Dependencies (PaLM.Runtime, TorchSharp) resolve from the default context, so the program's types are shared.
+        var context = new AssemblyLoadContext(name);
+        var asm = context.LoadFromStream(new MemoryStream(dll), new MemoryStream(pdb));
         return Instantiate(asm, source);
     }
 

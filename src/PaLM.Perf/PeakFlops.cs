@@ -14,6 +14,16 @@ public sealed record PeakMeasurement(string DType, int Threads, IReadOnlyList<Pe
     public double Flops => Samples.Max(s => s.BestFlops);
 }
 
+/// <summary>
+/// The peak a report uses and where it came from: measured in this run, or this machine's stored measurement from
+/// <see cref="MeasuredAt"/> that this run's <see cref="Check"/> did not beat.
+/// </summary>
+public sealed record PeakResult(PeakMeasurement Peak, bool FromCache, DateTimeOffset MeasuredAt, PeakMeasurement? Check)
+{
+    /// <summary>Seconds this run spent on the peak: the full protocol, the check, or both.</summary>
+    public double SecondsThisRun => (FromCache ? 0 : Peak.Seconds) + (Check?.Seconds ?? 0);
+}
+
 /// <summary>A datasheet peak: FLOP/s of one chip for one dtype, with where the figure comes from.</summary>
 public sealed record NominalPeak(string Device, string DType, double Flops, string Source);
 
@@ -58,6 +68,29 @@ public static class PeakFlops
             samples.Add(new PeakSample(n, rates[^1], rates[rates.Count / 2], repetitions));
         }
         return new PeakMeasurement(DTypeName(dtype), torch.get_num_threads(), samples, total.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>
+    /// The peak a report uses: this machine's stored full measurement when <paramref name="cache"/> has a fresh one and
+    /// a short check in this run does not beat it (see <see cref="PeakCache"/>), else the full protocol now (stored for
+    /// next time). With no cache, always the full protocol now.
+    /// </summary>
+    public static PeakResult MeasureOrReuse(ScalarType dtype, IReadOnlyList<long> sizes, int repetitions, PeakCache? cache,
+        Action<double>? progress = null)
+    {
+        var name = DTypeName(dtype);
+        var threads = torch.get_num_threads();
+        var now = DateTimeOffset.UtcNow;
+        PeakMeasurement? check = null;
+        if (cache?.TryGet(name, threads, sizes, repetitions, now) is { } stored)
+        {
+            check = Measure(dtype, [sizes.Min()], Math.Min(PeakCache.CheckRepetitions, repetitions), progress: progress);
+            if (check.Flops <= stored.Measurement.Flops * (1 + PeakCache.RemeasureMargin))
+                return new PeakResult(stored.Measurement, FromCache: true, stored.MeasuredAt, check);
+        }
+        var full = Measure(dtype, sizes, repetitions, progress: progress);
+        cache?.Put(new CachedPeak(full, now), sizes, repetitions);
+        return new PeakResult(full, FromCache: false, now, check);
     }
 
     /// <summary>

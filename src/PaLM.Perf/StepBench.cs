@@ -29,6 +29,15 @@ public sealed record BenchOptions
     /// <summary>Compile the step with donated parameters and optimizer state (updated in place, as `palmc train` runs it).</summary>
     public bool Donate { get; init; } = true;
 
+    /// <summary>
+    /// Where this machine's full peak measurement is kept between runs (null: measure it in every run). A stored
+    /// peak is used only when this run's short check does not beat it (<see cref="PeakCache"/>).
+    /// </summary>
+    public PeakCache? PeakCache { get; init; } = PeakCache.Default;
+
+    /// <summary>Where compiled programs are kept between runs (null: run Roslyn every time).</summary>
+    public ProgramCache? ProgramCache { get; init; } = ProgramCache.Default;
+
     public IReadOnlyList<long> PeakSizes { get; init; } = PeakFlops.DefaultSizes;
     public int PeakRepetitions { get; init; } = PeakFlops.DefaultRepetitions;
     public long Seed { get; init; }
@@ -76,6 +85,12 @@ public sealed record BenchReport
     public required long TokensPerStep { get; init; }
     public required StepFlops Flops { get; init; }
     public required PeakMeasurement Peak { get; init; }
+
+    /// <summary>Whether <see cref="Peak"/> was measured in this run or stored from an earlier one (and this run's check).</summary>
+    public PeakResult? PeakSource { get; init; }
+
+    /// <summary>Whether the compiled program came from the persistent compilation cache (no Roslyn run).</summary>
+    public bool ProgramFromCache { get; init; }
     public NominalPeak? Nominal { get; init; }
     public required CompilePhases Compile { get; init; }
     public required Timing Generated { get; init; }
@@ -111,7 +126,8 @@ public sealed record BenchReport
     public double? Ratio => Eager is null ? null : Generated.Median / Eager.Median;
 
     /// <summary>Time that is not the timed steps: compiling and measuring the peak.</summary>
-    public double OverheadSeconds => Compile.Total + Peak.Seconds;
+    /// <summary>What the run spent outside its steps: compiling and the peak (the full protocol, or the check of a stored one).</summary>
+    public double OverheadSeconds => Compile.Total + (PeakSource?.SecondsThisRun ?? Peak.Seconds);
 }
 
 /// <summary>Progress of a benchmark run: the phase and how far it is (0..1).</summary>
@@ -142,7 +158,8 @@ public static class StepBench
         if (options.Warmup < 0) throw new ArgumentOutOfRangeException(nameof(options), "warm-up cannot be negative");
         var wall = Stopwatch.StartNew();
         var sw = Stopwatch.StartNew();
-        var program = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local, options: new CodeGenOptions { Profile = options.Profile, DonateUpdatedArguments = options.Donate }));
+        var program = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local, options: new CodeGenOptions { Profile = options.Profile, DonateUpdatedArguments = options.Donate }),
+            options.ProgramCache, out var programCached);
         var emit = sw.Elapsed.TotalSeconds;
         var phases = new CompilePhases(parseSeconds, compiled.AutodiffTime.TotalSeconds, compiled.Spmd.PropagateTime.TotalSeconds,
             compiled.Spmd.PartitionTime.TotalSeconds, compiled.PassesTime.TotalSeconds, emit);
@@ -155,7 +172,9 @@ public static class StepBench
         int callerThreads = torch.get_num_threads();
         torch.set_num_threads(Environment.ProcessorCount);
         progress?.Invoke(new BenchProgress("measuring peak", 0));
-        var peak = PeakFlops.Measure(dtype, options.PeakSizes, options.PeakRepetitions, progress: f => progress?.Invoke(new BenchProgress("measuring peak", f)));
+        var peakResult = PeakFlops.MeasureOrReuse(dtype, options.PeakSizes, options.PeakRepetitions, options.PeakCache,
+            progress: f => progress?.Invoke(new BenchProgress("measuring peak", f)));
+        var peak = peakResult.Peak;
         torch.set_num_threads(callerThreads);
 
         var corpus = options.Corpus ?? ByteCorpus.Default();
@@ -187,7 +206,7 @@ public static class StepBench
             {
                 Graph = compiled.Training.Graph.Name, Mesh = compiled.Spmd.Mesh.ToString(), Devices = (int)compiled.Spmd.Mesh.DeviceCount,
                 Remat = compiled.RematName, Fused = compiled.Fusion is not null, DType = peak.DType, Device = PeakFlops.ThisDevice().Model,
-                TokensPerStep = flops.TokensPerStep, Flops = flops, Peak = peak, Nominal = PeakFlops.Nominal(PeakFlops.ThisDevice().Kind, peak.DType),
+                TokensPerStep = flops.TokensPerStep, Flops = flops, Peak = peak, PeakSource = peakResult, ProgramFromCache = programCached, Nominal = PeakFlops.Nominal(PeakFlops.ThisDevice().Kind, peak.DType),
                 Compile = phases, Generated = new Timing(timed), Eager = eager is null ? null : new Timing(eagerTimes), Ratios = ratios,
                 Losses = result.Steps.Select(s => s.Loss).ToList(), EagerLosses = eager is null ? null : eagerLosses,
                 ResidentAfterStep = resident, PeakResidentBytes = Math.Max(ResidentMemory.Peak(), resident.DefaultIfEmpty().Max()), PlannedMemory = memory,

@@ -35,11 +35,12 @@ internal static class BenchCommand
         var top = new Option<int>("--profile-top") { Description = "ops to list with --profile", DefaultValueFactory = _ => 25 };
         var peakReps = new Option<int>("--peak-reps") { Description = "timed matmuls per peak size (best of them counts)", DefaultValueFactory = _ => PeakFlops.DefaultRepetitions };
         var peakSizes = new Option<string>("--peak-sizes") { Description = "square matmul sizes of the peak measurement", DefaultValueFactory = _ => string.Join(",", PeakFlops.DefaultSizes) };
+        var freshPeak = new Option<bool>("--fresh-peak") { Description = "measure the peak in this run by the full protocol, instead of reusing this machine's stored measurement after a short check (see PALMC_CACHE_DIR)" };
         var data = new Option<string?>("--data") { Description = "a text file to cut batches from (default: the licence texts)" };
         var json = new Option<bool>("--json") { Description = "print the report as JSON" };
         var training = new TrainingOptions();
         var cmd = new Command("bench", "Benchmark the compiled training step: step time, tokens/s, MFU and HFU against the measured peak.")
-            { file, mesh, steps, warmup, vsEager, profile, noDonate, top, peakReps, peakSizes, data, json, backend, mpiSizes, verify };
+            { file, mesh, steps, warmup, vsEager, profile, noDonate, top, peakReps, peakSizes, freshPeak, data, json, backend, mpiSizes, verify };
         training.AddTo(cmd);
         cmd.SetAction(r => Common.Guard(() =>
         {
@@ -60,6 +61,7 @@ internal static class BenchCommand
             {
                 Steps = r.GetValue(steps), Warmup = r.GetValue(warmup), VsEager = r.GetValue(vsEager), Profile = r.GetValue(profile), Donate = !r.GetValue(noDonate),
                 PeakRepetitions = r.GetValue(peakReps), PeakSizes = sizes, Corpus = corpus,
+                PeakCache = r.GetValue(freshPeak) ? null : PeakCache.Default,
             };
             var asJson = r.GetValue(json);
             BenchReport report;
@@ -115,7 +117,15 @@ internal static class BenchCommand
         var f = r.Flops;
         Console.WriteLine(F($"{r.Graph}: {r.Devices} device(s) [{r.Mesh}], remat {r.Remat}, {(r.Fused ? "fused" : "no fusion")}, {r.DType}, {r.TokensPerStep} tokens/step"));
         Console.WriteLine(F($"device: {r.Device}"));
-        Console.WriteLine(F($"peak: {Gflops(r.Peak.Flops)} measured ({string.Join(", ", r.Peak.Samples.Select(s => F($"{s.Size}²: best {s.BestFlops / 1e9:F1}, median {s.MedianFlops / 1e9:F1} of {s.Repetitions}")))}; {r.Peak.Threads} threads, {r.Peak.Seconds:F1} s)"));
+        var samples = string.Join(", ", r.Peak.Samples.Select(s => F($"{s.Size}²: best {s.BestFlops / 1e9:F1}, median {s.MedianFlops / 1e9:F1} of {s.Repetitions}")));
+        if (r.PeakSource is { FromCache: true } ps)
+        {
+            Console.WriteLine(F($"peak: {Gflops(r.Peak.Flops)} measured on this machine {ps.MeasuredAt:yyyy-MM-dd HH:mm} UTC and stored ({samples}; {r.Peak.Threads} threads)"));
+            if (ps.Check is { } check)
+                Console.WriteLine(F($"      checked in this run: {check.Samples[0].Size}² best of {check.Samples[0].Repetitions} at {Gflops(check.Flops)} ({check.Seconds:F1} s), not above the stored peak; --fresh-peak measures it again"));
+        }
+        else
+            Console.WriteLine(F($"peak: {Gflops(r.Peak.Flops)} measured in this run ({samples}; {r.Peak.Threads} threads, {r.Peak.Seconds:F1} s)"));
         Console.WriteLine("nominal peak: " + (r.Nominal is { } n ? F($"{n.Flops / 1e12:F1} TFLOP/s per device ({n.Source})") : F($"unknown for {PeakFlops.ThisDevice().Kind} {r.DType} (MFU uses the measured peak)")));
         Console.WriteLine();
         var g = r.Generated;
@@ -136,7 +146,7 @@ internal static class BenchCommand
         Console.WriteLine("  per layer: " + string.Join(", ", f.PerLayer.Select(kv => F($"{kv.Key} {kv.Value:N0}"))));
         Console.WriteLine("  by op: " + string.Join(", ", f.ByOp.OrderByDescending(kv => kv.Value).Select(kv => F($"{kv.Key} {(double)kv.Value / f.Executed * 100:F1}%"))));
         var c = r.Compile;
-        Console.WriteLine(F($"compile: {c.Total:F2} s (parse {c.Parse:F3}, autodiff {c.Autodiff:F3}, propagate {c.Propagate:F3}, partition {c.Partition:F3}, passes {c.Passes:F3}, Roslyn emit {c.Emit:F3}); overhead with peak {r.OverheadSeconds:F1} s"));
+        Console.WriteLine(F($"compile: {c.Total:F2} s (parse {c.Parse:F3}, autodiff {c.Autodiff:F3}, propagate {c.Propagate:F3}, partition {c.Partition:F3}, passes {c.Passes:F3}, Roslyn emit {c.Emit:F3}{(r.ProgramFromCache ? ", from the compilation cache" : "")}); overhead with peak {r.OverheadSeconds:F1} s"));
         var m = r.PlannedMemory;
         Console.WriteLine(F($"memory: peak resident {PlanCommand.Bytes(r.PeakResidentBytes)} (process); planned per device {PlanCommand.Bytes(m.Total)} (parameters {PlanCommand.Bytes(m.Parameters)}, optimizer {PlanCommand.Bytes(m.OptimizerState)}, gradients {PlanCommand.Bytes(m.Gradients)}, activations {PlanCommand.Bytes(m.Activations)})"));
         if (r.Profile is { } p) PrintProfile(p, r.Generated.Samples.Count, top);
@@ -167,7 +177,10 @@ internal static class BenchCommand
             ["step_seconds_median"] = r.Generated.Median, ["step_seconds_min"] = r.Generated.Min, ["step_seconds_max"] = r.Generated.Max,
             ["step_seconds_iqr_relative"] = r.Generated.RelativeSpread, ["step_seconds"] = new JsonArray([.. r.Generated.Samples.Select(s => (JsonNode)s)]),
             ["tokens_per_second"] = r.TokensPerSecond, ["mfu"] = r.Mfu, ["hfu"] = r.Hfu, ["mfu_nominal"] = r.MfuNominal,
-            ["peak_flops"] = r.Peak.Flops, ["peak_source"] = "measured",
+            ["peak_flops"] = r.Peak.Flops, ["peak_source"] = r.PeakSource is { FromCache: true } ? "stored" : "measured",
+            ["peak_measured_at"] = (r.PeakSource?.MeasuredAt)?.ToString("o", CultureInfo.InvariantCulture),
+            ["peak_check_flops"] = r.PeakSource?.Check?.Flops,
+            ["program_from_cache"] = r.ProgramFromCache,
             ["peak"] = new JsonObject
             {
                 ["dtype"] = r.Peak.DType, ["threads"] = r.Peak.Threads, ["seconds"] = r.Peak.Seconds,
