@@ -325,6 +325,47 @@ public static class Rt
     /// <summary>Mean over <paramref name="axes"/> (dropped). No axes: x (new handle).</summary>
     public static Tensor Mean(Tensor x, long[] axes) => axes.Length == 0 ? x.alias() : x.mean(axes);
 
+    /// <summary>
+    /// Sum of x² over <paramref name="axes"/> (dropped), without a full-size squared temporary: the reduced dims are
+    /// squared and summed in chunks of about 2^18 elements (1 MiB in fp32, reused from the heap and hot in cache), whose
+    /// sums are added up. On palm-cpu's 56 MB w_down: 3 ms, against 121 ms for <c>x.square().sum()</c> when the
+    /// temporary comes from fresh memory; error 1.4e-7 relative against an fp64 sum. (libtorch's CPU
+    /// <c>linalg.vector_norm</c> would need no temporary at all, but it is off by 1.2e-3 relative on the same tensor.)
+    /// No axes: x².
+    /// </summary>
+    public static Tensor SumSquares(Tensor x, long[] axes)
+    {
+        if (axes.Length == 0) return x.square();
+        var rank = x.dim();
+        var reduced = axes.Select(a => a < 0 ? a + rank : a).Distinct().Order().ToArray();
+        var kept = Enumerable.Range(0, (int)rank).Select(i => (long)i).Where(i => !reduced.Contains(i)).ToArray();
+        long rows = kept.Aggregate(1L, (n, d) => n * x.shape[d]), cols = reduced.Aggregate(1L, (n, d) => n * x.shape[d]);
+        var keptShape = kept.Select(d => x.shape[d]).ToArray();
+        if (rows == 0 || cols == 0) return x.square().sum(reduced);
+        using var scope = torch.NewDisposeScope();
+        var matrix = x.permute([.. kept, .. reduced]).reshape(rows, cols);     // a view when the reduced dims are innermost
+        // At most 64 chunks, so a small reduced dim under many kept entries does not become a long loop.
+        var chunk = Math.Max((cols + 63) / 64, Math.Max(1, (1L << 18) / rows));
+        var wide = x.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : x.dtype;
+        var sum = torch.zeros(rows, wide);
+        for (long at = 0; at < cols; at += chunk)
+        {
+            using var piece = matrix.narrow(1, at, Math.Min(chunk, cols - at));
+            using var squared = piece.square();
+            using var part = squared.sum(1, type: wide);
+            sum.add_(part);
+        }
+        return sum.to_type(x.dtype).reshape(keptShape).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Mean of x² over <paramref name="axes"/> (dropped), as <see cref="SumSquares"/> over the count.</summary>
+    public static Tensor MeanSquares(Tensor x, long[] axes)
+    {
+        if (axes.Length == 0) return x.square();
+        var count = axes.Aggregate(1L, (n, a) => n * x.shape[a < 0 ? a + x.dim() : a]);
+        return SumSquares(x, axes).div_(count);
+    }
+
     /// <summary>Max over <paramref name="axes"/> (dropped). No axes: x (new handle).</summary>
     public static Tensor Max(Tensor x, long[] axes) => axes.Length == 0 ? x.alias() : x.amax(axes);
 

@@ -279,6 +279,7 @@ public sealed class OpVjpTests(ITestOutputHelper output)
         foreach (var (op, f) in new (string, Func<Tensor, long[], Tensor>)[]
         {
             ("sum", (x, d) => x.sum(d)), ("mean", (x, d) => x.mean(d)), ("max", (x, d) => x.amax(d)),
+            ("sum_squares", (x, d) => x.square().sum(d)), ("mean_squares", (x, d) => x.square().mean(d)),
         })
         {
             var name = op;

@@ -92,6 +92,42 @@ public sealed class RtOpsTests
         AssertClose(cat(pieces, axis), Rt.Concat(pieces, axis), rtol: 0, atol: 0);
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(4)]
+    public void SumsOfSquaresEqualSquaringThenReducing(int seed)
+    {
+        // Random shapes, reduced dims and layouts (a transposed operand included): the chunked reduction equals
+        // square-then-sum within float rounding.
+        using var scope = Rt.Scope();
+        var rng = new Random(seed);
+        var rank = rng.Next(1, 5);
+        var shape = Enumerable.Range(0, rank).Select(_ => (long)rng.Next(1, 40)).ToArray();
+        var x = Randn(seed, shape);
+        if (rank >= 2 && seed % 2 == 0) x = x.transpose(0, rank - 1).contiguous().transpose(0, rank - 1);
+        var axes = Enumerable.Range(0, rank).Where(_ => rng.Next(2) == 0).Select(i => (long)i).ToArray();
+        if (axes.Length == 0) axes = [rank - 1];
+        AssertClose(x.square().sum(axes), Rt.SumSquares(x, axes), rtol: 1e-5, atol: 1e-5);
+        AssertClose(x.square().mean(axes), Rt.MeanSquares(x, axes), rtol: 1e-5, atol: 1e-6);
+        var half = x.to_type(ScalarType.BFloat16);
+        AssertClose(half.to_type(ScalarType.Float32).square().sum(axes), Rt.SumSquares(half, axes).to_type(ScalarType.Float32), rtol: 1e-2, atol: 1e-2);
+    }
+
+    [Fact]
+    public void ALargeSumOfSquaresIsAccurate()
+    {
+        // 14M elements, as palm-cpu's w_down: within 1e-6 of an fp64 sum (libtorch's vector_norm is off by ~1e-3 here).
+        using var scope = Rt.Scope();
+        var x = Randn(11, 6, 3072, 768) * 0.01;
+        var exact = x.to_type(ScalarType.Float64).square().sum().item<double>();
+        var got = Rt.SumSquares(x, [0, 1, 2]).item<float>();
+        Assert.True(Math.Abs(got - exact) / exact < 1e-6, $"{got} vs {exact}");
+        var perLayer = Rt.MeanSquares(x, [1, 2]);
+        AssertClose(x.to_type(ScalarType.Float64).square().mean([1L, 2L]), perLayer, rtol: 1e-6, atol: 0);
+    }
+
     [Fact]
     public void ShapeOps()
     {

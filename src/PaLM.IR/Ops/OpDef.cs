@@ -166,6 +166,13 @@ public sealed class OpDef
     /// </summary>
     public string? InPlace { get; init; }
 
+    /// <summary>
+    /// Whether the op's result is always a new buffer that aliases no operand. Buffer donation needs this of every
+    /// earlier reader of a buffer it overwrites (no view of it may survive); ops with an <see cref="InPlace"/> form
+    /// are so by definition, this marks the others (reductions that never return their operand).
+    /// </summary>
+    public bool FreshBuffer { get; init; }
+
     /// <summary>Whether the operands of a two-operand op may be swapped (add, mul): the second operand's buffer can be donated too.</summary>
     public bool Commutative { get; init; }
 

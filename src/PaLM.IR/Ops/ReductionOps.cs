@@ -56,6 +56,34 @@ internal static class ReductionOps
                 : null],
         });
 
+        // Sums and means of squares: sum(square(x)) without the squared temporary. The optimizer reads every
+        // parameter-sized tensor this way (gradient norm, Adafactor's RMS terms); PaLM.Passes.SquareReductions fuses them.
+        foreach (var (name, method, mean) in new[] { ("sum_squares", "SumSquares", false), ("mean_squares", "MeanSquares", true) })
+            add(new OpDef
+            {
+                Name = name,
+                Doc = $"{(mean ? "mean" : "sum")} of x² over the named dims, which disappear from the result",
+                Signature = Sig(1, 1, Dims("over")),
+                Infer = c =>
+                {
+                    c.RequireFloat(0);
+                    return One(Reduced(c, c.DimNames("over")));
+                },
+                Flops = n => 2 * Numel(n),
+                Lower = c => new RtCall(method, LArg.In(0),
+                    LArg.Lit(c.Node.Attr<DimsAttr>("over").Names.Select(d => (long)c.In(0).IndexOf(d)).ToArray())),
+                FreshBuffer = true,
+                // Over a split dim each device holds a partial sum of its squares (a mean's scaled by 1/shards), as for sum.
+                Sharding = n => ShardingRule.ByName(n, mean: mean),
+                Vjp = c =>
+                {
+                    if (!c.Wants(0) || c.Dy() is not { } dy) return Vjps.None(c);
+                    var x = c.Node.Inputs[0].Type;
+                    var count = mean ? c.Node.Attr<DimsAttr>("over").Names.Aggregate(1L, (a, d) => a * x.Dims[x.IndexOf(d)].Size) : 1;
+                    return [c.Op("mul", [c.X(0), c.BroadcastTo(c.Op("mul", [dy, c.Const(2.0 / count, x.DType)]), x)])];
+                },
+            });
+
         add(new OpDef
         {
             Name = "logsumexp",

@@ -1,0 +1,48 @@
+using PaLM.IR;
+
+namespace PaLM.Passes;
+
+/// <summary>
+/// <c>sum(square(x))</c> and <c>mean(square(x))</c>, where the square is read by nothing else, become
+/// <c>sum_squares(x)</c> and <c>mean_squares(x)</c>: one pass over x instead of writing x² to a fresh tensor and
+/// reading it back. The training step's optimizer does this for every parameter (the global gradient norm, and
+/// Adafactor's RMS of the update and of the parameter), on tensors as large as a stacked weight (56 MB for palm-cpu's
+/// w_down), whose squared temporaries were the step's main source of fresh memory and page faults. Runs on the
+/// per-device program; a partial sum of squares over a split dim is reduced as the sum's was.
+/// </summary>
+public static class SquareReductions
+{
+    public const string Name = "fuse-square-reductions";
+
+    public static (Graph Graph, int Count) Run(Graph g)
+    {
+        int count = 0;
+        Block Rewrite(Block block)
+        {
+            var uses = new Dictionary<Value, int>(ReferenceEqualityComparer.Instance);
+            foreach (var v in block.Nodes.SelectMany(n => n.Inputs).Concat(block.Results)) uses[v] = uses.GetValueOrDefault(v) + 1;
+            var producer = new Dictionary<Value, Node>(ReferenceEqualityComparer.Instance);
+            foreach (var n in block.Nodes) foreach (var o in n.Outputs) producer[o] = n;
+            var fused = new HashSet<Node>();
+            var nodes = new List<Node>(block.Nodes.Length);
+            foreach (var n0 in block.Nodes)
+            {
+                var n = n0.Regions.IsEmpty ? n0 : new Node(n0.Op, n0.Inputs, n0.Outputs, n0.Attrs, [.. n0.Regions.Select(Rewrite)], n0.Loc);
+                if (n.Op.Name is "sum" or "mean" && producer.TryGetValue(n.Inputs[0], out var sq) && sq.Op.Name == "square"
+                    && uses[n.Inputs[0]] == 1 && !n.Attr<DimsAttr>("over").Names.IsEmpty)
+                {
+                    fused.Add(sq);
+                    nodes.Add(new Node(OpTable.Get(n.Op.Name == "sum" ? "sum_squares" : "mean_squares"), [sq.Inputs[0]], n.Outputs, n.Attrs, [], n.Loc));
+                    count++;
+                    continue;
+                }
+                nodes.Add(n);
+            }
+            return new Block(block.Args, [.. nodes.Where(n => !fused.Contains(n))], block.Results);
+        }
+        var body = Rewrite(g.Body);
+        var result = new Graph(g.Name, g.Dims, g.Mesh, g.Args, body, g.OutputNames) { OutputSpmd = g.OutputSpmd, OutputUpdates = g.OutputUpdates };
+        Verifier.Verify(result);
+        return (result, count);
+    }
+}
