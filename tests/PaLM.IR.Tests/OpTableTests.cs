@@ -45,6 +45,8 @@ public class OpTableTests
         ("einsum", ["f32[b, s, d]", "f32[d, f]"], [("operands", new DimListsAttr([["b", "s", "d"], ["d", "f"]])), ("output", Ds("b", "s", "f"))], ["f32[b, s, f]"]),
         ("sum", ["f32[b, s, d]"], [("over", Ds("s", "d"))], ["f32[b]"]),
         ("mean", ["f32[b, s, d]"], [("over", Ds("b"))], ["f32[s, d]"]),
+        ("sum_squares", ["f32[b, s, d]"], [("over", Ds("s", "d"))], ["f32[b]"]),
+        ("mean_squares", ["bf16[b, s, d]"], [("over", Ds("b", "d"))], ["bf16[s]"]),
         ("max", ["f32[b, s, d]"], [("over", Ds("d"))], ["f32[b, s]"]),
         ("softmax", ["f32[b, s, d]"], [("over", Ds("d"))], ["f32[b, s, d]"]),
         ("logsumexp", ["f32[b, s, d]"], [("over", Ds("d"))], ["f32[b, s]"]),

@@ -37,6 +37,9 @@ public sealed class OpRuleTests
         ["einsum"] = (["w: f32[k, l]"], "einsum(x[i, j, k], w[k, l] -> [i, l, j])", []),
         ["sum"] = ([], "sum(x, over=[j, k])", []),
         ["mean"] = ([], "mean(x, over=[i, k])", []),
+        // The optimizer's fused sums of squares (PaLM.Passes.SquareReductions).
+        ["sum_squares"] = ([], "sum_squares(x, over=[j, k])", []),
+        ["mean_squares"] = ([], "mean_squares(x, over=[i, k])", []),
         ["max"] = ([], "max(x, over=j)", []),
         ["softmax"] = ([], "softmax(x, over=k)", []),
         ["logsumexp"] = ([], "logsumexp(x, over=j)", []),
