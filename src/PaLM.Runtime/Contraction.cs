@@ -70,7 +70,7 @@ internal sealed class Contraction
         using var scope = NewDisposeScope();
         var xm = AsMatrix(x, _x, batch, left, contracted, B, M, K);                 // [B, M, K]
         var ym = AsMatrix(y, _y, batch, right, contracted, B, N, K).transpose(1, 2);   // [B, K, N]
-        var product = torch.matmul(xm, ym);                                         // [B, M, N]
+        var product = Gemm.Matmul(xm, ym);                                          // [B, M, N], on the tuned kernel
         // [B, M, N] → [batch..., left..., right...] → the output's order.
         char[] order = [.. batch, .. left, .. right];
         var result = product.view([.. order.Select(Size)]);

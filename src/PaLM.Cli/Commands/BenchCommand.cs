@@ -117,7 +117,7 @@ internal static class BenchCommand
         var f = r.Flops;
         Console.WriteLine(F($"{r.Graph}: {r.Devices} device(s) [{r.Mesh}], remat {r.Remat}, {(r.Fused ? "fused" : "no fusion")}, {r.DType}, {r.TokensPerStep} tokens/step"));
         Console.WriteLine(F($"device: {r.Device}"));
-        var samples = string.Join(", ", r.Peak.Samples.Select(s => F($"{s.Size}²: best {s.BestFlops / 1e9:F1}, median {s.MedianFlops / 1e9:F1} of {s.Repetitions}")));
+        var samples = string.Join(", ", r.Peak.Samples.Select(s => F($"{s.Size}²: best {s.BestFlops / 1e9:F1}, median {s.MedianFlops / 1e9:F1} of {s.Repetitions} on {s.Kernel}")));
         if (r.PeakSource is { FromCache: true } ps)
         {
             Console.WriteLine(F($"peak: {Gflops(r.Peak.Flops)} measured on this machine {ps.MeasuredAt:yyyy-MM-dd HH:mm} UTC and stored ({samples}; {r.Peak.Threads} threads)"));
@@ -149,7 +149,20 @@ internal static class BenchCommand
         Console.WriteLine(F($"compile: {c.Total:F2} s (parse {c.Parse:F3}, autodiff {c.Autodiff:F3}, propagate {c.Propagate:F3}, partition {c.Partition:F3}, passes {c.Passes:F3}, Roslyn emit {c.Emit:F3}{(r.ProgramFromCache ? ", from the compilation cache" : "")}); overhead with peak {r.OverheadSeconds:F1} s"));
         var m = r.PlannedMemory;
         Console.WriteLine(F($"memory: peak resident {PlanCommand.Bytes(r.PeakResidentBytes)} (process); planned per device {PlanCommand.Bytes(m.Total)} (parameters {PlanCommand.Bytes(m.Parameters)}, optimizer {PlanCommand.Bytes(m.OptimizerState)}, gradients {PlanCommand.Bytes(m.Gradients)}, activations {PlanCommand.Bytes(m.Activations)})"));
+        PrintGemmChoices();
         if (r.Profile is { } p) PrintProfile(p, r.Generated.Samples.Count, top);
+    }
+
+    private static string Ms(double? s) => s is { } x ? F($"{x * 1e3:F1} ms") : "-";
+
+    /// <summary>The matmul kernel tuned for each large product (<see cref="Runtime.Gemm"/>), with the medians it chose by.</summary>
+    private static void PrintGemmChoices()
+    {
+        var choices = Runtime.Gemm.Choices;
+        if (choices.Count == 0) return;
+        Console.WriteLine(F($"matmul kernels: {choices.Count(c => c.Kernel == Runtime.GemmKernel.OneDnn)} of {choices.Count} tuned products on oneDNN (PALMC_GEMM=blas turns tuning off)"));
+        foreach (var c in choices)
+            Console.WriteLine(F($"  {c.M}x{c.K} · {c.K}x{c.N} ({(c.ARowMajor ? "row" : "col")}, {(c.BRowMajor ? "row" : "col")}): {c.Kernel?.ToString().ToLowerInvariant() ?? "still measuring"}   blas {Ms(c.BlasSeconds)}, onednn {Ms(c.OneDnnSeconds)} (medians)"));
     }
 
     private static void PrintProfile(Runtime.OpProfile p, int steps, int top)
@@ -181,10 +194,15 @@ internal static class BenchCommand
             ["peak_measured_at"] = (r.PeakSource?.MeasuredAt)?.ToString("o", CultureInfo.InvariantCulture),
             ["peak_check_flops"] = r.PeakSource?.Check?.Flops,
             ["program_from_cache"] = r.ProgramFromCache,
+            ["gemm_kernels"] = new JsonArray([.. Runtime.Gemm.Choices.Select(c => (JsonNode)new JsonObject
+            {
+                ["m"] = c.M, ["k"] = c.K, ["n"] = c.N, ["a_row_major"] = c.ARowMajor, ["b_row_major"] = c.BRowMajor,
+                ["kernel"] = c.Kernel?.ToString().ToLowerInvariant(), ["blas_seconds_median"] = c.BlasSeconds, ["onednn_seconds_median"] = c.OneDnnSeconds,
+            })]),
             ["peak"] = new JsonObject
             {
                 ["dtype"] = r.Peak.DType, ["threads"] = r.Peak.Threads, ["seconds"] = r.Peak.Seconds,
-                ["samples"] = new JsonArray([.. r.Peak.Samples.Select(s => (JsonNode)new JsonObject { ["size"] = s.Size, ["best_flops"] = s.BestFlops, ["median_flops"] = s.MedianFlops, ["repetitions"] = s.Repetitions })]),
+                ["samples"] = new JsonArray([.. r.Peak.Samples.Select(s => (JsonNode)new JsonObject { ["size"] = s.Size, ["best_flops"] = s.BestFlops, ["median_flops"] = s.MedianFlops, ["repetitions"] = s.Repetitions, ["kernel"] = s.Kernel })]),
             },
             ["nominal_peak_flops"] = r.Nominal?.Flops, ["nominal_peak_source"] = r.Nominal?.Source,
             ["model_flops_per_token"] = f.ModelFlopsPerToken, ["model_flops_per_step"] = f.ModelFlopsPerStep, ["hardware_flops_per_step"] = f.HardwareFlopsPerStep,

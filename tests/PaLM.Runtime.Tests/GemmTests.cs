@@ -1,0 +1,68 @@
+using PaLM.Runtime;
+using static TorchSharp.torch;
+using static PaLM.Runtime.Tests.TestUtil;
+
+namespace PaLM.Runtime.Tests;
+
+/// <summary>
+/// The matmul kernels and their tuning: oneDNN's convolution form equals BLAS over random shapes and layouts, and a
+/// large product is measured on both kernels, then settles on one, with every call's result equal to BLAS's.
+/// </summary>
+public sealed class GemmTests
+{
+    public GemmTests() => Init();
+
+    private static Tensor Matrix(int seed, long rows, long cols, bool rowMajor) =>
+        rowMajor ? Randn(seed, rows, cols) : Randn(seed, cols, rows).t();
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(4)]
+    [InlineData(5)]
+    [InlineData(6)]
+    public void OneDnnEqualsBlasOverShapesAndLayouts(int seed)
+    {
+        using var scope = Rt.Scope();
+        var rng = new Random(seed);
+        long m = rng.Next(1, 300), k = rng.Next(1, 300), n = rng.Next(1, 300);
+        var a = Matrix(seed, m, k, rowMajor: seed % 2 == 0);
+        var b = Matrix(seed + 100, k, n, rowMajor: seed % 3 != 0);
+        var c = Gemm.Run(GemmKernel.OneDnn, a, b);
+        Assert.Equal([m, n], c.shape);
+        Assert.True(c.is_contiguous(), "row-major like BLAS's result");
+        AssertClose(a.mm(b), c, rtol: 1e-4, atol: 1e-4);
+    }
+
+    [Fact]
+    public void ALargeProductIsTunedThenRunsOnItsChoice()
+    {
+        using var scope = Rt.Scope();
+        // 2·M·K·N = 2·512·768·1024 ≈ 8e8 FLOPs: above the tuning threshold. A transposed B as the backward's weights are.
+        long m = 512, k = 768, n = 1024;
+        Assert.True(2.0 * m * k * n >= Gemm.MinFlops);
+        var a = Matrix(7, m, k, rowMajor: true);
+        var b = Matrix(8, k, n, rowMajor: false);
+        var expected = a.mm(b);
+        for (int i = 0; i < 2 * Gemm.TrialsPerKernel + 2; i++)
+            AssertClose(expected, Gemm.Matmul(a.unsqueeze(0), b.unsqueeze(0)).squeeze(0), rtol: 1e-4, atol: 1e-4);
+        var choice = Assert.Single(Gemm.Choices, c => c.M == m && c.K == k && c.N == n && c.ARowMajor && !c.BRowMajor);
+        Assert.NotNull(choice.Kernel);
+        Assert.NotNull(choice.BlasSeconds);
+        Assert.NotNull(choice.OneDnnSeconds);
+        var faster = choice.OneDnnSeconds < choice.BlasSeconds ? GemmKernel.OneDnn : GemmKernel.Blas;
+        Assert.Equal(faster, choice.Kernel);
+    }
+
+    [Fact]
+    public void SmallAndBatchedProductsAreNotTuned()
+    {
+        using var scope = Rt.Scope();
+        var small = Gemm.Matmul(Randn(1, 1, 16, 32), Randn(2, 1, 32, 8));
+        var batched = Gemm.Matmul(Randn(3, 4, 512, 768), Randn(4, 4, 768, 1024));
+        Assert.Equal([1, 16, 8], small.shape);
+        Assert.Equal([4, 512, 1024], batched.shape);
+        Assert.DoesNotContain(Gemm.Choices, c => c.M == 16 || c.M == 512 && c.N == 1024 && c.BRowMajor);
+    }
+}
