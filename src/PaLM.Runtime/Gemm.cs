@@ -69,21 +69,24 @@ public static class Gemm
     {
         private readonly List<double>[] _seconds = [[], []];
         private int _next;
-        public GemmKernel? Chosen { get; private set; }
+        private GemmKernel? _chosen;
+
+        /// <summary>The kernel chosen, or null while still measuring (read under the lock: several devices share it).</summary>
+        public GemmKernel? Chosen { get { lock (this) return _chosen; } }
 
         public GemmKernel Next()
         {
-            lock (this) return Chosen ?? (GemmKernel)(_next++ % 2);
+            lock (this) return _chosen ?? (GemmKernel)(_next++ % 2);
         }
 
         public void Record(GemmKernel k, double seconds)
         {
             lock (this)
             {
-                if (Chosen is not null) return;
+                if (_chosen is not null) return;
                 _seconds[(int)k].Add(seconds);
                 if (_seconds.All(s => s.Count >= TrialsPerKernel))
-                    Chosen = Median(_seconds[(int)GemmKernel.OneDnn]) < Median(_seconds[(int)GemmKernel.Blas]) ? GemmKernel.OneDnn : GemmKernel.Blas;
+                    _chosen = Median(_seconds[(int)GemmKernel.OneDnn]) < Median(_seconds[(int)GemmKernel.Blas]) ? GemmKernel.OneDnn : GemmKernel.Blas;
             }
         }
 
