@@ -22,7 +22,7 @@ public enum GemmKernel
 /// <summary>
 /// Chooses the matmul kernel per product by measuring it, as XLA and TorchInductor autotune GEMMs: large fp32 products
 /// of one matrix pair (the projections, their gradients, the logits) are timed on both <see cref="GemmKernel"/>s over
-/// their first calls, alternating, and then run on the faster by median.
+/// their first calls, alternating, and then run on the one whose fastest call was faster.
 /// <para>
 /// Why: on this machine (AMD EPYC, AVX-512) MKL's sgemm tops out near 190 GFLOP/s, its AVX2 speed, while oneDNN's
 /// AVX-512 convolution kernels run some of the step's shapes at 250-330 GFLOP/s (palm-cpu's out-projection and
@@ -43,7 +43,11 @@ public static class Gemm
     /// reorders oneDNN adds outweigh any gain.</summary>
     public const double MinFlops = 5e8;
 
-    /// <summary>Timed calls per kernel before the choice is made.</summary>
+    /// <summary>Calls per kernel whose time does not count: the first builds oneDNN's primitive (JIT) and first-touches
+    /// its buffers.</summary>
+    public const int WarmupCallsPerKernel = 1;
+
+    /// <summary>Timed calls per kernel, after its warm-up calls, before the choice is made.</summary>
     public const int TrialsPerKernel = 3;
 
     private enum Mode { Tune, Blas, OneDnn }
@@ -79,31 +83,35 @@ public static class Gemm
             lock (this) return _chosen ?? (GemmKernel)(_next++ % 2);
         }
 
+        private readonly int[] _warmups = new int[2];
+
         public void Record(GemmKernel k, double seconds)
         {
             lock (this)
             {
                 if (_chosen is not null) return;
+                if (_warmups[(int)k] < WarmupCallsPerKernel) { _warmups[(int)k]++; return; }
                 _seconds[(int)k].Add(seconds);
+                // The fastest call, as the peak takes the best run: the tuning calls fall in the first steps, while the
+                // heap still grows and a buffer's first touch page-faults (about 80 ms for 56 MB here), which can land
+                // on either kernel; a median let that decide (the same product chose each kernel in different runs).
                 if (_seconds.All(s => s.Count >= TrialsPerKernel))
-                    _chosen = Median(_seconds[(int)GemmKernel.OneDnn]) < Median(_seconds[(int)GemmKernel.Blas]) ? GemmKernel.OneDnn : GemmKernel.Blas;
+                    _chosen = _seconds[(int)GemmKernel.OneDnn].Min() < _seconds[(int)GemmKernel.Blas].Min() ? GemmKernel.OneDnn : GemmKernel.Blas;
             }
         }
 
         public IReadOnlyList<double> Seconds(GemmKernel k) { lock (this) return [.. _seconds[(int)k]]; }
-
-        private static double Median(List<double> xs) => xs.Order().ElementAt(xs.Count / 2);
     }
 
-    /// <summary>A tuned product: its shape, the kernel chosen (null while still measuring) and the medians seen.</summary>
+    /// <summary>A tuned product: its shape, the kernel chosen (null while still measuring) and each kernel's fastest timed call.</summary>
     public sealed record Choice(long M, long K, long N, bool ARowMajor, bool BRowMajor, GemmKernel? Kernel, double? BlasSeconds, double? OneDnnSeconds);
 
     /// <summary>Every product tuned in this process so far (for reports and tests).</summary>
     public static IReadOnlyList<Choice> Choices => [.. s_tunings.Select(p =>
     {
         var (s, t) = (p.Key, p.Value);
-        static double? Med(IReadOnlyList<double> xs) => xs.Count == 0 ? null : xs.Order().ElementAt(xs.Count / 2);
-        return new Choice(s.M, s.K, s.N, s.ARowMajor, s.BRowMajor, t.Chosen, Med(t.Seconds(GemmKernel.Blas)), Med(t.Seconds(GemmKernel.OneDnn)));
+        static double? Best(IReadOnlyList<double> xs) => xs.Count == 0 ? null : xs.Min();
+        return new Choice(s.M, s.K, s.N, s.ARowMajor, s.BRowMajor, t.Chosen, Best(t.Seconds(GemmKernel.Blas)), Best(t.Seconds(GemmKernel.OneDnn)));
     }).OrderByDescending(c => c.M * c.K * c.N)];
 
     /// <summary>[B, M, K] · [B, K, N] → [B, M, N] (any strides), on the kernel chosen for its signature.</summary>

@@ -155,14 +155,14 @@ internal static class BenchCommand
 
     private static string Ms(double? s) => s is { } x ? F($"{x * 1e3:F1} ms") : "-";
 
-    /// <summary>The matmul kernel tuned for each large product (<see cref="Runtime.Gemm"/>), with the medians it chose by.</summary>
+    /// <summary>The matmul kernel tuned for each large product (<see cref="Runtime.Gemm"/>), with the times it chose by.</summary>
     private static void PrintGemmChoices()
     {
         var choices = Runtime.Gemm.Choices;
         if (choices.Count == 0) return;
         Console.WriteLine(F($"matmul kernels: {choices.Count(c => c.Kernel == Runtime.GemmKernel.OneDnn)} of {choices.Count} tuned products on oneDNN (PALMC_GEMM=blas turns tuning off)"));
         foreach (var c in choices)
-            Console.WriteLine(F($"  {c.M}x{c.K} · {c.K}x{c.N} ({(c.ARowMajor ? "row" : "col")}, {(c.BRowMajor ? "row" : "col")}): {c.Kernel?.ToString().ToLowerInvariant() ?? "still measuring"}   blas {Ms(c.BlasSeconds)}, onednn {Ms(c.OneDnnSeconds)} (medians)"));
+            Console.WriteLine(F($"  {c.M}x{c.K} · {c.K}x{c.N} ({(c.ARowMajor ? "row" : "col")}, {(c.BRowMajor ? "row" : "col")}): {c.Kernel?.ToString().ToLowerInvariant() ?? "still measuring"}   blas {Ms(c.BlasSeconds)}, onednn {Ms(c.OneDnnSeconds)} (fastest timed call of each)"));
     }
 
     private static void PrintProfile(Runtime.OpProfile p, int steps, int top)
@@ -197,7 +197,7 @@ internal static class BenchCommand
             ["gemm_kernels"] = new JsonArray([.. Runtime.Gemm.Choices.Select(c => (JsonNode)new JsonObject
             {
                 ["m"] = c.M, ["k"] = c.K, ["n"] = c.N, ["a_row_major"] = c.ARowMajor, ["b_row_major"] = c.BRowMajor,
-                ["kernel"] = c.Kernel?.ToString().ToLowerInvariant(), ["blas_seconds_median"] = c.BlasSeconds, ["onednn_seconds_median"] = c.OneDnnSeconds,
+                ["kernel"] = c.Kernel?.ToString().ToLowerInvariant(), ["blas_seconds_best"] = c.BlasSeconds, ["onednn_seconds_best"] = c.OneDnnSeconds,
             })]),
             ["peak"] = new JsonObject
             {
