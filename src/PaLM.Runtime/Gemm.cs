@@ -32,7 +32,7 @@ public enum GemmKernel
 /// </para>
 /// <para>
 /// Tuning happens on the step's own calls, so it costs nothing beyond running the slower kernel a few times in the first
-/// steps. Products below <see cref="MinFlops"/>, batched ones and other dtypes always use BLAS. The kernels agree to
+/// steps. Products below <see cref="MinFlops"/>, operands broadcast over the batch and other dtypes always use BLAS. The kernels agree to
 /// float rounding, not bit for bit: a tuned run can differ from a BLAS-only one by about 1e-6 relative.
 /// <c>PALMC_GEMM=blas</c> turns tuning off; <c>PALMC_GEMM=onednn</c> forces the convolution where it applies (to compare).
 /// </para>
@@ -66,7 +66,7 @@ public static class Gemm
     public static IReadOnlyList<GemmKernel> Kernels => s_mode == Mode.Blas ? [GemmKernel.Blas] : [GemmKernel.Blas, GemmKernel.OneDnn];
 
     /// <summary>A product's shape and operand layouts: what a kernel's speed depends on.</summary>
-    private readonly record struct Signature(long M, long K, long N, bool ARowMajor, bool BRowMajor);
+    private readonly record struct Signature(long Batch, long M, long K, long N, bool ARowMajor, bool BRowMajor);
 
     /// <summary>A signature's timings so far and, once every kernel has <see cref="TrialsPerKernel"/>, its choice.</summary>
     private sealed class Tuning
@@ -104,49 +104,53 @@ public static class Gemm
     }
 
     /// <summary>A tuned product: its shape, the kernel chosen (null while still measuring) and each kernel's fastest timed call.</summary>
-    public sealed record Choice(long M, long K, long N, bool ARowMajor, bool BRowMajor, GemmKernel? Kernel, double? BlasSeconds, double? OneDnnSeconds);
+    public sealed record Choice(long Batch, long M, long K, long N, bool ARowMajor, bool BRowMajor, GemmKernel? Kernel, double? BlasSeconds, double? OneDnnSeconds);
 
     /// <summary>Every product tuned in this process so far (for reports and tests).</summary>
     public static IReadOnlyList<Choice> Choices => [.. s_tunings.Select(p =>
     {
         var (s, t) = (p.Key, p.Value);
         static double? Best(IReadOnlyList<double> xs) => xs.Count == 0 ? null : xs.Min();
-        return new Choice(s.M, s.K, s.N, s.ARowMajor, s.BRowMajor, t.Chosen, Best(t.Seconds(GemmKernel.Blas)), Best(t.Seconds(GemmKernel.OneDnn)));
-    }).OrderByDescending(c => c.M * c.K * c.N)];
+        return new Choice(s.Batch, s.M, s.K, s.N, s.ARowMajor, s.BRowMajor, t.Chosen, Best(t.Seconds(GemmKernel.Blas)), Best(t.Seconds(GemmKernel.OneDnn)));
+    }).OrderByDescending(c => c.Batch * c.M * c.K * c.N)];
 
     /// <summary>[B, M, K] · [B, K, N] → [B, M, N] (any strides), on the kernel chosen for its signature.</summary>
     public static Tensor Matmul(Tensor a, Tensor b)
     {
         if (s_mode == Mode.Blas || !Applies(a, b)) return torch.matmul(a, b);
-        using var a2 = a.select(0, 0);
-        using var b2 = b.select(0, 0);
-        if (s_mode == Mode.OneDnn) return Run(GemmKernel.OneDnn, a2, b2).unsqueeze(0);
-        var tuning = s_tunings.GetOrAdd(SignatureOf(a2, b2), _ => new Tuning());
-        if (tuning.Chosen is { } chosen) return Run(chosen, a2, b2).unsqueeze(0);
+        if (s_mode == Mode.OneDnn) return Run(GemmKernel.OneDnn, a, b);
+        var tuning = s_tunings.GetOrAdd(SignatureOf(a, b), _ => new Tuning());
+        if (tuning.Chosen is { } chosen) return Run(chosen, a, b);
         var kernel = tuning.Next();
         var sw = Stopwatch.StartNew();
-        var c = Run(kernel, a2, b2);
+        var c = Run(kernel, a, b);
         tuning.Record(kernel, sw.Elapsed.TotalSeconds);
-        return c.unsqueeze(0);
+        return c;
     }
 
-    /// <summary>C = A·B for matrices A [M, K], B [K, N] on <paramref name="kernel"/>; C is row-major either way.</summary>
+    /// <summary>
+    /// C = A·B on <paramref name="kernel"/>, for matrices (A [M, K], B [K, N]) or batches of them (A [B, M, K],
+    /// B [B, K, N]); C is row-major either way. oneDNN runs a batch as one grouped convolution, a group per matrix:
+    /// input [1, B·K, N, 1], weight [B·M, K, 1, 1], output [1, B·M, N, 1] = C as [B, M, N].
+    /// </summary>
     public static Tensor Run(GemmKernel kernel, Tensor a, Tensor b)
     {
-        if (kernel == GemmKernel.Blas) return a.mm(b);
-        long m = a.shape[0], k = a.shape[1], n = b.shape[1];
+        if (kernel == GemmKernel.Blas) return torch.matmul(a, b);
+        var batched = a.dim() == 3;
+        long g = batched ? a.shape[0] : 1, m = a.shape[^2], k = a.shape[^1], n = b.shape[^1];
         // oneDNN reads plain NCHW tensors in place and reorders them to its blocked formats itself; other strides
         // would take libtorch's channels-last path, measured 2-3x slower, so a strided operand is copied first.
         using var scope = NewDisposeScope();
-        var weight = (a.is_contiguous() ? a : a.contiguous()).view(m, k, 1, 1);
-        var input = (b.is_contiguous() ? b : b.contiguous()).view(1, k, n, 1);
-        return nn.functional.conv2d(input, weight).view(m, n).MoveToOuterDisposeScope();
+        var weight = (a.is_contiguous() ? a : a.contiguous()).view(g * m, k, 1, 1);
+        var input = (b.is_contiguous() ? b : b.contiguous()).view(1, g * k, n, 1);
+        var c = nn.functional.conv2d(input, weight, groups: g);
+        return (batched ? c.view(g, m, n) : c.view(m, n)).MoveToOuterDisposeScope();
     }
 
     private static bool Applies(Tensor a, Tensor b) =>
-        a.dim() == 3 && b.dim() == 3 && a.shape[0] == 1 && b.shape[0] == 1 && a.dtype == ScalarType.Float32 && b.dtype == ScalarType.Float32
-        && a.device_type == DeviceType.CPU && 2.0 * a.shape[1] * a.shape[2] * b.shape[2] >= MinFlops;
+        a.dim() == 3 && b.dim() == 3 && a.shape[0] == b.shape[0] && a.dtype == ScalarType.Float32 && b.dtype == ScalarType.Float32
+        && a.device_type == DeviceType.CPU && 2.0 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] >= MinFlops;
 
     private static Signature SignatureOf(Tensor a, Tensor b) =>
-        new(a.shape[0], a.shape[1], b.shape[1], a.stride(1) == 1, b.stride(1) == 1);
+        new(a.shape[0], a.shape[1], a.shape[2], b.shape[2], a.stride(2) == 1, b.stride(2) == 1);
 }

@@ -33,6 +33,13 @@ public sealed class GemmTests
         Assert.Equal([m, n], c.shape);
         Assert.True(c.is_contiguous(), "row-major like BLAS's result");
         AssertClose(a.mm(b), c, rtol: 1e-4, atol: 1e-4);
+        // A batch runs as one grouped convolution, a group per matrix.
+        var batch = rng.Next(1, 5);
+        var ab = Randn(seed + 200, batch, m, k);
+        var bb = seed % 2 == 0 ? Randn(seed + 300, batch, k, n) : Randn(seed + 300, batch, n, k).transpose(1, 2);
+        var cb = Gemm.Run(GemmKernel.OneDnn, ab, bb);
+        Assert.Equal([batch, m, n], cb.shape);
+        AssertClose(ab.bmm(bb), cb, rtol: 1e-4, atol: 1e-4);
     }
 
     [Fact]
@@ -47,7 +54,7 @@ public sealed class GemmTests
         var expected = a.mm(b);
         for (int i = 0; i < 2 * (Gemm.WarmupCallsPerKernel + Gemm.TrialsPerKernel) + 2; i++)
             AssertClose(expected, Gemm.Matmul(a.unsqueeze(0), b.unsqueeze(0)).squeeze(0), rtol: 1e-4, atol: 1e-4);
-        var choice = Assert.Single(Gemm.Choices, c => c.M == m && c.K == k && c.N == n && c.ARowMajor && !c.BRowMajor);
+        var choice = Assert.Single(Gemm.Choices, c => c.Batch == 1 && c.M == m && c.K == k && c.N == n && c.ARowMajor && !c.BRowMajor);
         Assert.NotNull(choice.Kernel);
         Assert.NotNull(choice.BlasSeconds);
         Assert.NotNull(choice.OneDnnSeconds);
@@ -56,13 +63,13 @@ public sealed class GemmTests
     }
 
     [Fact]
-    public void SmallAndBatchedProductsAreNotTuned()
+    public void SmallAndBroadcastProductsAreNotTuned()
     {
         using var scope = Rt.Scope();
         var small = Gemm.Matmul(Randn(1, 1, 16, 32), Randn(2, 1, 32, 8));
-        var batched = Gemm.Matmul(Randn(3, 4, 512, 768), Randn(4, 4, 768, 1024));
+        var broadcast = Gemm.Matmul(Randn(3, 4, 512, 768), Randn(4, 1, 768, 1024));
         Assert.Equal([1, 16, 8], small.shape);
-        Assert.Equal([4, 512, 1024], batched.shape);
-        Assert.DoesNotContain(Gemm.Choices, c => c.M == 16 || c.M == 512 && c.N == 1024 && c.BRowMajor);
+        Assert.Equal([4, 512, 1024], broadcast.shape);
+        Assert.DoesNotContain(Gemm.Choices, c => c.M == 16 || c.Batch == 4 && c.M == 512 && c.N == 1024);
     }
 }

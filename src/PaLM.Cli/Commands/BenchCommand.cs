@@ -162,7 +162,7 @@ internal static class BenchCommand
         if (choices.Count == 0) return;
         Console.WriteLine(F($"matmul kernels: {choices.Count(c => c.Kernel == Runtime.GemmKernel.OneDnn)} of {choices.Count} tuned products on oneDNN (PALMC_GEMM=blas turns tuning off)"));
         foreach (var c in choices)
-            Console.WriteLine(F($"  {c.M}x{c.K} · {c.K}x{c.N} ({(c.ARowMajor ? "row" : "col")}, {(c.BRowMajor ? "row" : "col")}): {c.Kernel?.ToString().ToLowerInvariant() ?? "still measuring"}   blas {Ms(c.BlasSeconds)}, onednn {Ms(c.OneDnnSeconds)} (fastest timed call of each)"));
+            Console.WriteLine(F($"  {(c.Batch > 1 ? F($"{c.Batch} × ") : "")}{c.M}x{c.K} · {c.K}x{c.N} ({(c.ARowMajor ? "row" : "col")}, {(c.BRowMajor ? "row" : "col")}): {c.Kernel?.ToString().ToLowerInvariant() ?? "still measuring"}   blas {Ms(c.BlasSeconds)}, onednn {Ms(c.OneDnnSeconds)} (fastest timed call of each)"));
     }
 
     private static void PrintProfile(Runtime.OpProfile p, int steps, int top)
@@ -196,7 +196,7 @@ internal static class BenchCommand
             ["program_from_cache"] = r.ProgramFromCache,
             ["gemm_kernels"] = new JsonArray([.. Runtime.Gemm.Choices.Select(c => (JsonNode)new JsonObject
             {
-                ["m"] = c.M, ["k"] = c.K, ["n"] = c.N, ["a_row_major"] = c.ARowMajor, ["b_row_major"] = c.BRowMajor,
+                ["batch"] = c.Batch, ["m"] = c.M, ["k"] = c.K, ["n"] = c.N, ["a_row_major"] = c.ARowMajor, ["b_row_major"] = c.BRowMajor,
                 ["kernel"] = c.Kernel?.ToString().ToLowerInvariant(), ["blas_seconds_best"] = c.BlasSeconds, ["onednn_seconds_best"] = c.OneDnnSeconds,
             })]),
             ["peak"] = new JsonObject
