@@ -16,7 +16,8 @@ namespace PaLM.Runtime;
 /// How: labels in both operands and the output are batch dims, in both but not the output are contracted, in one
 /// operand and the output are that side's free dims. Each group is ordered by the memory order (strides) of the
 /// operand it best fits, so merging it into one matrix dim is a view; matmul then reads [B, M, K] and [B, K, N] with
-/// whatever strides they have (a transposed layout included) without copying.
+/// whatever strides they have (a transposed layout included) without copying (on BLAS; the oneDNN kernel copies a
+/// strided operand first, which <see cref="Gemm"/>'s tuning measures with it).
 /// The result is the matmul's [B, M, N] seen through a view and a permutation in the spec's output order. Specs this
 /// does not cover (a label summed out of one operand only, repeated labels, ellipses) go to torch.einsum.
 /// </para>

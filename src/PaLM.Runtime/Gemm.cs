@@ -20,34 +20,41 @@ public enum GemmKernel
 }
 
 /// <summary>
-/// Chooses the matmul kernel per product by measuring it, as XLA and TorchInductor autotune GEMMs: large fp32 products
-/// of one matrix pair (the projections, their gradients, the logits) are timed on both <see cref="GemmKernel"/>s over
-/// their first calls, alternating, and then run on the one whose fastest call was faster.
+/// Chooses the matmul kernel per product by measuring it, as XLA and TorchInductor autotune GEMMs (and as
+/// <c>torch.backends.cudnn.benchmark</c> picks convolution algorithms): the first time a large fp32 product signature is
+/// seen, both <see cref="GemmKernel"/>s run it back to back on its operands (a warm-up call each, then
+/// <see cref="TrialsPerKernel"/> timed calls each, alternating), and the one whose fastest call was faster runs that
+/// signature from then on.
 /// <para>
-/// Why: on this machine (AMD EPYC, AVX-512) MKL's sgemm tops out near 190 GFLOP/s, its AVX2 speed, while oneDNN's
-/// AVX-512 convolution kernels run some of the step's shapes at 250-330 GFLOP/s (palm-cpu's out-projection and
-/// logits); others (the 7040-wide fused in-projection) are twice as slow through oneDNN. Which wins depends on the
-/// shape, the operands' layouts and the CPU, so it is measured rather than decided by a rule; on a CPU where MKL has
-/// its best kernels the tuner simply keeps BLAS.
+/// Why: on this machine (AMD EPYC, Zen 5, AVX-512) MKL's sgemm takes its AVX2 path and tops out near 190 GFLOP/s, while
+/// oneDNN's AVX-512 convolution kernels run palm-cpu's projections at 306-355 GFLOP/s; its batched attention products
+/// are slower through oneDNN (26-48 ms vs 10 ms). Which wins depends on the shape, the operands' layouts and the CPU,
+/// so it is measured rather than decided by a rule; on a CPU where MKL has its best kernels the tuner keeps BLAS.
+/// The fastest call decides, not the median: in a step's first calls, buffers' first touches page-fault (about 80 ms
+/// for 56 MB on this VM) on either kernel at random.
 /// </para>
 /// <para>
-/// Tuning happens on the step's own calls, so it costs nothing beyond running the slower kernel a few times in the first
-/// steps. Products below <see cref="MinFlops"/>, operands broadcast over the batch and other dtypes always use BLAS. The kernels agree to
-/// float rounding, not bit for bit: a tuned run can differ from a BLAS-only one by about 1e-6 relative.
-/// <c>PALMC_GEMM=blas</c> turns tuning off; <c>PALMC_GEMM=onednn</c> forces the convolution where it applies (to compare).
+/// Every device of the process gets the same kernel for a signature from its first call: the first caller measures
+/// under the signature's lock while the others wait for its choice, so replicated computations stay bitwise equal
+/// across in-process devices. MPI ranks would each measure their own, so tuning is off under MPI
+/// (<see cref="TuningAllowed"/>; the backend turns it off) unless <c>PALMC_GEMM=onednn</c> fixes the kernel for all.
+/// The kernels agree to float rounding, not bit for bit, and a choice is made per process: two tuned runs (or a run and
+/// its resumption) are bitwise equal only when they choose alike; <c>PALMC_GEMM=blas</c> (BLAS everywhere, no tuning)
+/// or <c>PALMC_GEMM=onednn</c> (the convolution wherever it applies) make runs reproducible bit for bit.
+/// Products below <see cref="MinFlops"/>, operands broadcast over the batch and other dtypes always use BLAS.
 /// </para>
 /// </summary>
 public static class Gemm
 {
-    /// <summary>Products of fewer FLOPs than this (2·M·K·N) are not tuned: at 0.2 GFLOP/ms the timing noise and the
-    /// reorders oneDNN adds outweigh any gain.</summary>
+    /// <summary>Products of fewer FLOPs than this (2·B·M·K·N) are not tuned: the timing noise and the reorders oneDNN
+    /// adds outweigh any gain.</summary>
     public const double MinFlops = 5e8;
 
-    /// <summary>Calls per kernel whose time does not count: the first builds oneDNN's primitive (JIT) and first-touches
-    /// its buffers.</summary>
+    /// <summary>Untimed calls per kernel before the timed ones: the first builds oneDNN's primitive (JIT) and
+    /// first-touches its buffers.</summary>
     public const int WarmupCallsPerKernel = 1;
 
-    /// <summary>Timed calls per kernel, after its warm-up calls, before the choice is made.</summary>
+    /// <summary>Timed calls per kernel, after its warm-up calls, that the choice is made on.</summary>
     public const int TrialsPerKernel = 3;
 
     private enum Mode { Tune, Blas, OneDnn }
@@ -59,83 +66,94 @@ public static class Gemm
         _ => Mode.Tune,
     };
 
+    private static volatile bool s_tuningAllowed = true;
+
+    /// <summary>
+    /// Whether products may be tuned in this process (default true). The MPI backend sets it to false: ranks measuring
+    /// apart could choose differently and their replicated computations drift apart by float rounding. Untuned products
+    /// run on BLAS, or on oneDNN under <c>PALMC_GEMM=onednn</c>.
+    /// </summary>
+    public static bool TuningAllowed { get => s_tuningAllowed; set => s_tuningAllowed = value; }
+
     private static readonly ConcurrentDictionary<Signature, Tuning> s_tunings = new();
 
     /// <summary>The kernels this process may run fp32 products on: what a peak measurement "through the same kernels"
     /// must time.</summary>
-    public static IReadOnlyList<GemmKernel> Kernels => s_mode == Mode.Blas ? [GemmKernel.Blas] : [GemmKernel.Blas, GemmKernel.OneDnn];
+    public static IReadOnlyList<GemmKernel> Kernels => s_mode switch
+    {
+        Mode.Blas => [GemmKernel.Blas],
+        Mode.Tune when !TuningAllowed => [GemmKernel.Blas],
+        _ => [GemmKernel.Blas, GemmKernel.OneDnn],
+    };
 
-    /// <summary>A product's shape and operand layouts: what a kernel's speed depends on.</summary>
-    private readonly record struct Signature(long Batch, long M, long K, long N, bool ARowMajor, bool BRowMajor);
+    /// <summary>A product's shape and operand layouts: what a kernel's speed depends on (an operand that is not
+    /// contiguous is copied before oneDNN reads it).</summary>
+    private readonly record struct Signature(long Batch, long M, long K, long N, bool ARowMajor, bool BRowMajor, bool AContiguous, bool BContiguous);
 
-    /// <summary>A signature's timings so far and, once every kernel has <see cref="TrialsPerKernel"/>, its choice.</summary>
+    /// <summary>A signature's measurement, its choice and how often each kernel ran it since.</summary>
     private sealed class Tuning
     {
-        private readonly List<double>[] _seconds = [[], []];
-        private int _next;
+        private readonly double[] _best = [double.PositiveInfinity, double.PositiveInfinity];
+        private readonly long[] _runs = new long[2];
         private GemmKernel? _chosen;
 
-        /// <summary>The kernel chosen, or null while still measuring (read under the lock: several devices share it).</summary>
-        public GemmKernel? Chosen { get { lock (this) return _chosen; } }
-
-        public GemmKernel Next()
-        {
-            lock (this) return _chosen ?? (GemmKernel)(_next++ % 2);
-        }
-
-        private readonly int[] _warmups = new int[2];
-
-        public void Record(GemmKernel k, double seconds)
+        /// <summary>The kernel for this call: measured on <paramref name="a"/> and <paramref name="b"/> by the first
+        /// caller, under the lock, so every device waits for and gets the same choice.</summary>
+        public GemmKernel Choose(Tensor a, Tensor b)
         {
             lock (this)
             {
-                if (_chosen is not null) return;
-                if (_warmups[(int)k] < WarmupCallsPerKernel) { _warmups[(int)k]++; return; }
-                _seconds[(int)k].Add(seconds);
-                // The fastest call, as the peak takes the best run: the tuning calls fall in the first steps, while the
-                // heap still grows and a buffer's first touch page-faults (about 80 ms for 56 MB here), which can land
-                // on either kernel; a median let that decide (the same product chose each kernel in different runs).
-                if (_seconds.All(s => s.Count >= TrialsPerKernel))
-                    _chosen = _seconds[(int)GemmKernel.OneDnn].Min() < _seconds[(int)GemmKernel.Blas].Min() ? GemmKernel.OneDnn : GemmKernel.Blas;
+                if (_chosen is null)
+                {
+                    for (int round = 0; round < WarmupCallsPerKernel + TrialsPerKernel; round++)
+                        foreach (var k in (GemmKernel[])[GemmKernel.Blas, GemmKernel.OneDnn])
+                        {
+                            var sw = Stopwatch.StartNew();
+                            using (var c = Run(k, a, b)) { }
+                            if (round >= WarmupCallsPerKernel) _best[(int)k] = Math.Min(_best[(int)k], sw.Elapsed.TotalSeconds);
+                        }
+                    _chosen = _best[(int)GemmKernel.OneDnn] < _best[(int)GemmKernel.Blas] ? GemmKernel.OneDnn : GemmKernel.Blas;
+                }
+                _runs[(int)_chosen.Value]++;
+                return _chosen.Value;
             }
         }
 
-        public IReadOnlyList<double> Seconds(GemmKernel k) { lock (this) return [.. _seconds[(int)k]]; }
+        public Choice Report(Signature s)
+        {
+            lock (this)
+                return new Choice(s.Batch, s.M, s.K, s.N, s.ARowMajor, s.BRowMajor, s.AContiguous, s.BContiguous, _chosen,
+                    double.IsFinite(_best[0]) ? _best[0] : null, double.IsFinite(_best[1]) ? _best[1] : null, _runs[0], _runs[1]);
+        }
     }
 
-    /// <summary>A tuned product: its shape, the kernel chosen (null while still measuring) and each kernel's fastest timed call.</summary>
-    public sealed record Choice(long Batch, long M, long K, long N, bool ARowMajor, bool BRowMajor, GemmKernel? Kernel, double? BlasSeconds, double? OneDnnSeconds);
+    /// <summary>A tuned product: its shape, the kernel chosen, each kernel's fastest timed call, and how many calls
+    /// each kernel has run since (the tuning's own calls not counted).</summary>
+    public sealed record Choice(long Batch, long M, long K, long N, bool ARowMajor, bool BRowMajor, bool AContiguous, bool BContiguous,
+        GemmKernel? Kernel, double? BlasSeconds, double? OneDnnSeconds, long BlasCalls, long OneDnnCalls);
 
     /// <summary>Every product tuned in this process so far (for reports and tests).</summary>
-    public static IReadOnlyList<Choice> Choices => [.. s_tunings.Select(p =>
-    {
-        var (s, t) = (p.Key, p.Value);
-        static double? Best(IReadOnlyList<double> xs) => xs.Count == 0 ? null : xs.Min();
-        return new Choice(s.Batch, s.M, s.K, s.N, s.ARowMajor, s.BRowMajor, t.Chosen, Best(t.Seconds(GemmKernel.Blas)), Best(t.Seconds(GemmKernel.OneDnn)));
-    }).OrderByDescending(c => c.Batch * c.M * c.K * c.N)];
+    public static IReadOnlyList<Choice> Choices =>
+        [.. s_tunings.Select(p => p.Value.Report(p.Key)).OrderByDescending(c => c.Batch * c.M * c.K * c.N)];
 
     /// <summary>[B, M, K] · [B, K, N] → [B, M, N] (any strides), on the kernel chosen for its signature.</summary>
     public static Tensor Matmul(Tensor a, Tensor b)
     {
         if (s_mode == Mode.Blas || !Applies(a, b)) return torch.matmul(a, b);
         if (s_mode == Mode.OneDnn) return Run(GemmKernel.OneDnn, a, b);
+        if (!TuningAllowed) return torch.matmul(a, b);
         var tuning = s_tunings.GetOrAdd(SignatureOf(a, b), _ => new Tuning());
-        if (tuning.Chosen is { } chosen) return Run(chosen, a, b);
-        var kernel = tuning.Next();
-        var sw = Stopwatch.StartNew();
-        var c = Run(kernel, a, b);
-        tuning.Record(kernel, sw.Elapsed.TotalSeconds);
-        return c;
+        return Run(tuning.Choose(a, b), a, b);
     }
 
     /// <summary>
     /// C = A·B on <paramref name="kernel"/>, for matrices (A [M, K], B [K, N]) or batches of them (A [B, M, K],
-    /// B [B, K, N]); C is row-major either way. oneDNN runs a batch as one grouped convolution, a group per matrix:
-    /// input [1, B·K, N, 1], weight [B·M, K, 1, 1], output [1, B·M, N, 1] = C as [B, M, N].
+    /// B [B, K, N]); C is a new row-major tensor either way. oneDNN runs a batch as one grouped convolution, a group per
+    /// matrix: input [1, B·K, N, 1], weight [B·M, K, 1, 1], output [1, B·M, N, 1] = C as [B, M, N].
     /// </summary>
     public static Tensor Run(GemmKernel kernel, Tensor a, Tensor b)
     {
-        if (kernel == GemmKernel.Blas) return torch.matmul(a, b);
+        if (kernel == GemmKernel.Blas || a.numel() == 0 || b.numel() == 0) return torch.matmul(a, b);
         var batched = a.dim() == 3;
         long g = batched ? a.shape[0] : 1, m = a.shape[^2], k = a.shape[^1], n = b.shape[^1];
         // oneDNN reads plain NCHW tensors in place and reorders them to its blocked formats itself; other strides
@@ -144,7 +162,7 @@ public static class Gemm
         var weight = (a.is_contiguous() ? a : a.contiguous()).view(g * m, k, 1, 1);
         var input = (b.is_contiguous() ? b : b.contiguous()).view(1, g * k, n, 1);
         var c = nn.functional.conv2d(input, weight, groups: g);
-        return (batched ? c.view(g, m, n) : c.view(m, n)).MoveToOuterDisposeScope();
+        return (batched ? c.reshape(g, m, n) : c.reshape(m, n)).MoveToOuterDisposeScope();
     }
 
     private static bool Applies(Tensor a, Tensor b) =>
@@ -152,5 +170,5 @@ public static class Gemm
         && a.device_type == DeviceType.CPU && 2.0 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] >= MinFlops;
 
     private static Signature SignatureOf(Tensor a, Tensor b) =>
-        new(a.shape[0], a.shape[1], a.shape[2], b.shape[2], a.stride(2) == 1, b.stride(2) == 1);
+        new(a.shape[0], a.shape[1], a.shape[2], b.shape[2], a.stride(2) == 1, b.stride(2) == 1, a.is_contiguous(), b.is_contiguous());
 }

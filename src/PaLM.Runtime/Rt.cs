@@ -333,21 +333,33 @@ public static class Rt
     /// <c>linalg.vector_norm</c> would need no temporary at all, but it is off by 1.2e-3 relative on the same tensor.)
     /// No axes: x².
     /// </summary>
-    public static Tensor SumSquares(Tensor x, long[] axes)
+    public static Tensor SumSquares(Tensor x, long[] axes) => axes.Length == 0 ? x.square() : WideSumSquares(x, axes, 1);
+
+    /// <summary>Mean of x² over <paramref name="axes"/> (dropped), as <see cref="SumSquares"/> divided by the count (in
+    /// fp32 for bf16/f16, rounded once).</summary>
+    public static Tensor MeanSquares(Tensor x, long[] axes)
     {
         if (axes.Length == 0) return x.square();
+        var count = axes.Select(a => a < 0 ? a + x.dim() : a).Distinct().Aggregate(1L, (n, a) => n * x.shape[a]);
+        return WideSumSquares(x, axes, count);
+    }
+
+    /// <summary>The sum of squares accumulated in fp32 for half types, divided by <paramref name="count"/>, then cast
+    /// back to x's dtype.</summary>
+    private static Tensor WideSumSquares(Tensor x, long[] axes, long count)
+    {
         var rank = x.dim();
         var reduced = axes.Select(a => a < 0 ? a + rank : a).Distinct().Order().ToArray();
         var kept = Enumerable.Range(0, (int)rank).Select(i => (long)i).Where(i => !reduced.Contains(i)).ToArray();
         long rows = kept.Aggregate(1L, (n, d) => n * x.shape[d]), cols = reduced.Aggregate(1L, (n, d) => n * x.shape[d]);
         var keptShape = kept.Select(d => x.shape[d]).ToArray();
-        if (rows == 0 || cols == 0) return x.square().sum(reduced);
         using var scope = torch.NewDisposeScope();
+        if (rows == 0 || cols == 0) return (count == 1 ? x.square().sum(reduced) : x.square().mean(reduced)).MoveToOuterDisposeScope();
         var matrix = x.permute([.. kept, .. reduced]).reshape(rows, cols);     // a view when the reduced dims are innermost
         // At most 64 chunks, so a small reduced dim under many kept entries does not become a long loop.
         var chunk = Math.Max((cols + 63) / 64, Math.Max(1, (1L << 18) / rows));
         var wide = x.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : x.dtype;
-        var sum = torch.zeros(rows, wide);
+        var sum = torch.zeros(rows, wide, device: x.device);
         for (long at = 0; at < cols; at += chunk)
         {
             using var piece = matrix.narrow(1, at, Math.Min(chunk, cols - at));
@@ -355,15 +367,8 @@ public static class Rt
             using var part = squared.sum(1, type: wide);
             sum.add_(part);
         }
+        if (count != 1) sum.div_(count);
         return sum.to_type(x.dtype).reshape(keptShape).MoveToOuterDisposeScope();
-    }
-
-    /// <summary>Mean of x² over <paramref name="axes"/> (dropped), as <see cref="SumSquares"/> over the count.</summary>
-    public static Tensor MeanSquares(Tensor x, long[] axes)
-    {
-        if (axes.Length == 0) return x.square();
-        var count = axes.Aggregate(1L, (n, a) => n * x.shape[a < 0 ? a + x.dim() : a]);
-        return SumSquares(x, axes).div_(count);
     }
 
     /// <summary>Max over <paramref name="axes"/> (dropped). No axes: x (new handle).</summary>

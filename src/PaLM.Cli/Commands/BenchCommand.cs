@@ -153,6 +153,9 @@ internal static class BenchCommand
         if (r.Profile is { } p) PrintProfile(p, r.Generated.Samples.Count, top);
     }
 
+    /// <summary>An operand's layout: row- or column-major, "strided" when it is not contiguous (a view that oneDNN copies first).</summary>
+    private static string Layout(bool rowMajor, bool contiguous) => (rowMajor ? "row" : "col") + (contiguous ? "" : " strided");
+
     private static string Ms(double? s) => s is { } x ? F($"{x * 1e3:F1} ms") : "-";
 
     /// <summary>The matmul kernel tuned for each large product (<see cref="Runtime.Gemm"/>), with the times it chose by.</summary>
@@ -162,7 +165,7 @@ internal static class BenchCommand
         if (choices.Count == 0) return;
         Console.WriteLine(F($"matmul kernels: {choices.Count(c => c.Kernel == Runtime.GemmKernel.OneDnn)} of {choices.Count} tuned products on oneDNN (PALMC_GEMM=blas turns tuning off)"));
         foreach (var c in choices)
-            Console.WriteLine(F($"  {(c.Batch > 1 ? F($"{c.Batch} × ") : "")}{c.M}x{c.K} · {c.K}x{c.N} ({(c.ARowMajor ? "row" : "col")}, {(c.BRowMajor ? "row" : "col")}): {c.Kernel?.ToString().ToLowerInvariant() ?? "still measuring"}   blas {Ms(c.BlasSeconds)}, onednn {Ms(c.OneDnnSeconds)} (fastest timed call of each)"));
+            Console.WriteLine(F($"  {(c.Batch > 1 ? F($"{c.Batch} × ") : "")}{c.M}x{c.K} · {c.K}x{c.N} ({Layout(c.ARowMajor, c.AContiguous)}, {Layout(c.BRowMajor, c.BContiguous)}): {c.Kernel?.ToString().ToLowerInvariant() ?? "still measuring"}   blas {Ms(c.BlasSeconds)}, onednn {Ms(c.OneDnnSeconds)} (fastest of {Runtime.Gemm.TrialsPerKernel} timed calls each); {c.BlasCalls + c.OneDnnCalls} calls since"));
     }
 
     private static void PrintProfile(Runtime.OpProfile p, int steps, int top)
@@ -196,8 +199,9 @@ internal static class BenchCommand
             ["program_from_cache"] = r.ProgramFromCache,
             ["gemm_kernels"] = new JsonArray([.. Runtime.Gemm.Choices.Select(c => (JsonNode)new JsonObject
             {
-                ["batch"] = c.Batch, ["m"] = c.M, ["k"] = c.K, ["n"] = c.N, ["a_row_major"] = c.ARowMajor, ["b_row_major"] = c.BRowMajor,
+                ["batch"] = c.Batch, ["m"] = c.M, ["k"] = c.K, ["n"] = c.N, ["a_row_major"] = c.ARowMajor, ["b_row_major"] = c.BRowMajor, ["a_contiguous"] = c.AContiguous, ["b_contiguous"] = c.BContiguous,
                 ["kernel"] = c.Kernel?.ToString().ToLowerInvariant(), ["blas_seconds_best"] = c.BlasSeconds, ["onednn_seconds_best"] = c.OneDnnSeconds,
+                ["blas_calls"] = c.BlasCalls, ["onednn_calls"] = c.OneDnnCalls,
             })]),
             ["peak"] = new JsonObject
             {

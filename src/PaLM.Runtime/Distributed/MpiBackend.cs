@@ -26,6 +26,9 @@ public sealed class MpiBackend(MpiWorld world) : IMeshBackend
         ArgumentNullException.ThrowIfNull(body);
         int threads = threadsPerDevice ?? World.ThreadsPerRank;
         Rt.Initialize(threads);
+        // Ranks measuring matmul kernels apart could choose differently, and replicated computations would then differ
+        // between ranks by float rounding: untuned products (BLAS, or oneDNN everywhere under PALMC_GEMM=onednn).
+        if (World.Size > 1) Gemm.TuningAllowed = false;
         _ = torch.get_num_threads();   // libtorch's lazy per-thread init (see InProcessMesh.SetThreadsOnThisThread)
         torch.set_num_threads(threads);
         try
