@@ -42,8 +42,8 @@ public static class ParallelFusion
         var b = GraphBuilder.Continuing(g);
         Block Rewrite(Block block)
         {
-            var uses = Uses(block.Nodes, block.Results);
-            var producer = ProducerMap(block.Nodes);
+            var uses = BlockFacts.Uses(block.Nodes, block.Results);
+            var producer = BlockFacts.Producers(block.Nodes);
             bool IsEinsumOnce(Value v) => producer.TryGetValue(v, out var p) && p.Op.Name == "einsum" && uses.GetValueOrDefault(v) == 1;
             var nodes = new List<Node>();
             var replaced = new Dictionary<Value, Value>(ReferenceEqualityComparer.Instance);
@@ -71,7 +71,7 @@ public static class ParallelFusion
             return new Block(block.Args, [.. nodes], [.. block.Results.Select(R)]);
         }
         var body = Rewrite(g.Body);
-        var result = new Graph(g.Name, g.Dims, g.Mesh, g.Args, body, g.OutputNames) { OutputSpmd = g.OutputSpmd, OutputUpdates = g.OutputUpdates };
+        var result = BlockFacts.WithBody(g, body);
         Verifier.Verify(result);
         return (result, count);
     }
@@ -84,7 +84,7 @@ public static class ParallelFusion
         var f = new Fuser(g);
         var body = f.Block(g.Body);
         var dims = g.Dims.Concat(f.NewDims).ToImmutableArray();
-        var result = new Graph(g.Name, dims, g.Mesh, g.Args, body, g.OutputNames) { OutputSpmd = g.OutputSpmd, OutputUpdates = g.OutputUpdates };
+        var result = BlockFacts.WithBody(g, body, dims);
         Verifier.Verify(result);
         return (result, new FusionReport(f.SiblingGroups, f.SiblingEinsums, f.SumGroups, f.SumEinsums, 0));
     }
@@ -206,8 +206,8 @@ public static class ParallelFusion
         {
             while (true)
             {
-                var uses = Uses(nodes, block.Results);
-                var producer = ProducerMap(nodes);
+                var uses = BlockFacts.Uses(nodes, block.Results);
+                var producer = BlockFacts.Producers(nodes);
                 (Node Add, Term A, Term B)? found = null;
                 foreach (var add in nodes.Where(n => n.Op.Name == "add" && n.Inputs[0].Type.Equals(n.Inputs[1].Type) && n.Inputs[0] != n.Inputs[1]))
                 {
@@ -254,8 +254,8 @@ public static class ParallelFusion
         {
             while (true)
             {
-                var uses = Uses(nodes, block.Results);
-                var producer = ProducerMap(nodes);
+                var uses = BlockFacts.Uses(nodes, block.Results);
+                var producer = BlockFacts.Producers(nodes);
                 Node? Once(Value v, string op) =>
                     uses.GetValueOrDefault(v) == 1 && producer.TryGetValue(v, out var p) && p.Op.Name == op ? p : null;
                 (Node Old, Node New, Node[] Dead)? hit = null;
@@ -382,7 +382,7 @@ public static class ParallelFusion
         /// </summary>
         private static List<Node> Schedule(List<Node> nodes, Block block)
         {
-            var producer = ProducerMap(nodes);
+            var producer = BlockFacts.Producers(nodes);
             var done = new HashSet<Node>();
             var order = new List<Node>();
             void Visit(Node n)
@@ -405,21 +405,6 @@ public static class ParallelFusion
                     foreach (var o in n.Outputs) reached.Add(o);
             return reached;
         }
-    }
-
-    /// <summary>How many times each value is read by <paramref name="nodes"/> or yielded as a block result.</summary>
-    private static Dictionary<Value, int> Uses(IEnumerable<Node> nodes, IEnumerable<Value> results)
-    {
-        var uses = new Dictionary<Value, int>(ReferenceEqualityComparer.Instance);
-        foreach (var v in nodes.SelectMany(n => n.Inputs).Concat(results)) uses[v] = uses.GetValueOrDefault(v) + 1;
-        return uses;
-    }
-
-    private static Dictionary<Value, Node> ProducerMap(IEnumerable<Node> nodes)
-    {
-        var map = new Dictionary<Value, Node>(ReferenceEqualityComparer.Instance);
-        foreach (var n in nodes) foreach (var o in n.Outputs) map[o] = n;
-        return map;
     }
 
     private static Node Remap(Node n, Func<Value, Value> r) =>

@@ -19,10 +19,8 @@ public static class SquareReductions
         int count = 0;
         Block Rewrite(Block block)
         {
-            var uses = new Dictionary<Value, int>(ReferenceEqualityComparer.Instance);
-            foreach (var v in block.Nodes.SelectMany(n => n.Inputs).Concat(block.Results)) uses[v] = uses.GetValueOrDefault(v) + 1;
-            var producer = new Dictionary<Value, Node>(ReferenceEqualityComparer.Instance);
-            foreach (var n in block.Nodes) foreach (var o in n.Outputs) producer[o] = n;
+            var uses = BlockFacts.Uses(block.Nodes, block.Results);
+            var producer = BlockFacts.Producers(block.Nodes);
             var fused = new HashSet<Node>();
             var nodes = new List<Node>(block.Nodes.Length);
             foreach (var n0 in block.Nodes)
@@ -41,7 +39,7 @@ public static class SquareReductions
             return new Block(block.Args, [.. nodes.Where(n => !fused.Contains(n))], block.Results);
         }
         var body = Rewrite(g.Body);
-        var result = new Graph(g.Name, g.Dims, g.Mesh, g.Args, body, g.OutputNames) { OutputSpmd = g.OutputSpmd, OutputUpdates = g.OutputUpdates };
+        var result = BlockFacts.WithBody(g, body);
         Verifier.Verify(result);
         return (result, count);
     }

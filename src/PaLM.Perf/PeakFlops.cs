@@ -49,8 +49,7 @@ public static class PeakFlops
         sizes ??= DefaultSizes;
         var total = Stopwatch.StartNew();
         var samples = new List<PeakSample>();
-        // Every kernel the generated code may run a product on (Gemm.Kernels: BLAS, and oneDNN for fp32), alternating
-        // within each repetition so both see the same machine; the size's peak is the better kernel's best.
+        // The kernels alternate within each repetition so they see the same machine; a size's peak is the better one's best.
         var kernels = dtype == ScalarType.Float32 ? Gemm.Kernels : [GemmKernel.Blas];
         int done = 0, all = sizes.Count * (repetitions + warmup) * kernels.Count;
         foreach (var n in sizes)
@@ -70,7 +69,7 @@ public static class PeakFlops
                     progress?.Invoke((double)++done / all);
                 }
             var (kernel, best) = rates.Select(p => (p.Key, Sorted: p.Value.Order().ToList())).MaxBy(p => p.Sorted[^1]);
-            samples.Add(new PeakSample(n, best[^1], best[best.Count / 2], repetitions, kernel.ToString().ToLowerInvariant()));
+            samples.Add(new PeakSample(n, best[^1], best[best.Count / 2], repetitions, Gemm.Name(kernel)));
         }
         return new PeakMeasurement(DTypeName(dtype), torch.get_num_threads(), samples, total.Elapsed.TotalSeconds);
     }

@@ -165,6 +165,9 @@ public static class Gemm
         return (batched ? c.reshape(g, m, n) : c.reshape(m, n)).MoveToOuterDisposeScope();
     }
 
+    /// <summary>The kernel's name in reports and JSON: "blas", "onednn".</summary>
+    public static string Name(GemmKernel kernel) => kernel == GemmKernel.Blas ? "blas" : "onednn";
+
     private static bool Applies(Tensor a, Tensor b) =>
         a.dim() == 3 && b.dim() == 3 && a.shape[0] == b.shape[0] && a.dtype == ScalarType.Float32 && b.dtype == ScalarType.Float32
         && a.device_type == DeviceType.CPU && 2.0 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] >= MinFlops;

@@ -333,20 +333,15 @@ public static class Rt
     /// <c>linalg.vector_norm</c> would need no temporary at all, but it is off by 1.2e-3 relative on the same tensor.)
     /// No axes: x².
     /// </summary>
-    public static Tensor SumSquares(Tensor x, long[] axes) => axes.Length == 0 ? x.square() : WideSumSquares(x, axes, 1);
+    public static Tensor SumSquares(Tensor x, long[] axes) => axes.Length == 0 ? x.square() : WideSumSquares(x, axes, mean: false);
 
     /// <summary>Mean of x² over <paramref name="axes"/> (dropped), as <see cref="SumSquares"/> divided by the count (in
     /// fp32 for bf16/f16, rounded once).</summary>
-    public static Tensor MeanSquares(Tensor x, long[] axes)
-    {
-        if (axes.Length == 0) return x.square();
-        var count = axes.Select(a => a < 0 ? a + x.dim() : a).Distinct().Aggregate(1L, (n, a) => n * x.shape[a]);
-        return WideSumSquares(x, axes, count);
-    }
+    public static Tensor MeanSquares(Tensor x, long[] axes) => axes.Length == 0 ? x.square() : WideSumSquares(x, axes, mean: true);
 
-    /// <summary>The sum of squares accumulated in fp32 for half types, divided by <paramref name="count"/>, then cast
-    /// back to x's dtype.</summary>
-    private static Tensor WideSumSquares(Tensor x, long[] axes, long count)
+    /// <summary>The sum of squares accumulated in fp32 for half types, divided by the reduced count for a mean, then
+    /// cast back to x's dtype.</summary>
+    private static Tensor WideSumSquares(Tensor x, long[] axes, bool mean)
     {
         var rank = x.dim();
         var reduced = axes.Select(a => a < 0 ? a + rank : a).Distinct().Order().ToArray();
@@ -354,7 +349,7 @@ public static class Rt
         long rows = kept.Aggregate(1L, (n, d) => n * x.shape[d]), cols = reduced.Aggregate(1L, (n, d) => n * x.shape[d]);
         var keptShape = kept.Select(d => x.shape[d]).ToArray();
         using var scope = torch.NewDisposeScope();
-        if (rows == 0 || cols == 0) return (count == 1 ? x.square().sum(reduced) : x.square().mean(reduced)).MoveToOuterDisposeScope();
+        if (rows == 0 || cols == 0) return (mean ? x.square().mean(reduced) : x.square().sum(reduced)).MoveToOuterDisposeScope();
         var matrix = x.permute([.. kept, .. reduced]).reshape(rows, cols);     // a view when the reduced dims are innermost
         // At most 64 chunks, so a small reduced dim under many kept entries does not become a long loop.
         var chunk = Math.Max((cols + 63) / 64, Math.Max(1, (1L << 18) / rows));
@@ -367,7 +362,7 @@ public static class Rt
             using var part = squared.sum(1, type: wide);
             sum.add_(part);
         }
-        if (count != 1) sum.div_(count);
+        if (mean) sum.div_(cols);
         return sum.to_type(x.dtype).reshape(keptShape).MoveToOuterDisposeScope();
     }
 

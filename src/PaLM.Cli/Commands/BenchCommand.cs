@@ -165,7 +165,7 @@ internal static class BenchCommand
         if (choices.Count == 0) return;
         Console.WriteLine(F($"matmul kernels: {choices.Count(c => c.Kernel == Runtime.GemmKernel.OneDnn)} of {choices.Count} tuned products on oneDNN (PALMC_GEMM=blas turns tuning off)"));
         foreach (var c in choices)
-            Console.WriteLine(F($"  {(c.Batch > 1 ? F($"{c.Batch} × ") : "")}{c.M}x{c.K} · {c.K}x{c.N} ({Layout(c.ARowMajor, c.AContiguous)}, {Layout(c.BRowMajor, c.BContiguous)}): {c.Kernel?.ToString().ToLowerInvariant() ?? "still measuring"}   blas {Ms(c.BlasSeconds)}, onednn {Ms(c.OneDnnSeconds)} (fastest of {Runtime.Gemm.TrialsPerKernel} timed calls each); {c.BlasCalls + c.OneDnnCalls} calls since"));
+            Console.WriteLine(F($"  {(c.Batch > 1 ? F($"{c.Batch} × ") : "")}{c.M}x{c.K} · {c.K}x{c.N} ({Layout(c.ARowMajor, c.AContiguous)}, {Layout(c.BRowMajor, c.BContiguous)}): {(c.Kernel is { } k ? Runtime.Gemm.Name(k) : "still measuring")}   blas {Ms(c.BlasSeconds)}, onednn {Ms(c.OneDnnSeconds)} (fastest of {Runtime.Gemm.TrialsPerKernel} timed calls each); {c.BlasCalls + c.OneDnnCalls} calls since"));
     }
 
     private static void PrintProfile(Runtime.OpProfile p, int steps, int top)
@@ -200,7 +200,7 @@ internal static class BenchCommand
             ["gemm_kernels"] = new JsonArray([.. Runtime.Gemm.Choices.Select(c => (JsonNode)new JsonObject
             {
                 ["batch"] = c.Batch, ["m"] = c.M, ["k"] = c.K, ["n"] = c.N, ["a_row_major"] = c.ARowMajor, ["b_row_major"] = c.BRowMajor, ["a_contiguous"] = c.AContiguous, ["b_contiguous"] = c.BContiguous,
-                ["kernel"] = c.Kernel?.ToString().ToLowerInvariant(), ["blas_seconds_best"] = c.BlasSeconds, ["onednn_seconds_best"] = c.OneDnnSeconds,
+                ["kernel"] = (c.Kernel is { } k ? Runtime.Gemm.Name(k) : null), ["blas_seconds_best"] = c.BlasSeconds, ["onednn_seconds_best"] = c.OneDnnSeconds,
                 ["blas_calls"] = c.BlasCalls, ["onednn_calls"] = c.OneDnnCalls,
             })]),
             ["peak"] = new JsonObject
