@@ -26,8 +26,13 @@ public static class BufferReuse
     /// successor may write into them, so the caller must not read or dispose the old tensor after the call unless it
     /// is not the same object as the new one.
     /// </summary>
-    public static IReadOnlyDictionary<Node, int> Plan(Graph g, bool donateUpdatedArguments = false)
+    /// <para>
+    /// With a <paramref name="fusion"/> plan, a fused node reads its operands where its loop runs (its group's last
+    /// member), not where it stands, and fused nodes never compute in place themselves (their loop writes new buffers).
+    /// </para>
+    public static IReadOnlyDictionary<Node, int> Plan(Graph g, bool donateUpdatedArguments = false, FusionPlan? fusion = null)
     {
+        fusion ??= FusionPlan.None;
         var donated = new HashSet<Value>(ReferenceEqualityComparer.Instance);
         if (donateUpdatedArguments)
             foreach (var i in g.OutputUpdates.Where(i => i >= 0))
@@ -44,7 +49,8 @@ public static class BufferReuse
             for (int i = 0; i < b.Nodes.Length; i++)
             {
                 var n = b.Nodes[i];
-                foreach (var v in n.Inputs) Use(v, n, b, i);
+                var at = fusion.GroupOf(n)?.EmitIndex ?? i;
+                foreach (var v in n.Inputs) Use(v, n, b, at);
                 foreach (var r in n.Regions) CountUses(r);
             }
             foreach (var v in b.Results) Use(v, null, b, b.Nodes.Length);
@@ -59,7 +65,7 @@ public static class BufferReuse
             {
                 var n = b.Nodes[i];
                 foreach (var r in n.Regions) Visit(r);
-                if (n.Op.InPlace is not null && n.Outputs.Length == 1 && n.Op.Lower(new LowerContext(n)) is RtCall call)
+                if (n.Op.InPlace is not null && n.Outputs.Length == 1 && fusion.GroupOf(n) is null && n.Op.Lower(new LowerContext(n)) is RtCall call)
                 {
                     var candidates = n.Inputs.Length == 2 && n.Op.Commutative ? new[] { 0, 1 } : new[] { 0 };
                     foreach (var k in candidates)

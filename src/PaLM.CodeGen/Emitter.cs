@@ -21,6 +21,9 @@ public sealed record CodeGenOptions
     /// <summary>Compute elementwise ops into their operands' dead buffers (see <see cref="BufferReuse"/>). On by default.</summary>
     public bool ReuseBuffers { get; init; } = true;
 
+    /// <summary>Run chains of elementwise ops as one generated loop each (see <see cref="LoopFusion"/>). On by default.</summary>
+    public bool FuseLoops { get; init; } = true;
+
     /// <summary>
     /// Let a training step update its parameters and optimizer state in place (JAX's <c>donate_argnums</c>): the
     /// caller hands the old tensors over and must treat them as consumed (the trainer does). Off by default, since a
@@ -52,12 +55,15 @@ public sealed class Emitter
     private readonly Dictionary<Value, string> _locals = new(ReferenceEqualityComparer.Instance);
     private readonly List<ExpressionSyntax> _sites = [];
     private readonly IReadOnlyDictionary<Node, int> _inPlace;
+    private readonly FusionPlan _fusion;
+    private readonly List<MethodDeclarationSyntax> _kernels = [];
     private int _loopDepth;
 
     private Emitter(Graph graph, CodeGenOptions options)
     {
         (_graph, _options) = (graph, options);
-        _inPlace = options.ReuseBuffers ? BufferReuse.Plan(graph, options.DonateUpdatedArguments) : new Dictionary<Node, int>();
+        _fusion = options.FuseLoops ? LoopFusion.Plan(graph) : FusionPlan.None;
+        _inPlace = options.ReuseBuffers ? BufferReuse.Plan(graph, options.DonateUpdatedArguments, _fusion) : new Dictionary<Node, int>();
     }
 
     public static GeneratedSource Emit(Graph graph, string? sourceFileName = null, CodeGenOptions? options = null)
@@ -83,7 +89,8 @@ public sealed class Emitter
                 InitMethod(),
                 ForwardMethod(),
                 MainMethod(className));
-        // After ForwardMethod, which numbered the sites.
+        // After ForwardMethod, which numbered the sites and built the fused loops' kernels.
+        cls = cls.AddMembers([.. _kernels]);
         if (_options.Profile)
             cls = cls.AddMembers(Property("IReadOnlyList<OpSite>", "ProfileSites", Array("OpSite", _sites)));
         var ns = FileScopedNamespaceDeclaration(ParseName(GeneratedNamespace)).AddMembers(cls);
@@ -223,6 +230,12 @@ public sealed class Emitter
     {
         foreach (var n in block.Nodes)
         {
+            if (_fusion.GroupOf(n) is { } group)
+            {
+                // A fused loop runs where its last member stood; the other members emit nothing of their own.
+                if (ReferenceEquals(n, group.Last)) EmitFusedLoop(group, body);
+                continue;
+            }
             var comment = Comment("// " + CSharpNames.CommentText(
                 (n.Loc is { } l ? $"{Path.GetFileName(l.File)}:{l.Line}: " : "") + Printer.FormatNodeHead(n)));
             var start = body.Count;
@@ -247,31 +260,113 @@ public sealed class Emitter
                 default:
                     throw new InvalidOperationException($"{n.Op.Name}: unknown lowering {lowering.GetType().Name}");
             }
-            if (timer is var (site, local))
-                body.Add(ExpressionStatement(ConditionalAccessExpression(ParseExpression("device.Profile"),
-                    InvocationExpression(MemberBindingExpression(IdentifierName("Stop")))
-                        .AddArgumentListArguments(Argument(LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(site))), Argument(IdentifierName(CSharpNames.Token(local)))))));
+            if (timer is var (site, local)) body.Add(StopTimer(site, local));
             body[start] = body[start].WithLeadingTrivia(comment);
         }
+    }
+
+    /// <summary>
+    /// A fused loop: <c>var parts = Rt.Fused(LoopK, temps, inputs, scalars, outputs)</c>, its results bound to the
+    /// members' names, and the kernel <c>LoopK</c> (one <c>Ew</c> span primitive per member, in block order) added to
+    /// the class. Intermediates nothing outside reads go to scratch slots, reused once their last reader has run; a
+    /// slot is never its own op's source, which the composite primitives need.
+    /// </summary>
+    private void EmitFusedLoop(FusionGroup group, List<StatementSyntax> body)
+    {
+        var kernelName = $"Loop{group.Id}";
+        var chunk = IdentifierName("c");
+        ExpressionSyntax ChunkCall(string method, int i) =>
+            InvocationExpression(MemberAccessExpression(SyntaxKind.SimpleMemberAccessExpression, chunk, IdentifierName(method)))
+                .AddArgumentListArguments(Argument(LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(i))));
+        var lastUse = new Dictionary<Value, int>(ReferenceEqualityComparer.Instance);
+        for (int i = 0; i < group.Members.Count; i++) foreach (var v in group.Members[i].Inputs) lastUse[v] = i;
+        var slot = new Dictionary<Value, ExpressionSyntax>(ReferenceEqualityComparer.Instance);
+        var tempOf = new Dictionary<Value, int>(ReferenceEqualityComparer.Instance);
+        var free = new SortedSet<int>();
+        int temps = 0;
+        var statements = new List<StatementSyntax>();
+        for (int i = 0; i < group.Members.Count; i++)
+        {
+            var m = group.Members[i];
+            var args = m.Inputs.Select(v =>
+                slot.TryGetValue(v, out var s) ? s
+                : group.Constants.TryGetValue(v, out var k) ? FloatLit(k)
+                : v.Type.Rank == 0 ? ChunkCall("Scalar", group.Scalars.IndexOf(v))
+                : ChunkCall("In", group.Inputs.IndexOf(v))).ToList();
+            var result = m.Outputs[0];
+            int output = group.Outputs.IndexOf(result);
+            ExpressionSyntax dest;
+            if (output >= 0) dest = ChunkCall("Out", output);
+            else
+            {
+                int t = free.Count > 0 ? free.Min : temps++;
+                free.Remove(t);
+                tempOf[result] = t;
+                dest = ChunkCall("Temp", t);
+            }
+            slot[result] = dest;
+            statements.Add(ExpressionStatement(InvocationExpression(
+                    MemberAccessExpression(SyntaxKind.SimpleMemberAccessExpression, IdentifierName("Ew"), IdentifierName(m.Op.LoopPrimitive!)))
+                .AddArgumentListArguments([.. args.Append(dest).Select(Argument)]))
+                .WithLeadingTrivia(Comment("// " + CSharpNames.CommentText(Printer.FormatNodeHead(m)))));
+            foreach (var v in m.Inputs.Distinct())
+                if (lastUse[v] == i && tempOf.TryGetValue(v, out var t)) free.Add(t);
+        }
+        _kernels.Add(MethodDeclaration(PredefinedType(Token(SyntaxKind.VoidKeyword)), kernelName)
+            .AddModifiers(Token(SyntaxKind.PrivateKeyword), Token(SyntaxKind.StaticKeyword))
+            .AddParameterListParameters(Parameter(Identifier("c")).WithType(ParseTypeName("LoopChunk")))
+            .WithBody(Block(statements)));
+
+        var where = group.Last.Loc is { } l ? $"{Path.GetFileName(l.File)}:{l.Line}: " : "";
+        var comment = Comment("// " + CSharpNames.CommentText(
+            $"{where}fused loop {kernelName} over {group.Type}: {string.Join(", ", group.Members.Select(m => m.Outputs[0].Name))}"));
+        var start = body.Count;
+        (int Site, string Local)? timer = _options.Profile ? StartTimer(group.Last, body, "fused_loop", group.Members.Sum(m => m.Op.Flops(m))) : null;
+        var call = Rt("Fused", IdentifierName(kernelName), LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(temps)),
+            Array("Tensor", group.Inputs.Select(Ref)), Array("Tensor", group.Scalars.Select(Ref)),
+            LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(group.Outputs.Count)));
+        var parts = _names.Fresh(group.Last.Outputs[0].Name + "_loop");
+        body.Add(Local(parts, call));
+        for (int i = 0; i < group.Outputs.Count; i++)
+            body.Add(Local(Bind(group.Outputs[i]), ElementAccessExpression(IdentifierName(CSharpNames.Token(parts)))
+                .AddArgumentListArguments(Argument(LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(i))))));
+        if (timer is var (site, local)) body.Add(StopTimer(site, local));
+        body[start] = body[start].WithLeadingTrivia(comment);
+    }
+
+    private static ExpressionSyntax FloatLit(double v)
+    {
+        var f = (float)v;
+        if (float.IsNaN(f)) return ParseExpression("float.NaN");
+        if (float.IsPositiveInfinity(f)) return ParseExpression("float.PositiveInfinity");
+        if (float.IsNegativeInfinity(f)) return ParseExpression("float.NegativeInfinity");
+        ExpressionSyntax lit = LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(Math.Abs(f)));
+        return f < 0 || (f == 0 && float.IsNegative(f)) ? PrefixUnaryExpression(SyntaxKind.UnaryMinusExpression, lit) : lit;
     }
 
     /// <summary>
     /// Profiling: registers <paramref name="n"/> as a site (op, name, DSL line, FLOPs per execution from the op table)
     /// and emits <c>var t = device.Profile?.Start() ?? 0;</c> before its call; the caller emits <c>device.Profile?.Stop(site, t)</c> after it.
     /// </summary>
-    private (int Site, string Local) StartTimer(Node n, List<StatementSyntax> body)
+    /// A fused loop's site is its last member's, under <paramref name="op"/> with its members' <paramref name="flops"/>.
+    private (int Site, string Local) StartTimer(Node n, List<StatementSyntax> body, string? op = null, long? flops = null)
     {
         int site = _sites.Count;
         var location = n.Loc is { } l ? $"{Path.GetFileName(l.File)}:{l.Line}" : "";
         _sites.Add(ObjectCreationExpression(IdentifierName("OpSite")).AddArgumentListArguments(
-            Argument(LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(site))), Argument(Lit(n.Op.Name)), Argument(Lit(n.Outputs.Length > 0 ? n.Outputs[0].Name : n.Op.Name)),
-            Argument(Lit(location)), Argument(Lit(n.Op.Flops(n))),
+            Argument(LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(site))), Argument(Lit(op ?? n.Op.Name)), Argument(Lit(n.Outputs.Length > 0 ? n.Outputs[0].Name : n.Op.Name)),
+            Argument(Lit(location)), Argument(Lit(flops ?? n.Op.Flops(n))),
             Argument(LiteralExpression(n.Op.IsMatmul ? SyntaxKind.TrueLiteralExpression : SyntaxKind.FalseLiteralExpression)),
             Argument(LiteralExpression(_loopDepth > 0 ? SyntaxKind.TrueLiteralExpression : SyntaxKind.FalseLiteralExpression))));
         var local = _names.Fresh("t_op");
         body.Add(Local(local, ParseExpression("device.Profile?.Start() ?? 0L")));
         return (site, local);
     }
+
+    private static StatementSyntax StopTimer(int site, string local) =>
+        ExpressionStatement(ConditionalAccessExpression(ParseExpression("device.Profile"),
+            InvocationExpression(MemberBindingExpression(IdentifierName("Stop")))
+                .AddArgumentListArguments(Argument(LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(site))), Argument(IdentifierName(CSharpNames.Token(local))))));
 
     /// <summary>
     /// <c>repeat</c> becomes: carried values in mutable locals, stacked results in buffers allocated before the loop,

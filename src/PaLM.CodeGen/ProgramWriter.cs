@@ -12,7 +12,7 @@ namespace PaLM.CodeGen;
 public static class ProgramWriter
 {
     /// <summary>Managed assemblies the generated program loads, found beside the compiler.</summary>
-    private static readonly string[] s_managed = { "PaLM.Runtime.dll", "TorchSharp.dll", "ICSharpCode.SharpZipLib.dll", "SkiaSharp.dll" };
+    private static readonly string[] s_managed = { "PaLM.Runtime.dll", "TorchSharp.dll", "ICSharpCode.SharpZipLib.dll", "SkiaSharp.dll", "System.Numerics.Tensors.dll" };
 
     public sealed record Written(string Source, string Assembly, int FilesLinked, int FilesCopied, int LibrariesPatched);
 

@@ -163,6 +163,11 @@ public static class Rt
         return ge.to_type(x.dtype);
     }
 
+    /// <summary>A fused elementwise loop (<see cref="FusedLoop.Run"/>): <paramref name="outputs"/> new tensors of the
+    /// operands' shape, computed chunk by chunk by <paramref name="kernel"/> with <paramref name="temps"/> scratch slots.</summary>
+    public static Tensor[] Fused(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, int outputs) =>
+        FusedLoop.Run(kernel, temps, inputs, scalars, outputs);
+
     /// <summary>x under a new handle (a layout constraint has no runtime effect on one device).</summary>
     public static Tensor Identity(Tensor x) => x.alias();
 

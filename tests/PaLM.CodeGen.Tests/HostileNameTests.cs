@@ -57,11 +57,14 @@ public sealed class HostileNameTests
         var reparsed = CSharpSyntaxTree.ParseText(source.Text);
         Assert.Empty(reparsed.GetDiagnostics());
         var root = reparsed.GetRoot();
-        Assert.Equal(new[] { "InitParameters", "Forward", "Main" },
-            root.DescendantNodes().OfType<MethodDeclarationSyntax>().Select(m => m.Identifier.ValueText));
+        // Methods: the program's three, plus the fused loops' kernels, whose names palmc makes up (LoopN).
+        var methods = root.DescendantNodes().OfType<MethodDeclarationSyntax>().Select(m => m.Identifier.ValueText).ToList();
+        Assert.Equal(new[] { "InitParameters", "Forward", "Main" }, methods.Take(3));
+        Assert.All(methods.Skip(3), m => Assert.Matches("^Loop[0-9]+$", m));
         Assert.Single(root.DescendantNodes().OfType<ClassDeclarationSyntax>());
         var callees = root.DescendantNodes().OfType<InvocationExpressionSyntax>().Select(i => i.Expression.ToString()).Distinct().ToList();
-        Assert.All(callees, c => Assert.True(c.StartsWith("Rt.", StringComparison.Ordinal) || c == "ProgramHost.Main", $"unexpected call {c}"));
+        Assert.All(callees, c => Assert.True(c.StartsWith("Rt.", StringComparison.Ordinal) || c.StartsWith("Ew.", StringComparison.Ordinal)
+            || c.StartsWith("c.", StringComparison.Ordinal) || c == "ProgramHost.Main", $"unexpected call {c}"));
         Assert.DoesNotContain("Environment", source.Text.Split('\n').Where(l => !l.TrimStart().StartsWith("//", StringComparison.Ordinal)));
 
         var program = RoslynCompiler.CompileInMemory(source);

@@ -95,6 +95,7 @@ internal static class ElementwiseOps
         add(new OpDef
         {
             Name = "silu_grad",
+            LoopPrimitive = "SiluGrad",
             Doc = "the derivative of silu at x times dy: silu_grad(dy, x) = dy * s * (1 + x * (1 - s)), s = sigmoid(x)",
             Signature = Sig(2, 2),
             Infer = c =>
@@ -127,6 +128,7 @@ internal static class ElementwiseOps
         Name = name,
         InPlace = inPlace,
         Commutative = commutative,
+        LoopPrimitive = method,
         Doc = doc + ", broadcasting by dim name",
         Signature = Sig(2, 2),
         Infer = c => One(BroadcastType(c)),
@@ -167,6 +169,7 @@ internal static class ElementwiseOps
     {
         Name = name,
         InPlace = inPlace,
+        LoopPrimitive = name == "step" ? null : method,     // step: no vector primitive; it is rare (max/min VJPs)
         Doc = $"elementwise {name}(x)",
         Signature = Sig(1, 1),
         Infer = c =>

@@ -173,6 +173,13 @@ public sealed class OpDef
     /// </summary>
     public bool FreshBuffer { get; init; }
 
+    /// <summary>
+    /// The span primitive (<c>PaLM.Runtime.Ew</c>'s method of this name) that computes this elementwise op inside a
+    /// fused loop, or null when the op cannot join one. Code generation fuses chains of such ops over operands of one
+    /// shape into a single loop (<c>PaLM.CodeGen.LoopFusion</c>).
+    /// </summary>
+    public string? LoopPrimitive { get; init; }
+
     /// <summary>Whether the operands of a two-operand op may be swapped (add, mul): the second operand's buffer can be donated too.</summary>
     public bool Commutative { get; init; }
 

@@ -1,0 +1,220 @@
+using System.Globalization;
+using System.Reflection;
+using PaLM.Dsl;
+using PaLM.IR;
+using PaLM.Runtime;
+using static TorchSharp.torch;
+
+namespace PaLM.CodeGen.Tests;
+
+/// <summary>
+/// Loop fusion: which elementwise ops share a generated loop, that the loop runs where nothing is read before it is
+/// written, and that fused programs compute what the unfused ones do (to float rounding) over random chains, shapes that
+/// do and do not divide into chunks, and every fusible op.
+/// </summary>
+public sealed class LoopFusionTests
+{
+    private static Graph Compile(string text) => Frontend.CompileText("fusion.palm", text);
+
+    private static List<List<string>> Groups(Graph g) =>
+        [.. LoopFusion.Plan(g).Groups.Select(x => x.Members.Select(m => m.Outputs[0].Name).ToList())];
+
+    [Fact]
+    public void AChainFusesAndClosesWhereSomethingElseReadsIt()
+    {
+        var g = Compile("""
+            dim b = 4, d = 8, e = 3
+            input x: f32[b, d]
+            input y: f32[b, d]
+            input w: f32[d, e]
+            t = x * y
+            u = exp(t)
+            p = einsum(u[b, d], w[d, e] -> [b, e])
+            v = u + x
+            output v
+            output p
+            """);
+        // t and u fuse; the einsum reads u, so v (an elementwise op after it) starts a group of its own (one op: unfused).
+        Assert.Equal([["t", "u"]], Groups(g));
+        var group = LoopFusion.Plan(g).Groups[0];
+        Assert.Equal(["u"], group.Outputs.Select(v => v.Name));   // t lives only in a scratch chunk
+        Assert.Equal(["x", "y"], group.Inputs.Select(v => v.Name));
+    }
+
+    [Fact]
+    public void BroadcastsOtherDtypesAndScalarsStayOutside()
+    {
+        var g = Compile("""
+            dim b = 4, d = 8
+            input x: f32[b, d]
+            input r: f32[d]
+            input s: f32[]
+            input h: bf16[b, d]
+            t = x * s
+            u = t * r
+            k = h * h
+            q = exp(k)
+            z = s * s
+            output u
+            output q
+            output z
+            """);
+        // t * r broadcasts r, bf16 is not fused, and a scalar op has no loop: nothing has a partner.
+        Assert.Empty(Groups(g));
+    }
+
+    [Fact]
+    public void IndependentChainsMergeThroughTheNodeThatReadsBoth()
+    {
+        var g = Compile("""
+            dim b = 4, d = 8
+            input x: f32[b, d]
+            input y: f32[b, d]
+            a = exp(x)
+            c = sigmoid(y)
+            a2 = a * 2
+            c2 = c + 1
+            z = a2 - c2
+            output z
+            """);
+        Assert.Equal([["a", "c", "a2", "c2", "z"]], Groups(g));
+        var group = LoopFusion.Plan(g).Groups[0];
+        Assert.Single(group.Constants.Values, 2.0);
+        Assert.Equal(["z"], group.Outputs.Select(v => v.Name));
+    }
+
+    [Fact]
+    public void DonationWaitsForTheLoopThatReadsTheBuffer()
+    {
+        // u is read by the group {m, n}, whose loop runs at n; t = u - 1 in between is u's last reader in node order,
+        // but not in execution order: donating u to it would hand the loop a buffer already overwritten.
+        var g = Compile("""
+            dim b = 4, d = 8
+            dim e = 2
+            input x: f32[b, d]
+            input w: f32[d, e]
+            u = exp(x)
+            p = einsum(u[b, d], w[d, e] -> [b, e])
+            m = u * x
+            t = log(u)
+            n = m * m
+            output n
+            output t
+            output p
+            """);
+        var fusion = LoopFusion.Plan(g);
+        Assert.Equal([["m", "n"]], Groups(g));
+        var unfused = BufferReuse.Plan(g).ToDictionary(kv => kv.Key.Outputs[0].Name, kv => kv.Value);
+        Assert.True(unfused.ContainsKey("t"));       // without fusion, log may take u's buffer: m has read it already
+        var fused = BufferReuse.Plan(g, fusion: fusion).ToDictionary(kv => kv.Key.Outputs[0].Name, kv => kv.Value);
+        Assert.False(fused.ContainsKey("t"));        // with fusion, m's loop runs after log
+        AssertSameResults(g, seed: 1);
+    }
+
+    [Fact]
+    public void EveryFusibleOpHasItsSpanPrimitive()
+    {
+        var ew = typeof(Ew).GetMethods(BindingFlags.Public | BindingFlags.Static);
+        var fusible = OpTable.All.Where(o => o.LoopPrimitive is not null).ToList();
+        Assert.Contains(fusible, o => o.Name == "silu_grad");
+        foreach (var op in fusible)
+        {
+            var arity = op.Signature.MaxOperands;
+            Assert.True(ew.Any(m => m.Name == op.LoopPrimitive && m.GetParameters().Length == arity + 1
+                && m.GetParameters().All(p => p.ParameterType != typeof(float))),
+                $"{op.Name}: no Ew.{op.LoopPrimitive} over {arity} span(s)");
+            // An op that takes a rank-0 operand needs the span·scalar and scalar·span forms too.
+            if (arity == 2 && TakesScalars(op))
+                Assert.Equal(3, ew.Count(m => m.Name == op.LoopPrimitive && m.GetParameters().Length == 3));
+        }
+    }
+
+    private static bool TakesScalars(OpDef op)
+    {
+        var full = new TensorType(DType.F32, new Dim("d", 4));
+        try
+        {
+            op.Infer(new InferContext(op, [full, new TensorType(DType.F32)], System.Collections.Immutable.ImmutableSortedDictionary<string, Attr>.Empty,
+                new Dictionary<string, Dim>()));
+            return true;
+        }
+        catch (TypeErrorException)
+        {
+            return false;
+        }
+    }
+
+    public static TheoryData<int> Seeds => new() { 1, 2, 3, 4, 5, 6 };
+
+    /// <summary>Random chains of every fusible op over shapes around the chunk size (one chunk, a ragged last chunk,
+    /// several per thread), fused vs unfused.</summary>
+    [Theory]
+    [MemberData(nameof(Seeds))]
+    public void RandomChainsComputeWhatTheUnfusedProgramDoes(int seed)
+    {
+        var rng = new Random(seed);
+        long[] sizes = [1, 7, FusedLoop.ChunkElements / 8, FusedLoop.ChunkElements + 3, 5 * FusedLoop.ChunkElements / 2 + 1];
+        long n = sizes[seed % sizes.Length];
+        var text = new System.Text.StringBuilder(string.Create(CultureInfo.InvariantCulture, $"dim b = {(n % 2 == 0 ? 2 : 1)}, d = {(n % 2 == 0 ? n / 2 : n)}\n"));
+        text.Append("input x: f32[b, d]\ninput y: f32[b, d]\ninput s: f32[]\n");
+        var live = new List<string> { "x", "y" };
+        string Pick() => live[rng.Next(live.Count)];
+        // Ops kept in safe domains: log/sqrt/rsqrt of something positive, division by something away from zero.
+        string[] forms =
+        [
+            "{0} + {1}", "{0} - {1}", "{0} * {1}", "{0} / (exp({1}) + 1)", "maximum({0}, {1})", "minimum({0}, {1})",
+            "{0} * s", "s - {0}", "{0} * 0.5", "2 - {0}", "-{0}", "tanh({0})", "sigmoid({0})", "silu({0})", "square({0})",
+            "log(exp({0}) + 1)", "sqrt(square({0}) + 1)", "rsqrt(square({0}) + 0.5)", "exp(-square({0}))", "maximum({0}, s)",
+        ];
+        for (int i = 0; i < 14; i++)
+        {
+            var name = $"v{i}";
+            text.Append(CultureInfo.InvariantCulture, $"{name} = {string.Format(CultureInfo.InvariantCulture, forms[rng.Next(forms.Length)], Pick(), Pick())}\n");
+            live.Add(name);
+        }
+        // Some intermediates are outputs too (loop results read outside), some live only in scratch chunks.
+        foreach (var o in live.Skip(2).Where((_, i) => i % 4 == 3).Append(live[^1]).Distinct()) text.Append($"output {o}\n");
+        var g = Compile(text.ToString());
+        Assert.NotEmpty(LoopFusion.Plan(g).Groups);
+        AssertSameResults(g, seed);
+    }
+
+    [Fact]
+    public void SiluGradMatchesTheRuntimeOp()
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var x = randn(3 * FusedLoop.ChunkElements + 11) * 4;
+        var dy = randn(x.shape);
+        var kernel = new LoopKernel(c => Ew.SiluGrad(c.In(0), c.In(1), c.Out(0)));
+        var fused = Rt.Fused(kernel, 0, [dy, x], [], 1)[0];
+        Assert.True(fused.allclose(Rt.SiluGrad(dy, x), rtol: 1e-5, atol: 1e-6));
+    }
+
+    [Fact]
+    public void StridedOperandsAreReadInTheirLogicalOrder()
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var a = randn(64, 300).t();                 // [300, 64], not contiguous
+        var b = randn(300, 64);
+        var kernel = new LoopKernel(c => Ew.Sub(c.In(0), c.In(1), c.Out(0)));
+        Assert.True(Rt.Fused(kernel, 0, [a, b], [], 1)[0].allclose(a - b, rtol: 0, atol: 0));
+    }
+
+    private static void AssertSameResults(Graph g, int seed)
+    {
+        var fused = RoslynCompiler.CompileInMemory(Emitter.Emit(g));
+        var unfused = RoslynCompiler.CompileInMemory(Emitter.Emit(g, options: new CodeGenOptions { FuseLoops = false }));
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var gen = new TorchSharp.torch.Generator((ulong)seed);
+        var inputs = fused.Inputs.Select(i => randn(i.Shape, generator: gen).to_type(i.DType)).ToArray();
+        var a = fused.Forward([], inputs);
+        var b = unfused.Forward([], inputs);
+        Assert.Equal(b.Length, a.Length);
+        for (int i = 0; i < a.Length; i++)
+            Assert.True(a[i].allclose(b[i], rtol: 1e-5, atol: 1e-6),
+                $"output {fused.Outputs[i].Name}: max difference {(a[i] - b[i]).abs().max().item<float>()}");
+    }
+}
