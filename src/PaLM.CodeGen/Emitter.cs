@@ -56,6 +56,7 @@ public sealed class Emitter
     private readonly List<ExpressionSyntax> _sites = [];
     private readonly IReadOnlyDictionary<Node, int> _inPlace;
     private readonly FusionPlan _fusion;
+    private readonly IReadOnlyDictionary<FusionGroup, int[]> _loopDonors;
     private readonly List<MethodDeclarationSyntax> _kernels = [];
     private int _loopDepth;
 
@@ -64,6 +65,7 @@ public sealed class Emitter
         (_graph, _options) = (graph, options);
         _fusion = options.FuseLoops ? LoopFusion.Plan(graph) : FusionPlan.None;
         _inPlace = options.ReuseBuffers ? BufferReuse.Plan(graph, options.DonateUpdatedArguments, _fusion) : new Dictionary<Node, int>();
+        _loopDonors = options.ReuseBuffers ? BufferReuse.PlanLoops(graph, _fusion, options.DonateUpdatedArguments) : new Dictionary<FusionGroup, int[]>();
     }
 
     public static GeneratedSource Emit(Graph graph, string? sourceFileName = null, CodeGenOptions? options = null)
@@ -266,7 +268,8 @@ public sealed class Emitter
     }
 
     /// <summary>
-    /// A fused loop: <c>var parts = Rt.Fused(LoopK, temps, inputs, scalars, outputs)</c>, its results bound to the
+    /// A fused loop: <c>var parts = Rt.Fused(LoopK, temps, inputs, scalars, donors)</c> (a result per donor entry: the
+    /// operand whose buffer it takes, or -1), its results bound to the
     /// members' names, and the kernel <c>LoopK</c> (one <c>Ew</c> span primitive per member, in block order) added to
     /// the class. Intermediates nothing outside reads go to scratch slots, reused once their last reader has run; a
     /// slot is never its own op's source, which the composite primitives need.
@@ -324,7 +327,9 @@ public sealed class Emitter
         (int Site, string Local)? timer = _options.Profile ? StartTimer(group.Last, body, "fused_loop", group.Members.Sum(m => m.Op.Flops(m))) : null;
         var call = Rt("Fused", IdentifierName(kernelName), LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(temps)),
             Array("Tensor", group.Inputs.Select(Ref)), Array("Tensor", group.Scalars.Select(Ref)),
-            LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(group.Outputs.Count)));
+            Array("int", (_loopDonors.GetValueOrDefault(group) ?? [.. group.Outputs.Select(_ => -1)])
+                .Select(d => d < 0 ? PrefixUnaryExpression(SyntaxKind.UnaryMinusExpression, LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(1)))
+                    : (ExpressionSyntax)LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(d)))));
         var parts = _names.Fresh(group.Last.Outputs[0].Name + "_loop");
         body.Add(Local(parts, call));
         for (int i = 0; i < group.Outputs.Count; i++)

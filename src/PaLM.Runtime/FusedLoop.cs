@@ -70,10 +70,14 @@ public static class FusedLoop
 
     /// <summary>
     /// The kernel over every element of <paramref name="inputs"/> (all of one shape; fp32, CPU), with rank-0
-    /// <paramref name="scalars"/>; returns <paramref name="outputs"/> new tensors of that shape.
+    /// <paramref name="scalars"/>; returns a tensor of that shape per entry of <paramref name="donors"/>: operand
+    /// <c>donors[j]</c> itself, written over, when it is ≥ 0 and that operand is contiguous (code generation donates
+    /// only buffers nothing reads afterwards, and only to a result its kernel writes after its last read of that
+    /// operand), else a new tensor.
     /// </summary>
-    public static Tensor[] Run(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, int outputs)
+    public static Tensor[] Run(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, int[] donors)
     {
+        int outputs = donors.Length;
         if (inputs.Length == 0) throw new ArgumentException("a fused loop needs at least one full-size operand", nameof(inputs));
         var shape = inputs[0].shape;
         long n = inputs[0].numel();
@@ -84,7 +88,8 @@ public static class FusedLoop
             if (!t.shape.SequenceEqual(shape)) throw new ArgumentException($"fused loop: operand shapes differ: [{string.Join(", ", shape)}] and [{string.Join(", ", t.shape)}]");
 
         var results = new Tensor[outputs];
-        for (int i = 0; i < outputs; i++) results[i] = torch.empty(shape, ScalarType.Float32);
+        for (int i = 0; i < outputs; i++)
+            results[i] = donors[i] >= 0 && inputs[donors[i]].is_contiguous() ? inputs[donors[i]] : torch.empty(shape, ScalarType.Float32);
         if (n == 0) return results;
         var values = scalars.Select(s => s.item<float>()).ToArray();
         var owned = new List<Tensor>();

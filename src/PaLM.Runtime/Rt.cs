@@ -163,10 +163,11 @@ public static class Rt
         return ge.to_type(x.dtype);
     }
 
-    /// <summary>A fused elementwise loop (<see cref="FusedLoop.Run"/>): <paramref name="outputs"/> new tensors of the
-    /// operands' shape, computed chunk by chunk by <paramref name="kernel"/> with <paramref name="temps"/> scratch slots.</summary>
-    public static Tensor[] Fused(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, int outputs) =>
-        FusedLoop.Run(kernel, temps, inputs, scalars, outputs);
+    /// <summary>A fused elementwise loop (<see cref="FusedLoop.Run"/>): a tensor of the operands' shape per entry of
+    /// <paramref name="donors"/> (the operand whose buffer it is written into, or -1 for a new one), computed chunk by
+    /// chunk by <paramref name="kernel"/> with <paramref name="temps"/> scratch slots.</summary>
+    public static Tensor[] Fused(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, int[] donors) =>
+        FusedLoop.Run(kernel, temps, inputs, scalars, donors);
 
     /// <summary>x under a new handle (a layout constraint has no runtime effect on one device).</summary>
     public static Tensor Identity(Tensor x) => x.alias();

@@ -111,6 +111,26 @@ public sealed class LoopFusionTests
         AssertSameResults(g, seed: 1);
     }
 
+    [Theory]
+    [InlineData("exp(v)", 0)]       // u's last read (v) comes before w is written: w takes u's buffer
+    [InlineData("v + u", -1)]       // w's own statement reads u: writing it over u would race the read
+    public void ALoopWritesIntoADeadOperandOnlyAfterItsLastRead(string w, int donor)
+    {
+        var g = Compile($"""
+            dim b = 4, d = 8, e = 6
+            input x: f32[b, d]
+            input m: f32[d, e]
+            u = einsum(x[b, d], m[d, e] -> [b, e])
+            v = u * 2
+            w = {w}
+            output w
+            """);
+        var fusion = LoopFusion.Plan(g);
+        var group = Assert.Single(fusion.Groups);
+        Assert.Equal([donor], BufferReuse.PlanLoops(g, fusion)[group]);
+        AssertSameResults(g, seed: 2);
+    }
+
     [Fact]
     public void EveryFusibleOpHasItsSpanPrimitive()
     {
@@ -187,7 +207,7 @@ public sealed class LoopFusionTests
         var x = randn(3 * FusedLoop.ChunkElements + 11) * 4;
         var dy = randn(x.shape);
         var kernel = new LoopKernel(c => Ew.SiluGrad(c.In(0), c.In(1), c.Out(0)));
-        var fused = Rt.Fused(kernel, 0, [dy, x], [], 1)[0];
+        var fused = Rt.Fused(kernel, 0, [dy, x], [], [-1])[0];
         Assert.True(fused.allclose(Rt.SiluGrad(dy, x), rtol: 1e-5, atol: 1e-6));
     }
 
@@ -199,7 +219,7 @@ public sealed class LoopFusionTests
         var a = randn(64, 300).t();                 // [300, 64], not contiguous
         var b = randn(300, 64);
         var kernel = new LoopKernel(c => Ew.Sub(c.In(0), c.In(1), c.Out(0)));
-        Assert.True(Rt.Fused(kernel, 0, [a, b], [], 1)[0].allclose(a - b, rtol: 0, atol: 0));
+        Assert.True(Rt.Fused(kernel, 0, [a, b], [], [-1])[0].allclose(a - b, rtol: 0, atol: 0));
     }
 
     private static void AssertSameResults(Graph g, int seed)

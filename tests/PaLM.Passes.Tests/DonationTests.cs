@@ -59,6 +59,12 @@ public sealed class DonationTests
             inputs[In("step")] = tensor((float)step, ScalarType.Float32);
             var outA = plain.Forward(a, inputs);
             var outB = donating.Forward(b, inputs);
+            // A result may be an old tensor only where it replaces that very tensor: the trainer frees an old tensor
+            // when its successor is another object, so any other reuse would free a live result.
+            for (int i = 0; i < outB.Length; i++)
+                for (int p = 0; p < b.Length; p++)
+                    if (ReferenceEquals(outB[i], b[p]))
+                        Assert.True(donating.Outputs[i].Updates == p, $"step {step}: output {donating.Outputs[i].Name} was written into {donating.Parameters[p].Name}");
             for (int i = 0; i < outA.Length; i++)
             {
                 Assert.True(outA[i].eq(outB[i]).all().item<bool>(), $"step {step}: output {plain.Outputs[i].Name} differs");
