@@ -39,7 +39,7 @@ public sealed class CompiledTraining
 /// <summary>
 /// The training pipeline after the front end: the training step (autodiff with the remat policy, loss, optimizer) on
 /// the global graph, then propagation and partitioning over the mesh, then the passes that work on the per-device
-/// program (parallel-layer fusion, then sums of squares without their squared temporaries). Every stage's output is verified.
+/// program (parallel-layer fusion, sums of squares without their squared temporaries, the causal softmax in one pass). Every stage's output is verified.
 /// </summary>
 public static class TrainingCompiler
 {
@@ -64,6 +64,7 @@ public static class TrainingCompiler
             fusion = fusion with { Reassociated = regrouped };
         }
         (local, _) = SquareReductions.Run(local);
+        (local, _) = CausalSoftmax.Run(local);
         return new CompiledTraining { RematName = config.Auto?.ToString() ?? config.Remat.Name, Training = training, Spmd = spmd, Local = local, Fusion = fusion, AutodiffTime = autodiff, PassesTime = sw.Elapsed };
     }
 

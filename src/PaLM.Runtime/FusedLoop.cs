@@ -71,7 +71,7 @@ public static class FusedLoop
     /// <summary>
     /// The kernel over every element of <paramref name="inputs"/> (all of one shape; fp32, CPU), with rank-0
     /// <paramref name="scalars"/>; returns a tensor of that shape per entry of <paramref name="donors"/>: operand
-    /// <c>donors[j]</c> itself, written over, when it is ≥ 0 and that operand is contiguous (code generation donates
+    /// <c>donors[j]</c> itself, written over, when it is ≥ 0 and laid out in the loop's order (code generation donates
     /// only buffers nothing reads afterwards, and only to a result its kernel writes after its last read of that
     /// operand), else a new tensor.
     /// </summary>
@@ -87,16 +87,20 @@ public static class FusedLoop
         foreach (var t in inputs)
             if (!t.shape.SequenceEqual(shape)) throw new ArgumentException($"fused loop: operand shapes differ: [{string.Join(", ", shape)}] and [{string.Join(", ", t.shape)}]");
 
+        // Elementwise work is indifferent to order, so the loop walks memory in the order of the first operand laid out
+        // densely (a permuted view, such as the attention scores einsum returns, counts): operands laid out alike are
+        // read in place, others are copied into that order, and new results are made in it.
+        var order = MemoryOrder(inputs.FirstOrDefault(IsDense) ?? inputs[0]);
         var results = new Tensor[outputs];
         for (int i = 0; i < outputs; i++)
-            results[i] = donors[i] >= 0 && inputs[donors[i]].is_contiguous() ? inputs[donors[i]] : torch.empty(shape, ScalarType.Float32);
+            results[i] = donors[i] >= 0 && InOrder(inputs[donors[i]], order) ? inputs[donors[i]] : EmptyInOrder(shape, order);
         if (n == 0) return results;
         var values = scalars.Select(s => s.item<float>()).ToArray();
         var owned = new List<Tensor>();
         try
         {
-            var flatIn = inputs.Select(t => Flat(t, owned)).ToArray();
-            var flatOut = results.Select(t => Flat(t, owned)).ToArray();
+            var flatIn = inputs.Select(t => Flat(t, order, owned)).ToArray();
+            var flatOut = results.Select(t => Flat(t, order, owned)).ToArray();
             for (long start = 0; start < n; start += SegmentElements)
             {
                 long length = Math.Min(SegmentElements, n - start);
@@ -110,9 +114,32 @@ public static class FusedLoop
         return results;
     }
 
-    private static Tensor Flat(Tensor t, List<Tensor> owned)
+    /// <summary>The dims of <paramref name="t"/> from the largest stride to the smallest (ties keep dim order).</summary>
+    private static long[] MemoryOrder(Tensor t) =>
+        [.. Enumerable.Range(0, (int)t.dim()).OrderByDescending(d => t.stride(d)).ThenBy(d => d).Select(d => (long)d)];
+
+    /// <summary>Whether <paramref name="t"/> fills its memory without gaps or overlaps in some dim order.</summary>
+    private static bool IsDense(Tensor t) => InOrder(t, MemoryOrder(t));
+
+    private static bool InOrder(Tensor t, long[] order)
     {
-        var c = t.is_contiguous() ? t : Own(t.contiguous(), owned);
+        using var p = t.permute(order);
+        return p.is_contiguous();
+    }
+
+    private static Tensor EmptyInOrder(long[] shape, long[] order)
+    {
+        var inverse = new long[order.Length];
+        for (int i = 0; i < order.Length; i++) inverse[order[i]] = i;
+        using var dense = torch.empty([.. order.Select(d => shape[d])], ScalarType.Float32);
+        return dense.permute(inverse);
+    }
+
+    /// <summary>t's elements as one dim in the loop's memory order: a view when t is laid out that way, else a copy.</summary>
+    private static Tensor Flat(Tensor t, long[] order, List<Tensor> owned)
+    {
+        var p = Own(t.permute(order), owned);
+        var c = p.is_contiguous() ? p : Own(p.contiguous(), owned);
         return Own(c.view(-1), owned);
     }
 
@@ -136,34 +163,21 @@ public static class FusedLoop
     {
         long chunks = (n + ChunkElements - 1) / ChunkElements;
         int threads = (int)Math.Clamp(Math.Min(torch.get_num_threads(), chunks), 1, 256);
-        var job = new Job(kernel, temps, ins, outs, scalars, n, chunks);
-        if (threads == 1) job.Work(0, 1);
-        else if (!OpenMpTeam.TryRun(job, threads))
-            Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t => job.Work(t, threads));
-        job.Failure?.Throw();
+        OpenMpTeam.Run(new Job(kernel, temps, ins, outs, scalars, n, chunks), threads);
     }
 
     /// <summary>One fused loop's chunks, split evenly over however many workers run it.</summary>
-    internal sealed unsafe class Job(LoopKernel kernel, int temps, nint[] ins, nint[] outs, float[] scalars, long n, long chunks)
+    private sealed unsafe class Job(LoopKernel kernel, int temps, nint[] ins, nint[] outs, float[] scalars, long n, long chunks) : TeamWork
     {
-        public System.Runtime.ExceptionServices.ExceptionDispatchInfo? Failure { get; private set; }
-
-        public void Work(int worker, int workers)
+        protected override void Run(int worker, int workers)
         {
-            try
+            var chunk = new LoopChunk(Pointers(ins), Pointers(outs), scalars, temps);
+            long first = chunks * worker / workers, last = chunks * (worker + 1) / workers;
+            for (long c = first; c < last; c++)
             {
-                var chunk = new LoopChunk(Pointers(ins), Pointers(outs), scalars, temps);
-                long first = chunks * worker / workers, last = chunks * (worker + 1) / workers;
-                for (long c = first; c < last; c++)
-                {
-                    long offset = c * ChunkElements;
-                    chunk.MoveTo(offset, (int)Math.Min(ChunkElements, n - offset));
-                    kernel(chunk);
-                }
-            }
-            catch (Exception e)
-            {
-                lock (this) Failure ??= System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e);
+                long offset = c * ChunkElements;
+                chunk.MoveTo(offset, (int)Math.Min(ChunkElements, n - offset));
+                kernel(chunk);
             }
         }
 
@@ -174,6 +188,28 @@ public static class FusedLoop
             return p;
         }
     }
+}
+
+/// <summary>Work split over a team's workers by index; an exception is kept for the caller (it cannot cross the
+/// native frames of an OpenMP worker).</summary>
+internal abstract class TeamWork
+{
+    public System.Runtime.ExceptionServices.ExceptionDispatchInfo? Failure { get; private set; }
+
+    public void Work(int worker, int workers)
+    {
+        try
+        {
+            Run(worker, workers);
+        }
+        catch (Exception e)
+        {
+            lock (this) Failure ??= System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e);
+        }
+    }
+
+    /// <summary>Worker <paramref name="worker"/>'s share of <paramref name="workers"/>.</summary>
+    protected abstract void Run(int worker, int workers);
 }
 
 /// <summary>
@@ -187,19 +223,28 @@ public static class FusedLoop
 /// </para>
 /// <para>
 /// The library is the libgomp that libtorch loaded (found in /proc/self/maps, so its hashed file name needs no
-/// hard-coding). Where there is none (another OpenMP, another OS), <see cref="TryRun"/> returns false and the caller
-/// uses the thread pool.
+/// hard-coding). Where there is none (another OpenMP, another OS), <see cref="Run"/> uses the thread pool.
 /// </para>
 /// </summary>
 internal static unsafe class OpenMpTeam
 {
     private static readonly Lazy<(nint Parallel, nint ThreadNum, nint NumThreads)> s_gomp = new(Find);
 
-    public static bool TryRun(FusedLoop.Job job, int threads)
+    /// <summary>Runs <paramref name="work"/> on <paramref name="threads"/> workers (the team, else the thread pool, or
+    /// inline for one) and rethrows the first exception a worker caught.</summary>
+    public static void Run(TeamWork work, int threads)
+    {
+        if (threads <= 1) work.Work(0, 1);
+        else if (!TryRun(work, threads))
+            Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t => work.Work(t, threads));
+        work.Failure?.Throw();
+    }
+
+    private static bool TryRun(TeamWork work, int threads)
     {
         var (parallel, _, _) = s_gomp.Value;
         if (parallel == 0) return false;
-        var handle = GCHandle.Alloc(job);
+        var handle = GCHandle.Alloc(work);
         try
         {
             ((delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void>)parallel)(
@@ -216,7 +261,7 @@ internal static unsafe class OpenMpTeam
     private static void Worker(void* data)
     {
         var (_, threadNum, numThreads) = s_gomp.Value;
-        var job = (FusedLoop.Job)GCHandle.FromIntPtr((nint)data).Target!;
+        var job = (TeamWork)GCHandle.FromIntPtr((nint)data).Target!;
         job.Work(((delegate* unmanaged<int>)threadNum)(), ((delegate* unmanaged<int>)numThreads)());
     }
 

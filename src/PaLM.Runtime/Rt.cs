@@ -378,6 +378,12 @@ public static class Rt
     /// <summary>Softmax along <paramref name="axis"/>.</summary>
     public static Tensor Softmax(Tensor x, long axis) => x.softmax(axis);
 
+    /// <summary>softmax(causal_mask(x)) along <paramref name="keyAxis"/> in one pass per row (<see cref="RowKernels.CausalSoftmax"/>).</summary>
+    public static Tensor CausalSoftmax(Tensor x, long queryAxis, long keyAxis) => RowKernels.CausalSoftmax(x, queryAxis, keyAxis);
+
+    /// <summary>y · (dy − Σ dy·y) along <paramref name="axis"/>: softmax's VJP (<see cref="RowKernels.SoftmaxGrad"/>).</summary>
+    public static Tensor SoftmaxGrad(Tensor dy, Tensor y, long axis) => RowKernels.SoftmaxGrad(dy, y, axis);
+
     /// <summary>log Σ exp along <paramref name="axis"/> (dropped).</summary>
     public static Tensor LogSumExp(Tensor x, long axis) => torch.logsumexp(x, axis);
 

@@ -29,7 +29,8 @@ public sealed class OpVjpTests(ITestOutputHelper output)
     private static readonly ImmutableHashSet<string> NotDifferentiable =
     [
         "all_gather", "reduce_scatter", "all_reduce", "all_to_all", "shard_slice",
-        "silu_grad", "layernorm_dx", "layernorm_dscale", "cross_entropy_grad", "scatter_add",
+        "silu_grad", "layernorm_dx", "layernorm_dscale", "cross_entropy_grad", "scatter_add", "softmax_grad",
+        "causal_softmax",   // formed after autodiff from softmax(causal_mask(x)), whose VJPs are tested
         "repeat",
     ];
 
@@ -817,6 +818,8 @@ public sealed class OpVjpTests(ITestOutputHelper output)
                 Apply([V("x", DType.F32, "i2,j")], ("split", Ds("i2")), ("split_to", Ds("i")), ("concat", Ds("j")), ("concat_to", Ds("j2")), axes);
                 break;
             case "silu_grad": Apply([V("dy", DType.F32, "i,j"), V("x", DType.F32, "i,j")]); break;
+            case "softmax_grad": Apply([V("dy", DType.F32, "i,j"), V("x", DType.F32, "i,j")], ("over", Ds("j"))); break;
+            case "causal_softmax": Apply([V("x", DType.F32, "i,j")], ("query", Ds("i")), ("key", Ds("j"))); break;
             case "layernorm_dx": Apply([V("dy", DType.F32, "i,j"), V("x", DType.F32, "i,j"), V("s", DType.F32, "j")], ("over", Ds("j"))); break;
             case "layernorm_dscale": Apply([V("dy", DType.F32, "i,j"), V("x", DType.F32, "i,j")], ("over", Ds("j"))); break;
             case "cross_entropy_grad": Apply([V("dy", DType.F32, "i"), V("x", DType.F32, "i,v"), V("t", DType.I32, "i")], ("over", Ds("v"))); break;

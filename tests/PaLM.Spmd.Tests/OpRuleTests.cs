@@ -42,6 +42,8 @@ public sealed class OpRuleTests
         ["mean_squares"] = ([], "mean_squares(x, over=[i, k])", []),
         ["max"] = ([], "max(x, over=j)", []),
         ["softmax"] = ([], "softmax(x, over=k)", []),
+        // softmax's VJP and the causal softmax (formed after autodiff): the row dim stays whole, like softmax's.
+        ["softmax_grad"] = (["z: f32[i, j, k]"], "softmax_grad(z, softmax(x, over=k), over=k)", []),
         ["logsumexp"] = ([], "logsumexp(x, over=j)", []),
         ["reshape"] = ([], "reshape(x, to=[i, jk])", []),
         ["transpose"] = ([], "transpose(x, to=[k, i, j])", []),
@@ -50,6 +52,7 @@ public sealed class OpRuleTests
         ["layernorm"] = (["s: f32[k]"], "layernorm(x, s, over=k)", []),
         ["rope"] = ([], "rope(x, seq=j, feature=k)", []),
         ["causal_mask"] = (["z: f32[i, j, j2]"], "causal_mask(add(z, sum(x, over=k)), query=j, key=j2)", []),
+        ["causal_softmax"] = (["z: f32[i, j, j2]"], "causal_softmax(add(z, sum(x, over=k)), query=j, key=j2)", []),
         ["gather"] = (["t: f32[v, k]"], "add(gather(t, ids, along=v), x)", ["ids: i32[i, j]"]),
         ["cross_entropy"] = (["t: f32[k, v]"], "cross_entropy(einsum(x[i, j, k], t[k, v] -> [i, j, v]), ids, over=v, z_loss=0.1)", ["ids: i32[i, j]"]),
         // Ops autodiff and the optimizer emit (written here as DSL calls).

@@ -144,6 +144,25 @@ internal static class NnOps
 
         add(new OpDef
         {
+            Name = "causal_softmax",
+            Doc = "softmax over key of causal_mask(x, query, key): each query's keys up to itself; later keys get probability 0",
+            Signature = Sig(1, 1, Dim("query"), Dim("key")),
+            Infer = c =>
+            {
+                c.RequireFloat(0);
+                if (c.AxisOf(0, "query") == c.AxisOf(0, "key")) throw InferContext.Fail("causal_softmax: query and key must be different dims");
+                return One(c.Inputs[0]);
+            },
+            Flops = n => 5 * Numel(n) / 2,                    // softmax's 5 per element, over the unmasked half
+            Lower = c => new RtCall("CausalSoftmax", LArg.In(0), LArg.Lit(c.Axis(0, "query")), LArg.Lit(c.Axis(0, "key"))),
+            FreshBuffer = true,
+            Sharding = n => ShardingRule.ByName(n, [.. n.Attr<DimsAttr>("query").Names, .. n.Attr<DimsAttr>("key").Names]),
+            // Made from softmax(causal_mask(x)) after autodiff (PaLM.Passes.CausalSoftmax), whose VJPs are already taken.
+            Vjp = Vjps.NotDifferentiable("causal_softmax is formed after autodiff; differentiate softmax(causal_mask(x)) instead"),
+        });
+
+        add(new OpDef
+        {
             Name = "gather",
             Doc = "embedding lookup: gather(table, ids, along=vocab) replaces table's 'along' dim by the dims of ids",
             Signature = Sig(2, 2, Dim("along")),

@@ -50,10 +50,29 @@ internal static class ReductionOps
             Flops = n => 5 * Numel(n), // max, subtract, exp, sum, divide
             Lower = c => new RtCall("Softmax", LArg.In(0), LArg.Lit(c.Axis(0, "over"))),
             Sharding = n => ShardingRule.ByName(n, n.Attr<DimsAttr>("over").Names),
-            // dx = y * (dy - sum(dy * y, over))
-            Vjp = c => [c.Wants(0) && c.Dy() is { } dy
-                ? c.Op("mul", [c.Y(), c.Op("sub", [dy, c.Op("sum", [c.Op("mul", [dy, c.Y()])], ("over", c.Attr<DimsAttr>("over")))])])
-                : null],
+            Vjp = c => [c.Wants(0) && c.Dy() is { } dy ? c.Op("softmax_grad", [dy, c.Y()], ("over", c.Attr<DimsAttr>("over"))) : null],
+        });
+
+        add(new OpDef
+        {
+            Name = "softmax_grad",
+            Doc = "softmax's VJP: y * (dy - sum(dy * y, over)), y the softmax's result, in one pass over each row",
+            Signature = Sig(2, 2, Dim("over")),
+            Infer = c =>
+            {
+                c.RequireFloat(0);
+                c.SameDType("operand");
+                if (!c.Inputs[0].Equals(c.Inputs[1])) throw InferContext.Fail($"softmax_grad: dy {c.Inputs[0]} and y {c.Inputs[1]} differ");
+                c.AxisOf(0, "over");
+                return One(c.Inputs[0]);
+            },
+            Flops = n => 4 * Numel(n),                        // multiply, sum, subtract, multiply
+            Lower = c => new RtCall("SoftmaxGrad", LArg.In(0), LArg.In(1), LArg.Lit(c.Axis(0, "over"))),
+            FreshBuffer = true,
+            Sharding = n => ShardingRule.ByName(n, n.Attr<DimsAttr>("over").Names),
+            // Linear in dy: a pending sum of dy may flow through (y, the softmax, is never partial).
+            Linearity = Linearity.Numerator,
+            Vjp = Vjps.NotDifferentiable("palmc takes first derivatives only"),
         });
 
         // Sums and means of squares: sum(square(x)) without the squared temporary. The optimizer reads every

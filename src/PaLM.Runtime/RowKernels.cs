@@ -1,0 +1,161 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using TorchSharp;
+using static TorchSharp.torch;
+using TensorPrimitives = System.Numerics.Tensors.TensorPrimitives;
+
+namespace PaLM.Runtime;
+
+/// <summary>
+/// Row-wise kernels for the attention softmax and its gradient: each row along the softmax dim is read and written
+/// once, where the composite TorchSharp forms take a pass over the whole [batch, heads, seq, kseq] tensor per op (mask,
+/// softmax; multiply, sum, subtract, multiply). They run on fp32 CPU tensors whose softmax dim is contiguous (stride
+/// 1) in every operand, whatever the other dims' layouts (the scores einsum returns a permuted view), on libtorch's
+/// OpenMP team; anything else takes the composite form, which computes the same values.
+/// </summary>
+public static class RowKernels
+{
+    /// <summary>
+    /// softmax(causal_mask(x)) along <paramref name="keyAxis"/>: row q keeps keys 0..q (key ≤ query, as
+    /// <see cref="Rt.CausalMask"/>), so the masked exponentials are neither computed nor summed, and their
+    /// probabilities are exactly 0. The result is laid out like x.
+    /// </summary>
+    public static Tensor CausalSoftmax(Tensor x, long queryAxis, long keyAxis)
+    {
+        if (!Applies(keyAxis, x))
+        {
+            using var masked = Rt.CausalMask(x, queryAxis, keyAxis);
+            return masked.softmax(keyAxis);
+        }
+        var y = EmptyLike(x);
+        if (y.stride((int)keyAxis) != 1)
+        {
+            y.Dispose();
+            using var masked = Rt.CausalMask(x, queryAxis, keyAxis);
+            return masked.softmax(keyAxis);
+        }
+        Run(new CausalSoftmaxRows(Rows.Of(x, keyAxis, queryAxis), Rows.Of(y, keyAxis, queryAxis)), x);
+        return y;
+    }
+
+    /// <summary>The softmax's VJP along <paramref name="axis"/>: y · (dy − Σ dy·y), y the softmax's result.</summary>
+    public static Tensor SoftmaxGrad(Tensor dy, Tensor y, long axis)
+    {
+        if (!Applies(axis, dy, y) || !dy.shape.SequenceEqual(y.shape))
+        {
+            using var scope = NewDisposeScope();
+            var dot = (dy * y).sum(axis, keepdim: true);
+            return (y * (dy - dot)).MoveToOuterDisposeScope();
+        }
+        var dx = EmptyLike(y);   // y's layout, in which the row dim is contiguous
+        Run(new SoftmaxGradRows(Rows.Of(dy, axis), Rows.Of(y, axis), Rows.Of(dx, axis)), y);
+        return dx;
+    }
+
+    private static bool Applies(long axis, params Tensor[] ts) =>
+        ts.All(t => t.dtype == ScalarType.Float32 && t.device_type == DeviceType.CPU && t.dim() <= 8 && t.numel() > 0
+            && t.stride((int)axis) == 1 && t.numel() * 4 <= int.MaxValue);
+
+    /// <summary>A new tensor with x's shape and memory order (torch.empty_like keeps a dense permutation).</summary>
+    private static Tensor EmptyLike(Tensor x) => torch.empty_like(x);
+
+    private static void Run(RowWork work, Tensor x)
+    {
+        long rows = x.numel() / x.shape[work.Axis];
+        OpenMpTeam.Run(work, (int)Math.Clamp(Math.Min(torch.get_num_threads(), rows / 64), 1, 256));
+    }
+
+    /// <summary>Where each row of a tensor starts: its address and strides, walked in logical row order.</summary>
+    internal readonly unsafe struct Rows
+    {
+        public readonly float* Base;
+        public readonly long[] Shape, Strides;
+        public readonly int Axis, Query;
+
+        private Rows(float* b, long[] shape, long[] strides, int axis, int query)
+        {
+            Base = b;
+            (Shape, Strides, Axis, Query) = (shape, strides, axis, query);
+        }
+
+        public static Rows Of(Tensor t, long axis, long query = -1)
+        {
+            var strides = Enumerable.Range(0, (int)t.dim()).Select(d => t.stride(d)).ToArray();
+            // The lowest address the tensor touches is its data pointer (no stride is negative in torch); the span
+            // from it must start at the tensor's storage offset (TorchSharp's as_strided defaults to offset 0).
+            long extent = 1 + Enumerable.Range(0, strides.Length).Sum(d => (t.shape[d] - 1) * strides[d]);
+            using var storage = t.as_strided([extent], [1], t.storage_offset());
+            var bytes = storage.bytes;
+            return new Rows((float*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(bytes)), t.shape, strides, (int)axis, (int)query);
+        }
+
+        public int Length => (int)Shape[Axis];
+    }
+
+    private abstract class RowWork(int axis, long[] shape) : TeamWork
+    {
+        public int Axis { get; } = axis;
+
+        protected override unsafe void Run(int worker, int workers)
+        {
+            long rows = shape.Aggregate(1L, (a, b) => a * b) / shape[Axis];
+            long first = rows * worker / workers, last = rows * (worker + 1) / workers;
+            // An odometer over the dims other than the row dim, started at row `first`.
+            var index = new long[shape.Length];
+            long r = first;
+            for (int d = shape.Length - 1; d >= 0; d--)
+            {
+                if (d == Axis) continue;
+                index[d] = r % shape[d];
+                r /= shape[d];
+            }
+            for (long row = first; row < last; row++)
+            {
+                Row(index);
+                for (int d = shape.Length - 1; d >= 0; d--)
+                {
+                    if (d == Axis) continue;
+                    if (++index[d] < shape[d]) break;
+                    index[d] = 0;
+                }
+            }
+        }
+
+        protected abstract void Row(long[] index);
+
+        protected static unsafe float* At(in Rows t, long[] index)
+        {
+            long offset = 0;
+            for (int d = 0; d < index.Length; d++) offset += index[d] * t.Strides[d];
+            return t.Base + offset;
+        }
+    }
+
+    private sealed unsafe class CausalSoftmaxRows(Rows x, Rows y) : RowWork(x.Axis, x.Shape)
+    {
+        protected override void Row(long[] index)
+        {
+            int length = x.Length, valid = (int)Math.Min(index[x.Query] + 1, length);
+            var xs = new ReadOnlySpan<float>(At(x, index), valid);
+            var ys = new Span<float>(At(y, index), length);
+            var live = ys[..valid];
+            TensorPrimitives.Subtract(xs, TensorPrimitives.Max(xs), live);
+            TensorPrimitives.Exp(live, live);
+            TensorPrimitives.Divide(live, TensorPrimitives.Sum(live), live);
+            ys[valid..].Clear();
+        }
+    }
+
+    private sealed unsafe class SoftmaxGradRows(Rows dy, Rows y, Rows dx) : RowWork(y.Axis, y.Shape)
+    {
+        protected override void Row(long[] index)
+        {
+            int length = y.Length;
+            var dys = new ReadOnlySpan<float>(At(dy, index), length);
+            var ys = new ReadOnlySpan<float>(At(y, index), length);
+            var dxs = new Span<float>(At(dx, index), length);
+            TensorPrimitives.Subtract(dys, TensorPrimitives.Dot(dys, ys), dxs);
+            TensorPrimitives.Multiply(dxs, ys, dxs);
+        }
+    }
+}

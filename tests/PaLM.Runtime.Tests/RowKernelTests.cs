@@ -1,0 +1,64 @@
+using PaLM.Runtime;
+using static TorchSharp.torch;
+
+namespace PaLM.Runtime.Tests;
+
+/// <summary>The row kernels against the composite TorchSharp forms they replace, on layouts the attention produces
+/// (the scores as a permuted view, the saved probabilities contiguous) and on ones they must decline.</summary>
+public sealed class RowKernelTests
+{
+    public static TheoryData<int, bool, bool> Cases => new()
+    {
+        { 1, false, false }, { 2, true, false }, { 3, false, true }, { 4, true, true }, { 5, true, false },
+    };
+
+    /// <summary>[b, h, s, t] as a view of [b, s, h, t] memory when <paramref name="permuted"/>, as the scores einsum
+    /// returns it; else the last layer's slice of a stacked [2, b, h, s, t] buffer (a nonzero storage offset), as the
+    /// backward pass reads the saved probabilities.</summary>
+    private static Tensor Scores(Generator g, long b, long h, long s, long t, bool permuted) =>
+        permuted ? randn([b, s, h, t], generator: g).permute(0, 2, 1, 3) : randn([2, b, h, s, t], generator: g)[1];
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void CausalSoftmaxMatchesMaskThenSoftmax(int seed, bool permuted, bool moreKeys)
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var g = new Generator((ulong)seed);
+        var rng = new Random(seed);
+        long b = rng.Next(1, 4), h = rng.Next(1, 6), s = rng.Next(1, 70), t = moreKeys ? s + rng.Next(1, 9) : s;
+        var x = Scores(g, b, h, s, t, permuted) * 3;
+        var expected = Rt.CausalMask(x, 2, 3).softmax(3);
+        var actual = RowKernels.CausalSoftmax(x, 2, 3);
+        Assert.True(actual.allclose(expected, rtol: 1e-5, atol: 1e-6), $"max difference {(actual - expected).abs().max().item<float>()}");
+        Assert.Equal(0, actual.masked_select(expected.eq(0)).count_nonzero().item<long>());   // masked keys exactly 0
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void SoftmaxGradMatchesTheComposite(int seed, bool permutedDy, bool permutedY)
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var g = new Generator((ulong)seed);
+        var rng = new Random(seed);
+        long b = rng.Next(1, 4), h = rng.Next(1, 6), s = rng.Next(1, 70), t = s;
+        var y = Scores(g, b, h, s, t, permutedY).softmax(3);
+        var dy = Scores(g, b, h, s, t, permutedDy);
+        var expected = y * (dy - (dy * y).sum(3, keepdim: true));
+        var actual = RowKernels.SoftmaxGrad(dy, y, 3);
+        Assert.True(actual.allclose(expected, rtol: 1e-5, atol: 1e-6), $"max difference {(actual - expected).abs().max().item<float>()}");
+    }
+
+    [Fact]
+    public void ARowDimThatIsNotContiguousTakesTheCompositeForm()
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var x = randn(3, 5, 7).transpose(1, 2);             // softmax over dim 2, whose stride is 7
+        var dy = randn(3, 7, 5);
+        var y = x.softmax(2);
+        Assert.True(RowKernels.SoftmaxGrad(dy, y, 2).allclose(y * (dy - (dy * y).sum(2, keepdim: true)), rtol: 1e-5, atol: 1e-6));
+        Assert.True(RowKernels.CausalSoftmax(x, 1, 2).allclose(Rt.CausalMask(x, 1, 2).softmax(2), rtol: 1e-5, atol: 1e-6));
+    }
+}
