@@ -17,6 +17,9 @@ public sealed record TrainingConfig
     public bool Fuse { get; init; } = true;
 
     public TrainOptions Optimizer { get; init; } = new();
+
+    /// <summary>Let causal attention's einsums skip the blocks above the diagonal (<see cref="PaLM.Passes.CausalBlocks"/>).</summary>
+    public bool CausalBlocks { get; init; } = true;
 }
 
 /// <summary>A compiled training step: the global training graph, its per-device program, and the phase times.</summary>
@@ -39,7 +42,7 @@ public sealed class CompiledTraining
 /// <summary>
 /// The training pipeline after the front end: the training step (autodiff with the remat policy, loss, optimizer) on
 /// the global graph, then propagation and partitioning over the mesh, then the passes that work on the per-device
-/// program (parallel-layer fusion, sums of squares without their squared temporaries, the causal softmax in one pass). Every stage's output is verified.
+/// program (parallel-layer fusion, sums of squares without their squared temporaries, the causal softmax in one pass, attention's einsums over the causal triangle). Every stage's output is verified.
 /// </summary>
 public static class TrainingCompiler
 {
@@ -65,6 +68,7 @@ public static class TrainingCompiler
         }
         (local, _) = SquareReductions.Run(local);
         (local, _) = CausalSoftmax.Run(local);
+        if (config.CausalBlocks) (local, _) = CausalBlocks.Run(local);
         return new CompiledTraining { RematName = config.Auto?.ToString() ?? config.Remat.Name, Training = training, Spmd = spmd, Local = local, Fusion = fusion, AutodiffTime = autodiff, PassesTime = sw.Elapsed };
     }
 

@@ -56,6 +56,8 @@ public class ErrorReportingTests
         { "einsum output label in no input", "y = einsum(x[b, s, d] -> [b, layers])", 3, 5, "'layers' appears in no operand", 1 },
         { "einsum subscript not a dim", "y = einsum(x[b, s, dd] -> [b, s])", 3, 20, "subscript 'dd' is not a declared dim (did you mean 'd'?)", 1 },
         { "einsum without subscripts", "y = einsum(x, x)", 3, 5, "'einsum' needs subscripts", 1 },
+        { "einsum with an attribute it lacks after the arrow", "y = einsum(x[b, s, d] -> [b, s], blocks=2)", 3, 34, "'einsum' has no attribute 'blocks'", 1 },
+        { "positional operand after the arrow", "y = einsum(x[b, s, d] -> [b, s], x)", 3, 35, "unexpected ')'; expected '='", 1 },
         { "subscripts on a non-einsum op", "y = softmax(x[b, s, d], over=d)", 3, 15, "'softmax' does not take subscripts", 1 },
         { "arrow on a non-einsum op", "y = softmax(x, over=d -> [b])", 3, 27, "'softmax' does not take '->'", 1 },
 

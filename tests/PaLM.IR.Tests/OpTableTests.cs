@@ -70,6 +70,8 @@ public class OpTableTests
         ("all_to_all", ["f32[s/2, d]"], [("split", Ds("d")), ("split_to", Ds("d/2")), ("concat", Ds("s/2")), ("concat_to", Ds("s")), ("axes", Ds("model"))], ["f32[s, d/2]"]),
         // Renamed einsum labels (keys' s as kseq) and a three-operand contraction.
         ("einsum", ["f32[b, h, s, k]", "f32[b, s, k]"], [("operands", new DimListsAttr([["b", "h", "s", "k"], ["b", "kseq", "k"]])), ("output", Ds("b", "h", "s", "kseq"))], ["f32[b, h, s, kseq]"]),
+        ("causal_einsum", ["f32[b, h, s, k]", "f32[b, s, k]"], [("operands", new DimListsAttr([["b", "h", "s", "k"], ["b", "kseq", "k"]])), ("output", Ds("b", "h", "s", "kseq")),
+            ("query", Ds("s")), ("key", Ds("kseq")), ("blocks", new IntAttr(2))], ["f32[b, h, s, kseq]"]),
         ("einsum", ["f32[b, d]", "f32[d, f]", "f32[f]"], [("operands", new DimListsAttr([["b", "d"], ["d", "f"], ["f"]])), ("output", Ds("b"))], ["f32[b]"]),
         // Ops autodiff and the optimizer emit.
         ("minimum", ["f32[b, d]", "f32[]"], [], ["f32[b, d]"]),
@@ -154,7 +156,7 @@ public class OpTableTests
         Assert.False(OpTable.TryGet("nope", out _));
         Assert.Throws<KeyNotFoundException>(() => OpTable.Get("nope"));
         Assert.Equal(["repeat"], ops.Where(o => o.HasRegion).Select(o => o.Name));
-        Assert.Equal(["einsum"], ops.Where(o => o.IsMatmul).Select(o => o.Name));
+        Assert.Equal(["causal_einsum", "einsum"], ops.Where(o => o.IsMatmul).Select(o => o.Name));
     }
 
     // ---- type errors from the rules ---------------------------------------------------------------------------------
@@ -173,6 +175,7 @@ public class OpTableTests
         { "cross-entropy-targets", ["f32[b, v]", "i32[s]"], "cross_entropy: targets i32[s] must have the dims of logits f32[b, v] without 'v'" },
         { "repeat-stacked", ["f32[b, d]", "f32[d]"], "repeat: stacked operand 2 f32[d] must have 'layers' as its first dim" },
         { "einsum-repeated-label", ["f32[b, d]"], "einsum: subscript 'b' repeated in operand 1" },
+        { "causal-einsum-labels", ["f32[b, s]", "f32[b, s]"], "causal_einsum: query and key must be two different subscripts of its operands" },
     };
 
     private static readonly Dictionary<string, (string Op, (string, Attr)[] Attrs)> ErrorAttrs = new()
@@ -189,6 +192,8 @@ public class OpTableTests
         ["cross-entropy-targets"] = ("cross_entropy", [("over", Ds("v"))]),
         ["repeat-stacked"] = ("repeat", [("count", Ds("layers")), ("carried", new IntAttr(1)), ("stacked", new IntAttr(1))]),
         ["einsum-repeated-label"] = ("einsum", [("operands", new DimListsAttr([["b", "b"]])), ("output", Ds("b"))]),
+        ["causal-einsum-labels"] = ("causal_einsum", [("operands", new DimListsAttr([["b", "s"], ["b", "s"]])), ("output", Ds("b")),
+            ("query", Ds("s")), ("key", Ds("d")), ("blocks", new IntAttr(2))]),
     };
 
     [Theory]

@@ -35,6 +35,8 @@ public sealed class OpRuleTests
         ["constant"] = ([], "mul(x, constant(value=3))", []),
         ["cast"] = ([], "cast(cast(x, to=bf16), to=f32)", []),
         ["einsum"] = (["w: f32[k, l]"], "einsum(x[i, j, k], w[k, l] -> [i, l, j])", []),
+        // Formed after partitioning (PaLM.Passes.CausalBlocks); its query and key stay whole, as causal_softmax's.
+        ["causal_einsum"] = (["w: f32[k, l]"], "causal_einsum(x[i, j, k], w[k, l] -> [i, l, j], query=j, key=k, blocks=2)", []),
         ["sum"] = ([], "sum(x, over=[j, k])", []),
         ["mean"] = ([], "mean(x, over=[i, k])", []),
         // The optimizer's fused sums of squares (PaLM.Passes.SquareReductions).

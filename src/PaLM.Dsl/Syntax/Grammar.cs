@@ -147,8 +147,10 @@ internal sealed class Grammar
         from open in Sym("(")
         from args in CommaList(Argument).Optional()
         from arrow in Sym("->").Then(_ => NameList).Optional()
+        // Named attributes may follow an einsum-style arrow: causal_einsum(q[..], k[..] -> [..], query=s, key=t, blocks=4).
+        from after in (from comma in Sym(",") from a in Named select a).Many()
         from close in Sym(")")
-        select (Expr)new CallExpr(callee, args.GetOrElse(ImmutableArray<Arg>.Empty),
+        select (Expr)new CallExpr(callee, [.. args.GetOrElse(ImmutableArray<Arg>.Empty), .. after],
             arrow.IsDefined ? arrow.Get() : null, callee.Loc);
 
     private Parser<Arg> Argument => Parse.Ref(() => Named.Or(Positional));

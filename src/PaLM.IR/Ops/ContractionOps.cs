@@ -9,7 +9,13 @@ namespace PaLM.IR;
 /// </summary>
 internal static class ContractionOps
 {
-    public static void Register(Action<OpDef> add) => add(new OpDef
+    public static void Register(Action<OpDef> add)
+    {
+        add(Einsum);
+        add(CausalEinsum);
+    }
+
+    private static readonly OpDef Einsum = new()
     {
         Name = "einsum",
         Doc = "contraction over named subscripts: einsum(a[i, j], b[j, k] -> [i, k])",
@@ -24,7 +30,73 @@ internal static class ContractionOps
             n.Inputs.Concat(n.Outputs).SelectMany(v => v.Type.Dims)),
         Linearity = Linearity.Product,
         Vjp = EinsumVjp,
-    });
+    };
+
+    /// <summary>
+    /// An einsum over causal attention's triangle, made after autodiff by <c>PaLM.Passes.CausalBlocks</c>: the labels
+    /// <c>query</c> and <c>key</c> are split into <c>blocks</c> blocks of one of them (whichever the output keeps, the
+    /// query where both are kept), and each block multiplies only the part of the other that can be nonzero: keys up
+    /// to the block's last query, or queries from the block's first key. Exact when an operand is zero where
+    /// key &gt; query (softmax probabilities under a causal mask, and their gradients); where both labels are in the
+    /// output the blocks above the diagonal are written as zeros, which the pass allows only when every reader ignores
+    /// them. FLOPs count what runs (about (blocks + 1) / (2·blocks) of the full product).
+    /// </summary>
+    private static readonly OpDef CausalEinsum = new()
+    {
+        Name = "causal_einsum",
+        Doc = "einsum skipping the blocks of the query/key triangle where an operand is zero: causal_einsum(..., query=, key=, blocks=)",
+        Signature = Sig(2, 2,
+            new AttrSpec("operands", AttrKind.DimLists, FromSyntax: true), new AttrSpec("output", AttrKind.Dims, FromSyntax: true),
+            new AttrSpec("query", AttrKind.Dim), new AttrSpec("key", AttrKind.Dim), new AttrSpec("blocks", AttrKind.Int)),
+        Infer = c =>
+        {
+            var labels = c.Attr<DimListsAttr>("operands").Lists.SelectMany(l => l).ToHashSet();
+            var (q, k) = (c.DimNames("query"), c.DimNames("key"));
+            if (q.Length != 1 || k.Length != 1 || !labels.Contains(q[0]) || !labels.Contains(k[0]) || q[0] == k[0])
+                throw InferContext.Fail("causal_einsum: query and key must be two different subscripts of its operands");
+            if (c.Int("blocks") < 1) throw InferContext.Fail("causal_einsum: blocks must be at least 1");
+            return Infer(c);
+        },
+        IsMatmul = true,
+        Flops = n => (long)(Flops(n) * CausalWork(n)),
+        Lower = c => new RtCall("CausalEinsum", LArg.Lit(LetterSpec(c.Node)), LArg.Lit(Letter(c.Node, c.Node.Attr<DimsAttr>("query").Names[0])),
+            LArg.Lit(Letter(c.Node, c.Node.Attr<DimsAttr>("key").Names[0])), LArg.Lit(c.Node.Attr<IntAttr>("blocks").Value), new LAllInputs()),
+        Sharding = n => ShardingRule.FromLabels(n.Attr<DimListsAttr>("operands").Lists, [n.Attr<DimsAttr>("output").Names],
+            n.Inputs.Concat(n.Outputs).SelectMany(v => v.Type.Dims), [n.Attr<DimsAttr>("query").Names[0], n.Attr<DimsAttr>("key").Names[0]]),
+        Linearity = Linearity.Product,
+        Vjp = Vjps.NotDifferentiable("causal_einsum is formed after autodiff from einsums whose VJPs are already taken"),
+    };
+
+    /// <summary>The fraction of the full product a causal_einsum computes: per block of the split label, the block's
+    /// length times the range of the other label it multiplies (the runtime's split, Rt.CausalEinsum).</summary>
+    public static double CausalWork(Node n)
+    {
+        var (q, k) = (n.Attr<DimsAttr>("query").Names[0], n.Attr<DimsAttr>("key").Names[0]);
+        long Size(string label)
+        {
+            var lists = n.Attr<DimListsAttr>("operands").Lists;
+            for (int i = 0; i < lists.Length; i++)
+                if (lists[i].IndexOf(label) is var at and >= 0) return n.Inputs[i].Type.Dims[at].Size;
+            throw new InvalidOperationException($"causal_einsum: no subscript '{label}'");
+        }
+        long Q = Size(q), K = Size(k), blocks = n.Attr<IntAttr>("blocks").Value;
+        bool splitQuery = n.Attr<DimsAttr>("output").Names.Contains(q) || !n.Attr<DimsAttr>("output").Names.Contains(k);
+        long split = splitQuery ? Q : K, work = 0;
+        for (long b = 0; b < blocks; b++)
+        {
+            long lo = split * b / blocks, hi = split * (b + 1) / blocks;
+            work += (hi - lo) * (splitQuery ? Math.Min(K, hi) : Math.Max(0, Q - lo));
+        }
+        return (double)work / (Q * K);
+    }
+
+    /// <summary>The letter <see cref="LetterSpec"/> gives <paramref name="label"/>.</summary>
+    private static string Letter(Node n, string label)
+    {
+        var order = n.Attr<DimListsAttr>("operands").Lists.SelectMany(l => l).Concat(n.Attr<DimsAttr>("output").Names).Distinct().ToList();
+        var k = order.IndexOf(label);
+        return (k < 26 ? (char)('a' + k) : (char)('A' + k - 26)).ToString();
+    }
 
     /// <summary>
     /// Operand i's cotangent is the einsum of the result's cotangent with the other operands, producing operand i's
