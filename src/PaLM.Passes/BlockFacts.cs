@@ -23,6 +23,40 @@ internal static class BlockFacts
         return map;
     }
 
+    /// <summary>
+    /// The peephole rewrite both producer-consumer fusions use (square reductions, the causal softmax): in every block,
+    /// loop bodies included, a node for which <paramref name="match"/> returns a replacement is replaced by it, and the
+    /// producer it names (read by nothing else, as <paramref name="match"/> checks with the use counts it is given) is
+    /// dropped. Returns the verified graph and the number of rewrites.
+    /// </summary>
+    public static (Graph Graph, int Count) FuseIntoConsumers(Graph g,
+        Func<Node, Dictionary<Value, Node>, Dictionary<Value, int>, (Node Producer, Node Replacement)?> match)
+    {
+        int count = 0;
+        Block Rewrite(Block block)
+        {
+            var uses = Uses(block.Nodes, block.Results);
+            var producer = Producers(block.Nodes);
+            var fused = new HashSet<Node>();
+            var nodes = new List<Node>(block.Nodes.Length);
+            foreach (var n0 in block.Nodes)
+            {
+                var n = n0.Regions.IsEmpty ? n0 : new Node(n0.Op, n0.Inputs, n0.Outputs, n0.Attrs, [.. n0.Regions.Select(Rewrite)], n0.Loc);
+                if (match(n, producer, uses) is var (p, replacement))
+                {
+                    fused.Add(p);
+                    nodes.Add(replacement);
+                    count++;
+                }
+                else nodes.Add(n);
+            }
+            return new Block(block.Args, [.. nodes.Where(n => !fused.Contains(n))], block.Results);
+        }
+        var result = WithBody(g, Rewrite(g.Body));
+        Verifier.Verify(result);
+        return (result, count);
+    }
+
     /// <summary><paramref name="g"/> with a rewritten body (and dims, where the rewrite added some), keeping its
     /// outputs' shardings and donated updates.</summary>
     public static Graph WithBody(Graph g, Block body, ImmutableArray<Dim>? dims = null) =>

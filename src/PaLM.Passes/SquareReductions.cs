@@ -14,33 +14,9 @@ public static class SquareReductions
 {
     public const string Name = "fuse-square-reductions";
 
-    public static (Graph Graph, int Count) Run(Graph g)
-    {
-        int count = 0;
-        Block Rewrite(Block block)
-        {
-            var uses = BlockFacts.Uses(block.Nodes, block.Results);
-            var producer = BlockFacts.Producers(block.Nodes);
-            var fused = new HashSet<Node>();
-            var nodes = new List<Node>(block.Nodes.Length);
-            foreach (var n0 in block.Nodes)
-            {
-                var n = n0.Regions.IsEmpty ? n0 : new Node(n0.Op, n0.Inputs, n0.Outputs, n0.Attrs, [.. n0.Regions.Select(Rewrite)], n0.Loc);
-                if (n.Op.Name is "sum" or "mean" && producer.TryGetValue(n.Inputs[0], out var sq) && sq.Op.Name == "square"
-                    && uses[n.Inputs[0]] == 1 && !n.Attr<DimsAttr>("over").Names.IsEmpty)
-                {
-                    fused.Add(sq);
-                    nodes.Add(new Node(OpTable.Get(n.Op.Name == "sum" ? "sum_squares" : "mean_squares"), [sq.Inputs[0]], n.Outputs, n.Attrs, [], n.Loc));
-                    count++;
-                    continue;
-                }
-                nodes.Add(n);
-            }
-            return new Block(block.Args, [.. nodes.Where(n => !fused.Contains(n))], block.Results);
-        }
-        var body = Rewrite(g.Body);
-        var result = BlockFacts.WithBody(g, body);
-        Verifier.Verify(result);
-        return (result, count);
-    }
+    public static (Graph Graph, int Count) Run(Graph g) => BlockFacts.FuseIntoConsumers(g, (n, producer, uses) =>
+        n.Op.Name is "sum" or "mean" && producer.TryGetValue(n.Inputs[0], out var sq) && sq.Op.Name == "square"
+        && uses[n.Inputs[0]] == 1 && !n.Attr<DimsAttr>("over").Names.IsEmpty
+            ? (sq, new Node(OpTable.Get(n.Op.Name == "sum" ? "sum_squares" : "mean_squares"), [sq.Inputs[0]], n.Outputs, n.Attrs, [], n.Loc))
+            : null);
 }

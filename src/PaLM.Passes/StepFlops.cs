@@ -11,7 +11,9 @@ namespace PaLM.Passes;
 /// clipping, Adafactor update). A multiply-add is 2 FLOPs; einsum counts 2·(product of all its dims); elementwise ops
 /// count their formula per element (e.g. silu 4, layer norm 7); transcendental functions count 1.
 /// What they leave out: data movement (reshape, concat, slicing, collectives), the causal mask's skipped half (the
-/// attention einsums are counted dense, as PaLM counts them), and integer work (gathers, scatter of token ids).
+/// attention einsums are counted dense, as PaLM counts them: this runs on the global graph, before the per-device
+/// CausalBlocks pass makes four of them skip the blocks above the diagonal; a causal_einsum's own count, which the
+/// profile reports, is the work it does), and integer work (gathers, scatter of token ids).
 /// </para>
 /// <para>
 /// Model FLOPs follow PaLM appendix B instead: 6N + 12·L·H·Q·T per token (N parameters; L layers, H heads, Q head
