@@ -17,6 +17,11 @@ namespace PaLM.Passes;
 /// and the layer loops (saved probabilities stacked by the forward loop and sliced by the backward one). Runs on the
 /// per-device program after <see cref="CausalSoftmax"/>, where query and key are whole on every device (causal_mask's
 /// and causal_softmax's sharding rules keep them so).
+/// <para>
+/// "Zero" is exact for finite values: a skipped term 0·w is 0 unless w is infinite or NaN, where the dense product
+/// would have given NaN. So an overflow in the values or in a gradient, above the diagonal, no longer poisons the
+/// results through the masked probabilities (as in flash attention, which never reads those blocks either).
+/// </para>
 /// </summary>
 public static class CausalBlocks
 {

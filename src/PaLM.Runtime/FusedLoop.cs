@@ -278,9 +278,9 @@ internal static unsafe class OpenMpTeam
                 && NativeLibrary.TryGetExport(lib, "omp_get_num_threads", out var numThreads)
                 ? (parallel, threadNum, numThreads) : default;
         }
-        catch (IOException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or DllNotFoundException or BadImageFormatException)
         {
-            return default;
+            return default;     // no team to borrow: the caller uses the thread pool
         }
     }
 }

@@ -35,6 +35,7 @@ public static class RowKernels
             return masked.softmax(keyAxis);
         }
         Run(new CausalSoftmaxRows(Rows.Of(x, keyAxis, queryAxis), Rows.Of(y, keyAxis, queryAxis)), x);
+        GC.KeepAlive(x);    // the kernel holds only raw pointers
         return y;
     }
 
@@ -47,14 +48,22 @@ public static class RowKernels
             var dot = (dy * y).sum(axis, keepdim: true);
             return (y * (dy - dot)).MoveToOuterDisposeScope();
         }
-        var dx = EmptyLike(y);   // y's layout, in which the row dim is contiguous
+        var dx = EmptyLike(y);   // y's layout when y is dense, else the standard one, whose row dim may not be contiguous
+        if (dx.stride((int)axis) != 1)
+        {
+            dx.Dispose();
+            using var scope = NewDisposeScope();
+            return (y * (dy - (dy * y).sum(axis, keepdim: true))).MoveToOuterDisposeScope();
+        }
         Run(new SoftmaxGradRows(Rows.Of(dy, axis), Rows.Of(y, axis), Rows.Of(dx, axis)), y);
+        GC.KeepAlive(dy);
+        GC.KeepAlive(y);
         return dx;
     }
 
     private static bool Applies(long axis, params Tensor[] ts) =>
         ts.All(t => t.dtype == ScalarType.Float32 && t.device_type == DeviceType.CPU && t.dim() <= 8 && t.numel() > 0
-            && t.stride((int)axis) == 1 && t.numel() * 4 <= int.MaxValue);
+            && t.stride((int)axis) == 1 && Rows.Extent(t) * 4 <= int.MaxValue);
 
     /// <summary>A new tensor with x's shape and memory order (torch.empty_like keeps a dense permutation).</summary>
     private static Tensor EmptyLike(Tensor x) => torch.empty_like(x);
@@ -83,13 +92,15 @@ public static class RowKernels
             var strides = Enumerable.Range(0, (int)t.dim()).Select(d => t.stride(d)).ToArray();
             // The lowest address the tensor touches is its data pointer (no stride is negative in torch); the span
             // from it must start at the tensor's storage offset (TorchSharp's as_strided defaults to offset 0).
-            long extent = 1 + Enumerable.Range(0, strides.Length).Sum(d => (t.shape[d] - 1) * strides[d]);
-            using var storage = t.as_strided([extent], [1], t.storage_offset());
+            using var storage = t.as_strided([Extent(t)], [1], t.storage_offset());
             var bytes = storage.bytes;
             return new Rows((float*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(bytes)), t.shape, strides, (int)axis, (int)query);
         }
 
         public int Length => (int)Shape[Axis];
+
+        /// <summary>Elements from the tensor's first to its last, gaps included (a strided view spans more than its numel).</summary>
+        public static long Extent(Tensor t) => 1 + Enumerable.Range(0, (int)t.dim()).Sum(d => (t.shape[d] - 1) * t.stride(d));
     }
 
     private abstract class RowWork(int axis, long[] shape) : TeamWork

@@ -340,7 +340,10 @@ public static class Rt
         char q = query[0], k = key[0];
         long Size(char c) => ins[0].IndexOf(c) is var i and >= 0 ? xs[0].shape[i] : xs[1].shape[ins[1].IndexOf(c)];
         long Q = Size(q), K = Size(k);
-        bool splitQuery = output.Contains(q) || !output.Contains(k);
+        // Blocks of a contracted label would each be a partial sum; the IR never asks for that (causal_einsum's rule
+        // wants the query or the key in the output), and an empty split has nothing to skip.
+        if (!output.Contains(q) && !output.Contains(k) || Q == 0 || K == 0) return Einsum(spec, xs);
+        bool splitQuery = output.Contains(q);
         long split = splitQuery ? Q : K;
         blocks = Math.Clamp(blocks, 1, split);
         Tensor Narrow(Tensor t, string labels, char c, long start, long length) =>

@@ -176,6 +176,7 @@ public class OpTableTests
         { "repeat-stacked", ["f32[b, d]", "f32[d]"], "repeat: stacked operand 2 f32[d] must have 'layers' as its first dim" },
         { "einsum-repeated-label", ["f32[b, d]"], "einsum: subscript 'b' repeated in operand 1" },
         { "causal-einsum-labels", ["f32[b, s]", "f32[b, s]"], "causal_einsum: query and key must be two different subscripts of its operands" },
+        { "causal-einsum-contracted", ["f32[b, s]", "f32[b, d]"], "causal_einsum: the output must keep the query or the key" },
     };
 
     private static readonly Dictionary<string, (string Op, (string, Attr)[] Attrs)> ErrorAttrs = new()
@@ -193,6 +194,8 @@ public class OpTableTests
         ["repeat-stacked"] = ("repeat", [("count", Ds("layers")), ("carried", new IntAttr(1)), ("stacked", new IntAttr(1))]),
         ["einsum-repeated-label"] = ("einsum", [("operands", new DimListsAttr([["b", "b"]])), ("output", Ds("b"))]),
         ["causal-einsum-labels"] = ("causal_einsum", [("operands", new DimListsAttr([["b", "s"], ["b", "s"]])), ("output", Ds("b")),
+            ("query", Ds("s")), ("key", Ds("d")), ("blocks", new IntAttr(2))]),
+        ["causal-einsum-contracted"] = ("causal_einsum", [("operands", new DimListsAttr([["b", "s"], ["b", "d"]])), ("output", Ds("b")),
             ("query", Ds("s")), ("key", Ds("d")), ("blocks", new IntAttr(2))]),
     };
 

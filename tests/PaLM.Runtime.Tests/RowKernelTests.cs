@@ -61,4 +61,18 @@ public sealed class RowKernelTests
         Assert.True(RowKernels.SoftmaxGrad(dy, y, 2).allclose(y * (dy - (dy * y).sum(2, keepdim: true)), rtol: 1e-5, atol: 1e-6));
         Assert.True(RowKernels.CausalSoftmax(x, 1, 2).allclose(Rt.CausalMask(x, 1, 2).softmax(2), rtol: 1e-5, atol: 1e-6));
     }
+
+    [Fact]
+    public void AGappyLayoutWhoseCopyWouldNotKeepTheRowContiguousTakesTheCompositeForm()
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        // Softmax over dim 1, contiguous in memory, but the tensor has gaps (a slice of the last dim): empty_like
+        // would lay the result out row-major, where dim 1 is not contiguous.
+        var view = randn(2, 9, 5).transpose(1, 2).slice(2, 0, 7, 1);     // [2, 5, 7]; dim 1 has stride 1
+        view.copy_(randn(2, 5, 7).softmax(1));
+        var dy = randn(2, 5, 7);
+        Assert.Equal(1, view.stride(1));
+        Assert.True(RowKernels.SoftmaxGrad(dy, view, 1).allclose(view * (dy - (dy * view).sum(1, keepdim: true)), rtol: 1e-5, atol: 1e-6));
+    }
 }

@@ -55,6 +55,9 @@ internal static class ContractionOps
             if (q.Length != 1 || k.Length != 1 || !labels.Contains(q[0]) || !labels.Contains(k[0]) || q[0] == k[0])
                 throw InferContext.Fail("causal_einsum: query and key must be two different subscripts of its operands");
             if (c.Int("blocks") < 1) throw InferContext.Fail("causal_einsum: blocks must be at least 1");
+            var output = c.DimNames("output");
+            if (!output.Contains(q[0]) && !output.Contains(k[0]))
+                throw InferContext.Fail("causal_einsum: the output must keep the query or the key subscript (blocks are split along it)");
             return Infer(c);
         },
         IsMatmul = true,
@@ -80,7 +83,7 @@ internal static class ContractionOps
             throw new InvalidOperationException($"causal_einsum: no subscript '{label}'");
         }
         long Q = Size(q), K = Size(k), blocks = n.Attr<IntAttr>("blocks").Value;
-        bool splitQuery = n.Attr<DimsAttr>("output").Names.Contains(q) || !n.Attr<DimsAttr>("output").Names.Contains(k);
+        bool splitQuery = n.Attr<DimsAttr>("output").Names.Contains(q);
         long split = splitQuery ? Q : K, work = 0;
         for (long b = 0; b < blocks; b++)
         {
