@@ -351,6 +351,25 @@ public static class Rt
 
         var result = torch.empty([.. output.Select(Size)], xs[0].dtype);
         using var scope = NewDisposeScope();
+        // When the query is contracted with other labels (the heads, in the values' and keys' gradients), narrowing it
+        // would split the contracted group, which then no longer merges into one matrix dim as a view. So those other
+        // labels become batch labels of each block's product and are summed out after it, and each operand is laid
+        // out with its batch labels first, once, so that the narrowed blocks stay views.
+        string blockSpec = spec, blockOut = output;
+        var extra = splitQuery ? "" : new string([.. ins[0].Where(c => c != q && ins[1].Contains(c) && !output.Contains(c))]);
+        if (extra.Length > 0)
+        {
+            blockOut = extra + output;
+            var batch = blockOut.Where(c => ins[0].Contains(c) && ins[1].Contains(c)).ToArray();
+            for (int i = 0; i < 2; i++)
+            {
+                var order = batch.Concat(ins[i].Where(c => !batch.Contains(c))).ToArray();
+                xs = [.. xs.Select((t, j) => j != i ? t : t.permute([.. order.Select(c => (long)ins[i].IndexOf(c))]).contiguous())];
+                ins[i] = new string(order);
+            }
+            blockSpec = $"{ins[0]},{ins[1]}->{blockOut}";
+        }
+        var summed = Enumerable.Range(0, extra.Length).Select(i => (long)i).ToArray();
         for (long b = 0; b < blocks; b++)
         {
             long lo = split * b / blocks, hi = split * (b + 1) / blocks;
@@ -364,7 +383,8 @@ public static class Rt
             }
             var a = Narrow(Narrow(xs[0], ins[0], sc, sStart, sLen), ins[0], oc, oStart, oLen);
             var c = Narrow(Narrow(xs[1], ins[1], sc, sStart, sLen), ins[1], oc, oStart, oLen);
-            var part = Einsum(spec, a, c);
+            var part = Einsum(blockSpec, a, c);
+            if (summed.Length > 0) part = part.sum(summed);
             var slice = Narrow(result, output, sc, sStart, sLen);
             Narrow(slice, output, oc, oStart, oLen).copy_(part);
             if (output.Contains(oc) && oStart + oLen < Size(oc)) Narrow(slice, output, oc, oStart + oLen, Size(oc) - oStart - oLen).zero_();

@@ -21,8 +21,8 @@ public sealed class CausalBlocksTests
         $"dim layers = 2, heads = 2, head_dim = 8, d_model = 16, d_ff = 64\ndim vocab = 256, seq = {seq}, batch = 2\nmesh pod = 1, data = 1, model = 1\ninclude \"arch/palm.palm\"\n"));
 
     [Theory]
-    [InlineData("none", 4)]     // scores, probabilities · values, their cotangent, the score gradient · keys
-    [InlineData("full", 6)]     // the backward loop recomputes the scores and the probabilities times the values
+    [InlineData("none", 6)]     // all six: scores, probabilities · values, and the four gradients
+    [InlineData("full", 8)]     // the backward loop recomputes the scores and the probabilities times the values
     public void AttentionsEinsumsSkipTheUpperTriangle(string remat, int expected)
     {
         var compiled = TrainingCompiler.Compile(Palm(256), null, new TrainingConfig { Remat = RematPolicy.Parse(remat) });
