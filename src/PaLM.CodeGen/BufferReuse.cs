@@ -31,35 +31,8 @@ public static class BufferReuse
     /// which operand buffers their loops write into).
     /// </para>
     /// </summary>
-    public static IReadOnlyDictionary<Node, int> Plan(Graph g, bool donateUpdatedArguments = false, FusionPlan? fusion = null)
-    {
-        var facts = new Facts(g, donateUpdatedArguments, fusion ?? FusionPlan.None);
-        var plan = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
-        void Visit(Block b)
-        {
-            var producers = new Dictionary<Value, Node>(ReferenceEqualityComparer.Instance);
-            for (int i = 0; i < b.Nodes.Length; i++)
-            {
-                var n = b.Nodes[i];
-                foreach (var r in n.Regions) Visit(r);
-                if (n.Op.InPlace is not null && n.Outputs.Length == 1 && facts.Fusion.GroupOf(n) is null && n.Op.Lower(new LowerContext(n)) is RtCall call)
-                {
-                    var candidates = n.Inputs.Length == 2 && n.Op.Commutative ? new[] { 0, 1 } : new[] { 0 };
-                    foreach (var k in candidates)
-                    {
-                        if (Donatable(n, b, i, k, call, producers, facts))
-                        {
-                            plan[n] = k;
-                            break;
-                        }
-                    }
-                }
-                foreach (var o in n.Outputs) producers[o] = n;
-            }
-        }
-        Visit(g.Body);
-        return plan;
-    }
+    public static IReadOnlyDictionary<Node, int> Plan(Graph g, bool donateUpdatedArguments = false, FusionPlan? fusion = null) =>
+        PlanAll(g, fusion ?? FusionPlan.None, donateUpdatedArguments).Ops;
 
     /// <summary>
     /// For each fused loop: per result, the index of the operand whose buffer it is written into, or -1 for a new
@@ -68,10 +41,15 @@ public static class BufferReuse
     /// a chunk's result then overwrites elements the kernel has finished reading (the Adafactor update writes the new
     /// parameter and moments over the old ones this way, with <paramref name="donateUpdatedArguments"/>).
     /// </summary>
-    public static IReadOnlyDictionary<FusionGroup, int[]> PlanLoops(Graph g, FusionPlan fusion, bool donateUpdatedArguments = false)
+    public static IReadOnlyDictionary<FusionGroup, int[]> PlanLoops(Graph g, FusionPlan fusion, bool donateUpdatedArguments = false) =>
+        PlanAll(g, fusion, donateUpdatedArguments).Loops;
+
+    /// <summary><see cref="Plan"/> and <see cref="PlanLoops"/> from one walk over the graph (what code generation uses).</summary>
+    public static (IReadOnlyDictionary<Node, int> Ops, IReadOnlyDictionary<FusionGroup, int[]> Loops) PlanAll(Graph g, FusionPlan fusion, bool donateUpdatedArguments)
     {
         var facts = new Facts(g, donateUpdatedArguments, fusion);
-        var plan = new Dictionary<FusionGroup, int[]>();
+        var ops = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
+        var loops = new Dictionary<FusionGroup, int[]>();
         void Visit(Block b)
         {
             var producers = new Dictionary<Value, Node>(ReferenceEqualityComparer.Instance);
@@ -79,12 +57,27 @@ public static class BufferReuse
             {
                 var n = b.Nodes[i];
                 foreach (var r in n.Regions) Visit(r);
-                if (fusion.GroupOf(n) is { } group && ReferenceEquals(n, group.Last)) plan[group] = LoopDonors(group, b, producers, facts);
+                if (fusion.GroupOf(n) is { } group)
+                {
+                    if (ReferenceEquals(n, group.Last)) loops[group] = LoopDonors(group, b, producers, facts);
+                }
+                else if (n.Op.InPlace is not null && n.Outputs.Length == 1 && n.Op.Lower(new LowerContext(n)) is RtCall call)
+                {
+                    var candidates = n.Inputs.Length == 2 && n.Op.Commutative ? new[] { 0, 1 } : new[] { 0 };
+                    foreach (var k in candidates)
+                    {
+                        if (Donatable(n, b, i, k, call, producers, facts))
+                        {
+                            ops[n] = k;
+                            break;
+                        }
+                    }
+                }
                 foreach (var o in n.Outputs) producers[o] = n;
             }
         }
         Visit(g.Body);
-        return plan;
+        return (ops, loops);
     }
 
     private static int[] LoopDonors(FusionGroup group, Block b, Dictionary<Value, Node> producers, Facts facts)
@@ -111,9 +104,8 @@ public static class BufferReuse
     private sealed class Facts
     {
         public readonly FusionPlan Fusion;
-        public readonly HashSet<Value> Donated = new(ReferenceEqualityComparer.Instance);
 
-        /// <summary>Each donated argument's successor: the result that replaces it.</summary>
+        /// <summary>Each donated argument (a parameter or state the step replaces) and its successor: the result that replaces it.</summary>
         public readonly Dictionary<Value, Value> Successor = new(ReferenceEqualityComparer.Instance);
 
         /// <summary>Every use of every value: the node reading it (null for a block result), its block, and where it
@@ -126,10 +118,7 @@ public static class BufferReuse
             if (donateUpdatedArguments && !g.OutputUpdates.IsDefaultOrEmpty)
                 for (int r = 0; r < g.OutputUpdates.Length; r++)
                     if (g.OutputUpdates[r] is var i and >= 0 && g.Args[i].Kind is ArgKind.Parameter or ArgKind.State)
-                    {
-                        Donated.Add(g.Args[i].Value);
                         Successor[g.Args[i].Value] = g.Body.Results[r];
-                    }
             CountUses(g.Body);
         }
 
@@ -172,7 +161,7 @@ public static class BufferReuse
     /// </summary>
     private static bool BufferIsDead(Value v, Block b, int at, HashSet<Node> readers, Dictionary<Value, Node> producers, Facts facts)
     {
-        bool isDonatedArg = facts.Donated.Contains(v);
+        bool isDonatedArg = facts.Successor.ContainsKey(v);
         if (!isDonatedArg && (!producers.TryGetValue(v, out var producer) || !FreshResult(producer))) return false;
         // Every other reader ran earlier in this block and made no view of v (its result is a buffer of its own).
         // A donated argument is also read by the layer loops; a loop reading it as a stacked or invariant operand

@@ -64,8 +64,9 @@ public sealed class Emitter
     {
         (_graph, _options) = (graph, options);
         _fusion = options.FuseLoops ? LoopFusion.Plan(graph) : FusionPlan.None;
-        _inPlace = options.ReuseBuffers ? BufferReuse.Plan(graph, options.DonateUpdatedArguments, _fusion) : new Dictionary<Node, int>();
-        _loopDonors = options.ReuseBuffers ? BufferReuse.PlanLoops(graph, _fusion, options.DonateUpdatedArguments) : new Dictionary<FusionGroup, int[]>();
+        (_inPlace, _loopDonors) = options.ReuseBuffers
+            ? BufferReuse.PlanAll(graph, _fusion, options.DonateUpdatedArguments)
+            : (new Dictionary<Node, int>(), new Dictionary<FusionGroup, int[]>());
     }
 
     public static GeneratedSource Emit(Graph graph, string? sourceFileName = null, CodeGenOptions? options = null)
@@ -250,11 +251,7 @@ public sealed class Emitter
                     body.Add(Local(Bind(n.Outputs[0]), Call(call, n)));
                     break;
                 case RtCall call:
-                    var tuple = _names.Fresh(n.Outputs[0].Name + "_parts");
-                    body.Add(Local(tuple, Call(call, n)));
-                    for (int i = 0; i < n.Outputs.Length; i++)
-                        body.Add(Local(Bind(n.Outputs[i]), ElementAccessExpression(IdentifierName(CSharpNames.Token(tuple)))
-                            .AddArgumentListArguments(Argument(LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(i))))));
+                    BindParts(Call(call, n), n.Outputs, n.Outputs[0].Name + "_parts", body);
                     break;
                 case LoopLowering:
                     EmitRepeat(n, body);
@@ -279,8 +276,7 @@ public sealed class Emitter
         var kernelName = $"Loop{group.Id}";
         var chunk = IdentifierName("c");
         ExpressionSyntax ChunkCall(string method, int i) =>
-            InvocationExpression(MemberAccessExpression(SyntaxKind.SimpleMemberAccessExpression, chunk, IdentifierName(method)))
-                .AddArgumentListArguments(Argument(LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(i))));
+            InvocationExpression(MemberAccessExpression(SyntaxKind.SimpleMemberAccessExpression, chunk, IdentifierName(method))).AddArgumentListArguments(Argument(Int(i)));
         var lastUse = new Dictionary<Value, int>(ReferenceEqualityComparer.Instance);
         for (int i = 0; i < group.Members.Count; i++) foreach (var v in group.Members[i].Inputs) lastUse[v] = i;
         var slot = new Dictionary<Value, ExpressionSyntax>(ReferenceEqualityComparer.Instance);
@@ -293,7 +289,7 @@ public sealed class Emitter
             var m = group.Members[i];
             var args = m.Inputs.Select(v =>
                 slot.TryGetValue(v, out var s) ? s
-                : group.Constants.TryGetValue(v, out var k) ? FloatLit(k)
+                : group.Constants.TryGetValue(v, out var k) ? Lit((float)k)
                 : v.Type.Rank == 0 ? ChunkCall("Scalar", group.Scalars.IndexOf(v))
                 : ChunkCall("In", group.Inputs.IndexOf(v))).ToList();
             var result = m.Outputs[0];
@@ -325,35 +321,28 @@ public sealed class Emitter
             $"{where}fused loop {kernelName} over {group.Type}: {string.Join(", ", group.Members.Select(m => m.Outputs[0].Name))}"));
         var start = body.Count;
         (int Site, string Local)? timer = _options.Profile ? StartTimer(group.Last, body, "fused_loop", group.Members.Sum(m => m.Op.Flops(m))) : null;
-        var call = Rt("Fused", IdentifierName(kernelName), LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(temps)),
-            Array("Tensor", group.Inputs.Select(Ref)), Array("Tensor", group.Scalars.Select(Ref)),
-            Array("int", (_loopDonors.GetValueOrDefault(group) ?? [.. group.Outputs.Select(_ => -1)])
-                .Select(d => d < 0 ? PrefixUnaryExpression(SyntaxKind.UnaryMinusExpression, LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(1)))
-                    : (ExpressionSyntax)LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(d)))));
-        var parts = _names.Fresh(group.Last.Outputs[0].Name + "_loop");
-        body.Add(Local(parts, call));
-        for (int i = 0; i < group.Outputs.Count; i++)
-            body.Add(Local(Bind(group.Outputs[i]), ElementAccessExpression(IdentifierName(CSharpNames.Token(parts)))
-                .AddArgumentListArguments(Argument(LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(i))))));
+        var call = Rt("Fused", IdentifierName(kernelName), Int(temps), Array("Tensor", group.Inputs.Select(Ref)), Array("Tensor", group.Scalars.Select(Ref)),
+            Array("int", (_loopDonors.GetValueOrDefault(group) ?? [.. group.Outputs.Select(_ => -1)]).Select(Int)));
+        BindParts(call, group.Outputs, group.Last.Outputs[0].Name + "_loop", body);
         if (timer is var (site, local)) body.Add(StopTimer(site, local));
         body[start] = body[start].WithLeadingTrivia(comment);
     }
 
-    private static ExpressionSyntax FloatLit(double v)
+    /// <summary><c>var tuple = call;</c> then <c>var v_i = tuple[i];</c> for each of <paramref name="values"/>: a call that
+    /// returns a tensor per result (several outputs, a fused loop's results).</summary>
+    private void BindParts(ExpressionSyntax call, IReadOnlyList<Value> values, string tupleName, List<StatementSyntax> body)
     {
-        var f = (float)v;
-        if (float.IsNaN(f)) return ParseExpression("float.NaN");
-        if (float.IsPositiveInfinity(f)) return ParseExpression("float.PositiveInfinity");
-        if (float.IsNegativeInfinity(f)) return ParseExpression("float.NegativeInfinity");
-        ExpressionSyntax lit = LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(Math.Abs(f)));
-        return f < 0 || (f == 0 && float.IsNegative(f)) ? PrefixUnaryExpression(SyntaxKind.UnaryMinusExpression, lit) : lit;
+        var tuple = _names.Fresh(tupleName);
+        body.Add(Local(tuple, call));
+        for (int i = 0; i < values.Count; i++)
+            body.Add(Local(Bind(values[i]), ElementAccessExpression(IdentifierName(CSharpNames.Token(tuple))).AddArgumentListArguments(Argument(Int(i)))));
     }
 
     /// <summary>
     /// Profiling: registers <paramref name="n"/> as a site (op, name, DSL line, FLOPs per execution from the op table)
     /// and emits <c>var t = device.Profile?.Start() ?? 0;</c> before its call; the caller emits <c>device.Profile?.Stop(site, t)</c> after it.
-    /// </summary>
     /// A fused loop's site is its last member's, under <paramref name="op"/> with its members' <paramref name="flops"/>.
+    /// </summary>
     private (int Site, string Local) StartTimer(Node n, List<StatementSyntax> body, string? op = null, long? flops = null)
     {
         int site = _sites.Count;
@@ -370,8 +359,7 @@ public sealed class Emitter
 
     private static StatementSyntax StopTimer(int site, string local) =>
         ExpressionStatement(ConditionalAccessExpression(ParseExpression("device.Profile"),
-            InvocationExpression(MemberBindingExpression(IdentifierName("Stop")))
-                .AddArgumentListArguments(Argument(LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(site))), Argument(IdentifierName(CSharpNames.Token(local))))));
+            InvocationExpression(MemberBindingExpression(IdentifierName("Stop"))).AddArgumentListArguments(Argument(Int(site)), Argument(IdentifierName(CSharpNames.Token(local))))));
 
     /// <summary>
     /// <c>repeat</c> becomes: carried values in mutable locals, stacked results in buffers allocated before the loop,
@@ -472,15 +460,30 @@ public sealed class Emitter
         ? PrefixUnaryExpression(SyntaxKind.UnaryMinusExpression, Lit(-v))
         : LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(v));
 
-    private static ExpressionSyntax Lit(double v)
+    private static ExpressionSyntax Lit(double v) => Number(v, "double", x =>
     {
-        if (double.IsNaN(v)) return ParseExpression("double.NaN");
-        if (double.IsPositiveInfinity(v)) return ParseExpression("double.PositiveInfinity");
-        if (double.IsNegativeInfinity(v)) return ParseExpression("double.NegativeInfinity");
-        if (v < 0 || (v == 0 && double.IsNegative(v))) return PrefixUnaryExpression(SyntaxKind.UnaryMinusExpression, Lit(-v));
-        var text = v.ToString("R", System.Globalization.CultureInfo.InvariantCulture);
+        var text = x.ToString("R", System.Globalization.CultureInfo.InvariantCulture);
         if (!text.Contains('.') && !text.Contains('E')) text += ".0";
-        return LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(text, v));
+        return Literal(text, x);
+    });
+
+    /// <summary>A float literal (<c>0.5F</c>): a constant inside a fused loop's kernel, which computes in fp32.</summary>
+    private static ExpressionSyntax Lit(float v) => Number(v, "float", x => Literal((float)x));
+
+    /// <summary>An int literal, negative ones as a unary minus.</summary>
+    private static ExpressionSyntax Int(int v) => v < 0
+        ? PrefixUnaryExpression(SyntaxKind.UnaryMinusExpression, Int(-v))
+        : LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(v));
+
+    /// <summary>A floating-point literal of <paramref name="type"/>: NaN and infinities by name, a negative value (or
+    /// −0) as a unary minus over the literal of its magnitude.</summary>
+    private static ExpressionSyntax Number(double v, string type, Func<double, SyntaxToken> literal)
+    {
+        if (double.IsNaN(v)) return ParseExpression(type + ".NaN");
+        if (double.IsPositiveInfinity(v)) return ParseExpression(type + ".PositiveInfinity");
+        if (double.IsNegativeInfinity(v)) return ParseExpression(type + ".NegativeInfinity");
+        if (v < 0 || (v == 0 && double.IsNegative(v))) return PrefixUnaryExpression(SyntaxKind.UnaryMinusExpression, Number(-v, type, literal));
+        return LiteralExpression(SyntaxKind.NumericLiteralExpression, literal(v));
     }
 
     private static ExpressionSyntax Longs(IEnumerable<long> values) => Array("long", values.Select(Lit));

@@ -3,7 +3,7 @@ using PaLM.IR;
 
 namespace PaLM.Passes;
 
-/// <summary>What the per-device rewrite passes (parallel-layer fusion, square reductions) read off a block before
+/// <summary>What the per-device rewrite passes (parallel-layer fusion, square reductions, the causal softmax and blocks) read off a block before
 /// rewriting it, and the graph they rebuild around a rewritten body.</summary>
 internal static class BlockFacts
 {

@@ -1,7 +1,5 @@
 using System.Numerics;
 using TensorPrimitives = System.Numerics.Tensors.TensorPrimitives;
-using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -149,15 +147,8 @@ public static class FusedLoop
         return t;
     }
 
-    private static unsafe nint[] Segment(Tensor[] flat, long start, long length, List<Tensor> owned) =>
-        [.. flat.Select(t => (nint)Address(Own(t.narrow(0, start, length), owned)))];
-
-    private static unsafe float* Address(Tensor t)
-    {
-        // Tensor.bytes spans a contiguous CPU tensor's own native memory; its first byte is the data pointer.
-        var bytes = t.bytes;
-        return (float*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(bytes));
-    }
+    private static nint[] Segment(Tensor[] flat, long start, long length, List<Tensor> owned) =>
+        [.. flat.Select(t => Native.TensorMemory.Address(Own(t.narrow(0, start, length), owned)))];
 
     private static unsafe void RunSegment(LoopKernel kernel, int temps, nint[] ins, nint[] outs, float[] scalars, long n)
     {
@@ -186,101 +177,6 @@ public static class FusedLoop
             var p = new float*[addresses.Length];
             for (int i = 0; i < p.Length; i++) p[i] = (float*)addresses[i];
             return p;
-        }
-    }
-}
-
-/// <summary>Work split over a team's workers by index; an exception is kept for the caller (it cannot cross the
-/// native frames of an OpenMP worker).</summary>
-internal abstract class TeamWork
-{
-    public System.Runtime.ExceptionServices.ExceptionDispatchInfo? Failure { get; private set; }
-
-    public void Work(int worker, int workers)
-    {
-        try
-        {
-            Run(worker, workers);
-        }
-        catch (Exception e)
-        {
-            lock (this) Failure ??= System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e);
-        }
-    }
-
-    /// <summary>Worker <paramref name="worker"/>'s share of <paramref name="workers"/>.</summary>
-    protected abstract void Run(int worker, int workers);
-}
-
-/// <summary>
-/// Runs a fused loop on libtorch's own OpenMP team, as <c>at::parallel_for</c> does (<c>GOMP_parallel</c> with the
-/// calling thread as thread 0).
-/// <para>
-/// Why not .NET's thread pool: after every parallel libtorch op its OpenMP workers spin for a while waiting for the next
-/// region (libgomp's default), so on a machine with as many cores as threads a pool thread started right after an op
-/// competes with a spinning worker for the second core. Measured on palm-cpu's step: fused loops on two pool threads
-/// ran no faster than on one. On the team, the spinning worker picks the loop up at once.
-/// </para>
-/// <para>
-/// The library is the libgomp that libtorch loaded (found in /proc/self/maps, so its hashed file name needs no
-/// hard-coding). Where there is none (another OpenMP, another OS), <see cref="Run"/> uses the thread pool.
-/// </para>
-/// </summary>
-internal static unsafe class OpenMpTeam
-{
-    private static readonly Lazy<(nint Parallel, nint ThreadNum, nint NumThreads)> s_gomp = new(Find);
-
-    /// <summary>Runs <paramref name="work"/> on <paramref name="threads"/> workers (the team, else the thread pool, or
-    /// inline for one) and rethrows the first exception a worker caught.</summary>
-    public static void Run(TeamWork work, int threads)
-    {
-        if (threads <= 1) work.Work(0, 1);
-        else if (!TryRun(work, threads))
-            Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t => work.Work(t, threads));
-        work.Failure?.Throw();
-    }
-
-    private static bool TryRun(TeamWork work, int threads)
-    {
-        var (parallel, _, _) = s_gomp.Value;
-        if (parallel == 0) return false;
-        var handle = GCHandle.Alloc(work);
-        try
-        {
-            ((delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void>)parallel)(
-                &Worker, (void*)GCHandle.ToIntPtr(handle), (uint)threads, 0);
-        }
-        finally
-        {
-            handle.Free();
-        }
-        return true;
-    }
-
-    [UnmanagedCallersOnly]
-    private static void Worker(void* data)
-    {
-        var (_, threadNum, numThreads) = s_gomp.Value;
-        var job = (TeamWork)GCHandle.FromIntPtr((nint)data).Target!;
-        job.Work(((delegate* unmanaged<int>)threadNum)(), ((delegate* unmanaged<int>)numThreads)());
-    }
-
-    private static (nint, nint, nint) Find()
-    {
-        try
-        {
-            if (!OperatingSystem.IsLinux()) return default;
-            var path = File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))
-                .Where(f => f.Length >= 6).Select(f => f[^1]).FirstOrDefault(p => Path.GetFileName(p).StartsWith("libgomp", StringComparison.Ordinal));
-            if (path is null || !NativeLibrary.TryLoad(path, out var lib)) return default;
-            return NativeLibrary.TryGetExport(lib, "GOMP_parallel", out var parallel)
-                && NativeLibrary.TryGetExport(lib, "omp_get_thread_num", out var threadNum)
-                && NativeLibrary.TryGetExport(lib, "omp_get_num_threads", out var numThreads)
-                ? (parallel, threadNum, numThreads) : default;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or DllNotFoundException or BadImageFormatException)
-        {
-            return default;     // no team to borrow: the caller uses the thread pool
         }
     }
 }

@@ -1,5 +1,3 @@
-using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using TorchSharp;
 using static TorchSharp.torch;
 using TensorPrimitives = System.Numerics.Tensors.TensorPrimitives;
@@ -22,15 +20,8 @@ public static class RowKernels
     /// </summary>
     public static Tensor CausalSoftmax(Tensor x, long queryAxis, long keyAxis)
     {
-        if (!Applies(keyAxis, x))
+        if (ResultLike(x, keyAxis, x) is not { } y)
         {
-            using var masked = Rt.CausalMask(x, queryAxis, keyAxis);
-            return masked.softmax(keyAxis);
-        }
-        var y = EmptyLike(x);
-        if (y.stride((int)keyAxis) != 1)
-        {
-            y.Dispose();
             using var masked = Rt.CausalMask(x, queryAxis, keyAxis);
             return masked.softmax(keyAxis);
         }
@@ -42,16 +33,8 @@ public static class RowKernels
     /// <summary>The softmax's VJP along <paramref name="axis"/>: y · (dy − Σ dy·y), y the softmax's result.</summary>
     public static Tensor SoftmaxGrad(Tensor dy, Tensor y, long axis)
     {
-        if (!Applies(axis, dy, y) || !dy.shape.SequenceEqual(y.shape))
+        if (!dy.shape.SequenceEqual(y.shape) || ResultLike(y, axis, dy, y) is not { } dx)
         {
-            using var scope = NewDisposeScope();
-            var dot = (dy * y).sum(axis, keepdim: true);
-            return (y * (dy - dot)).MoveToOuterDisposeScope();
-        }
-        var dx = EmptyLike(y);   // y's layout when y is dense, else the standard one, whose row dim may not be contiguous
-        if (dx.stride((int)axis) != 1)
-        {
-            dx.Dispose();
             using var scope = NewDisposeScope();
             return (y * (dy - (dy * y).sum(axis, keepdim: true))).MoveToOuterDisposeScope();
         }
@@ -61,12 +44,24 @@ public static class RowKernels
         return dx;
     }
 
+    /// <summary>
+    /// A new tensor with <paramref name="like"/>'s shape and memory order (torch.empty_like keeps a dense permutation)
+    /// when the kernels apply to <paramref name="operands"/> and the new tensor's row dim is contiguous too; else null,
+    /// and the caller takes the composite form (a gappy <paramref name="like"/> gets a row-major copy, whose row dim
+    /// need not be the innermost).
+    /// </summary>
+    private static Tensor? ResultLike(Tensor like, long axis, params Tensor[] operands)
+    {
+        if (!Applies(axis, operands)) return null;
+        var result = torch.empty_like(like);
+        if (result.stride((int)axis) == 1) return result;
+        result.Dispose();
+        return null;
+    }
+
     private static bool Applies(long axis, params Tensor[] ts) =>
         ts.All(t => t.dtype == ScalarType.Float32 && t.device_type == DeviceType.CPU && t.dim() <= 8 && t.numel() > 0
             && t.stride((int)axis) == 1 && Rows.Extent(t) * 4 <= int.MaxValue);
-
-    /// <summary>A new tensor with x's shape and memory order (torch.empty_like keeps a dense permutation).</summary>
-    private static Tensor EmptyLike(Tensor x) => torch.empty_like(x);
 
     private static void Run(RowWork work, Tensor x)
     {
@@ -93,8 +88,7 @@ public static class RowKernels
             // The lowest address the tensor touches is its data pointer (no stride is negative in torch); the span
             // from it must start at the tensor's storage offset (TorchSharp's as_strided defaults to offset 0).
             using var storage = t.as_strided([Extent(t)], [1], t.storage_offset());
-            var bytes = storage.bytes;
-            return new Rows((float*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(bytes)), t.shape, strides, (int)axis, (int)query);
+            return new Rows((float*)Native.TensorMemory.Address(storage), t.shape, strides, (int)axis, (int)query);
         }
 
         public int Length => (int)Shape[Axis];

@@ -75,14 +75,8 @@ internal static class ContractionOps
     public static double CausalWork(Node n)
     {
         var (q, k) = (n.Attr<DimsAttr>("query").Names[0], n.Attr<DimsAttr>("key").Names[0]);
-        long Size(string label)
-        {
-            var lists = n.Attr<DimListsAttr>("operands").Lists;
-            for (int i = 0; i < lists.Length; i++)
-                if (lists[i].IndexOf(label) is var at and >= 0) return n.Inputs[i].Type.Dims[at].Size;
-            throw new InvalidOperationException($"causal_einsum: no subscript '{label}'");
-        }
-        long Q = Size(q), K = Size(k), blocks = n.Attr<IntAttr>("blocks").Value;
+        var sizes = LabelSizes(n);
+        long Q = sizes[q], K = sizes[k], blocks = n.Attr<IntAttr>("blocks").Value;
         bool splitQuery = n.Attr<DimsAttr>("output").Names.Contains(q);
         long split = splitQuery ? Q : K, work = 0;
         for (long b = 0; b < blocks; b++)
@@ -94,12 +88,7 @@ internal static class ContractionOps
     }
 
     /// <summary>The letter <see cref="LetterSpec"/> gives <paramref name="label"/>.</summary>
-    private static string Letter(Node n, string label)
-    {
-        var order = n.Attr<DimListsAttr>("operands").Lists.SelectMany(l => l).Concat(n.Attr<DimsAttr>("output").Names).Distinct().ToList();
-        var k = order.IndexOf(label);
-        return (k < 26 ? (char)('a' + k) : (char)('A' + k - 26)).ToString();
-    }
+    private static string Letter(Node n, string label) => Letters(n)[label].ToString();
 
     /// <summary>
     /// Operand i's cotangent is the einsum of the result's cotangent with the other operands, producing operand i's
@@ -184,31 +173,35 @@ internal static class ContractionOps
     /// <summary>Multiply-adds over the full iteration space, two FLOPs each (one per extra operand).</summary>
     private static long Flops(Node n)
     {
+        var space = LabelSizes(n).Values.Aggregate(1L, (a, b) => checked(a * b));
+        var operands = n.Inputs.Length;
+        return operands == 1 ? space : checked(2L * (operands - 1) * space);
+    }
+
+    /// <summary>Each subscript's size, read off the operand dims it labels.</summary>
+    private static Dictionary<string, long> LabelSizes(Node n)
+    {
         var operands = n.Attr<DimListsAttr>("operands").Lists;
         var sizes = new Dictionary<string, long>();
         for (int i = 0; i < operands.Length; i++)
             for (int k = 0; k < operands[i].Length; k++)
                 sizes[operands[i][k]] = n.Inputs[i].Type.Dims[k].Size;
-        var space = sizes.Values.Aggregate(1L, (a, b) => checked(a * b));
-        return operands.Length == 1 ? space : checked(2L * (operands.Length - 1) * space);
+        return sizes;
     }
 
     /// <summary>Turns named subscripts into TorchSharp's letter form, letters given in order of first appearance.</summary>
     public static string LetterSpec(Node n)
     {
-        var letters = new Dictionary<string, char>();
-        string Word(IEnumerable<string> labels) => new(labels.Select(l =>
-        {
-            if (!letters.TryGetValue(l, out var ch))
-            {
-                var k = letters.Count;
-                if (k >= 52) throw new InvalidOperationException("einsum: more than 52 distinct subscripts");
-                ch = k < 26 ? (char)('a' + k) : (char)('A' + k - 26);
-                letters[l] = ch;
-            }
-            return ch;
-        }).ToArray());
-        var ins = string.Join(",", n.Attr<DimListsAttr>("operands").Lists.Select(l => Word(l)));
-        return ins + "->" + Word(n.Attr<DimsAttr>("output").Names);
+        var letters = Letters(n);
+        string Word(IEnumerable<string> labels) => new([.. labels.Select(l => letters[l])]);
+        return string.Join(",", n.Attr<DimListsAttr>("operands").Lists.Select(l => Word(l))) + "->" + Word(n.Attr<DimsAttr>("output").Names);
+    }
+
+    /// <summary>Each subscript's letter: a-z then A-Z in order of first appearance, operands first, then the output.</summary>
+    private static Dictionary<string, char> Letters(Node n)
+    {
+        var order = n.Attr<DimListsAttr>("operands").Lists.SelectMany(l => l).Concat(n.Attr<DimsAttr>("output").Names).Distinct().ToList();
+        if (order.Count > 52) throw new InvalidOperationException("einsum: more than 52 distinct subscripts");
+        return order.Select((l, k) => (l, k < 26 ? (char)('a' + k) : (char)('A' + k - 26))).ToDictionary(p => p.l, p => p.Item2);
     }
 }

@@ -167,15 +167,7 @@ public sealed class MpiCollectives : ICollectives
         _ => throw new NotSupportedException($"{op} over MPI: cannot sum {dtype} tensors (float32, float64, bfloat16, float16, int32 and int64 can be summed)."),
     };
 
-    private static nint Ptr(Tensor t) => DataPointer(t);
-
-    /// <summary>The address of a contiguous CPU tensor's first element (0 when it is empty).</summary>
-    internal static unsafe nint DataPointer(Tensor t)
-    {
-        // Tensor.bytes is a span over the tensor's own native memory (CPU, contiguous): its address is the data pointer.
-        var span = t.bytes;
-        return span.IsEmpty ? 0 : (nint)Unsafe.AsPointer(ref MemoryMarshal.GetReference(span));
-    }
+    private static nint Ptr(Tensor t) => Native.TensorMemory.Address(t);
 
     private static int Count(Tensor t) => t.numel() <= int.MaxValue ? (int)t.numel()
         : throw new NotSupportedException($"a collective over {t.numel()} elements: MPI counts are 32-bit; split the tensor.");

@@ -122,7 +122,7 @@ public sealed class MpiWorld : IDisposable
             TorchSharp.torch.ScalarType.Int64 => MpiType.Int64,
             _ => throw new NotSupportedException($"AllReduceInPlace: {t.dtype} (float32, float64, int32, int64 only)."),
         };
-        Api.AllreduceInPlace(MpiCollectives.DataPointer(t), checked((int)t.numel()), type, MpiOp.Sum, Api.World);
+        Api.AllreduceInPlace(Native.TensorMemory.Address(t), checked((int)t.numel()), type, MpiOp.Sum, Api.World);
     }
 
     /// <summary>
