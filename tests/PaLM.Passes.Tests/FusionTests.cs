@@ -70,4 +70,26 @@ public sealed class FusionTests
         if (mesh == "data=1,model=1")
             Assert.Contains(body, n => n.Op.Name == "concat" && n.Inputs.Length == 5 && n.Inputs[0].Type.Has("batch"));
     }
+
+    [Theory]
+    [InlineData("data=1,model=1")]
+    [InlineData("data=2,model=2")]
+    public void TheSameDataIsJoinedOnce(string mesh)
+    {
+        // The backward's weight gradients (h^T · [dq, dk, dv, dgate, dup]) and h's input gradient ([dq, ...] · W^T)
+        // join the same activation gradients, each group through reshapes of its own; the second join must be a view
+        // of the first, not a second copy of up to 56 MB.
+        var g = Frontend.CompileFile(TestPaths.Graph("palm-tiny"));
+        var fused = TrainingCompiler.Compile(g, Mesh.Parse(mesh), new TrainingConfig { Fuse = true });
+        var body = BackwardLoop(fused.Local).Regions[0].Nodes;
+        var producer = body.SelectMany(n => n.Outputs.Select(o => (o, n))).ToDictionary(p => p.o, p => p.n);
+        Value Source(Value v) => producer.TryGetValue(v, out var p) && p.Op.Name == "reshape" ? p.Inputs[0] : v;
+        var joins = body.Where(n => n.Op.Name == "concat")
+            .Select(n => (n, Key: string.Join(",", n.Inputs.Select(v => Source(v).Name)) + "@" + n.Inputs[0].Type.IndexOf(n.Attr<DimsAttr>("along").Names[0])))
+            .ToList();
+        foreach (var dup in joins.GroupBy(j => j.Key).Where(gr => gr.Count() > 1))
+            Assert.Fail($"{string.Join(" and ", dup.Select(j => j.n.Outputs[0].Name))} join the same data ({dup.Key})");
+        if (mesh == "data=1,model=1")
+            Assert.Contains(body, n => n.Op.Name == "reshape" && producer.TryGetValue(n.Inputs[0], out var p) && p.Op.Name == "concat" && p.Inputs.Length == 5);
+    }
 }
