@@ -34,7 +34,7 @@ public sealed class PeakCache(string directory)
     /// <summary>The entry's file: one per machine, dtype, thread count and protocol.</summary>
     public string PathFor(string dtype, int threads, IReadOnlyList<long> sizes, int repetitions)
     {
-        var key = string.Join("|", "palmc peak v2", string.Join(",", PaLM.Runtime.Gemm.Kernels), PeakFlops.ThisDevice().Model, threads, dtype,
+        var key = string.Join("|", "palmc peak v3", string.Join(",", PaLM.Runtime.Gemm.Kernels), PaLM.Runtime.Native.MklDispatch.Path, PeakFlops.ThisDevice().Model, threads, dtype,
             typeof(torch).Assembly.GetName().Version, string.Join(",", sizes), repetitions);
         var hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key)))[..16];
         return Path.Combine(Directory, $"{dtype}-{threads}t-{hash}.json");

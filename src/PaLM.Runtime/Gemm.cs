@@ -26,10 +26,11 @@ public enum GemmKernel
 /// <see cref="TrialsPerKernel"/> timed calls each, alternating), and the one whose fastest call was faster runs that
 /// signature from then on.
 /// <para>
-/// Why: on this machine (AMD EPYC, Zen 5, AVX-512) MKL's sgemm takes its AVX2 path and tops out near 190 GFLOP/s, while
-/// oneDNN's AVX-512 convolution kernels run palm-cpu's projections at 306-355 GFLOP/s; its batched attention products
-/// are slower through oneDNN (26-48 ms vs 10 ms). Which wins depends on the shape, the operands' layouts and the CPU,
-/// so it is measured rather than decided by a rule; on a CPU where MKL has its best kernels the tuner keeps BLAS.
+/// Why: which kernel wins depends on the shape, the operands' layouts and the CPU, so it is measured rather than decided
+/// by a rule. On this machine (AMD EPYC, Zen 5, AVX-512), with MKL left to its vendor check, MKL's sgemm takes its AVX2
+/// path and tops out near 190 GFLOP/s while oneDNN's AVX-512 convolution kernels run palm-cpu's projections at 306-355
+/// GFLOP/s; with the check answered (<see cref="Native.MklDispatch"/>, the default) MKL runs them at 390-420 and the
+/// tuner keeps BLAS for all of them. Batched attention products are always slower through oneDNN (26-48 ms vs 10).
 /// The fastest call decides, not the median: in a step's first calls, buffers' first touches page-fault (about 80 ms
 /// for 56 MB on this VM) on either kernel at random.
 /// </para>

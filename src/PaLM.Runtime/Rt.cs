@@ -39,6 +39,7 @@ public static class Rt
             try
             {
                 torch.InitializeDeviceType(DeviceType.CPU);
+                MklDispatch.Apply();      // before the first product: MKL fixes its kernels then
                 torch.set_num_threads(threads ?? Environment.ProcessorCount);
             }
             catch (Exception e) when (e is not OutOfMemoryException)

@@ -161,6 +161,7 @@ internal static class BenchCommand
     /// <summary>The matmul kernel tuned for each large product (<see cref="Runtime.Gemm"/>), with the times it chose by.</summary>
     private static void PrintGemmChoices()
     {
+        Console.WriteLine($"BLAS: {Runtime.Native.MklDispatch.Describe()}");
         var choices = Runtime.Gemm.Choices;
         if (choices.Count == 0) return;
         Console.WriteLine(F($"matmul kernels: {choices.Count(c => c.Kernel == Runtime.GemmKernel.OneDnn)} of {choices.Count} tuned products on oneDNN (PALMC_GEMM=blas turns tuning off)"));
@@ -197,6 +198,7 @@ internal static class BenchCommand
             ["peak_measured_at"] = (r.PeakSource?.MeasuredAt)?.ToString("o", CultureInfo.InvariantCulture),
             ["peak_check_flops"] = r.PeakSource?.Check?.Flops,
             ["program_from_cache"] = r.ProgramFromCache,
+            ["mkl_path"] = Runtime.Native.MklDispatch.Path.ToString().ToLowerInvariant(),
             ["gemm_kernels"] = new JsonArray([.. Runtime.Gemm.Choices.Select(c => (JsonNode)new JsonObject
             {
                 ["batch"] = c.Batch, ["m"] = c.M, ["k"] = c.K, ["n"] = c.N, ["a_row_major"] = c.ARowMajor, ["b_row_major"] = c.BRowMajor, ["a_contiguous"] = c.AContiguous, ["b_contiguous"] = c.BContiguous,

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using PaLM.Runtime.Native;
 
 namespace PaLM.Runtime;
 
@@ -79,20 +80,11 @@ internal static unsafe class OpenMpTeam
 
     private static (nint, nint, nint) Find()
     {
-        try
-        {
-            if (!OperatingSystem.IsLinux()) return default;
-            var path = File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))
-                .Where(f => f.Length >= 6).Select(f => f[^1]).FirstOrDefault(p => Path.GetFileName(p).StartsWith("libgomp", StringComparison.Ordinal));
-            if (path is null || !NativeLibrary.TryLoad(path, out var lib)) return default;
-            return NativeLibrary.TryGetExport(lib, "GOMP_parallel", out var parallel)
-                && NativeLibrary.TryGetExport(lib, "omp_get_thread_num", out var threadNum)
-                && NativeLibrary.TryGetExport(lib, "omp_get_num_threads", out var numThreads)
-                ? (parallel, threadNum, numThreads) : default;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or DllNotFoundException or BadImageFormatException)
-        {
-            return default;     // no team to borrow: the caller uses the thread pool
-        }
+        // No libgomp (another OpenMP, another OS): no team to borrow, the caller uses the thread pool.
+        if (!LoadedLibraries.TryFind(f => f.StartsWith("libgomp", StringComparison.Ordinal), out var lib)) return default;
+        return NativeLibrary.TryGetExport(lib, "GOMP_parallel", out var parallel)
+            && NativeLibrary.TryGetExport(lib, "omp_get_thread_num", out var threadNum)
+            && NativeLibrary.TryGetExport(lib, "omp_get_num_threads", out var numThreads)
+            ? (parallel, threadNum, numThreads) : default;
     }
 }

@@ -1,0 +1,60 @@
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics.X86;
+using PaLM.Runtime.Native;
+using static TorchSharp.torch;
+using static PaLM.Runtime.Tests.TestUtil;
+
+namespace PaLM.Runtime.Tests;
+
+/// <summary>
+/// MKL's vendor check (<see cref="MklDispatch"/>): answered where it helps (a non-Intel x86-64 CPU with AVX-512, unless
+/// PALMC_MKL_AVX512=0), left alone elsewhere, and BLAS products on whatever kernels MKL then runs agree with float64.
+/// </summary>
+public sealed unsafe class MklDispatchTests
+{
+    public MklDispatchTests() => Init();
+
+    [Fact]
+    public void TheVendorCheckIsAnsweredExactlyWhereItHelps()
+    {
+        var x64Linux = OperatingSystem.IsLinux() && RuntimeInformation.ProcessArchitecture == Architecture.X64;
+        var avx512 = x64Linux && Avx512F.IsSupported && Avx512BW.IsSupported && Avx512DQ.IsSupported && Avx512F.VL.IsSupported;
+        var intel = x64Linux && Vendor() == "GenuineIntel";
+        var disabled = Environment.GetEnvironmentVariable("PALMC_MKL_AVX512")?.Trim() == "0";
+        if (!x64Linux || intel || !avx512) Assert.Equal(MklPath.AsShipped, MklDispatch.Path);
+        else if (disabled) Assert.Equal(MklPath.Disabled, MklDispatch.Path);
+        else Assert.Equal(MklPath.Avx512, MklDispatch.Path);       // libtorch 2.10's MKL has the check this expects
+        if (MklDispatch.Path != MklPath.Avx512) return;
+        // The answered check says "Intel" from now on.
+        Assert.True(LoadedLibraries.TryFind(f => f == "libtorch_cpu.so", out var lib));
+        var check = (delegate* unmanaged<int>)NativeLibrary.GetExport(lib, "mkl_serv_intel_cpu_true");
+        Assert.Equal(1, check());
+        Assert.Contains("AVX-512", MklDispatch.Describe());
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void BlasProductsAgreeWithFloat64(int seed)
+    {
+        using var scope = Rt.Scope();
+        var rng = new Random(seed);
+        long m = rng.Next(1, 400), k = rng.Next(1, 400), n = rng.Next(1, 400);
+        var a = Randn(seed, m, k);
+        var b = seed % 2 == 0 ? Randn(seed + 1, k, n) : Randn(seed + 1, n, k).t();
+        var exact = a.to_type(ScalarType.Float64).mm(b.to_type(ScalarType.Float64));
+        var err = (a.mm(b).to_type(ScalarType.Float64) - exact).abs().max().item<double>();
+        Assert.True(err < 1e-4 * Math.Sqrt(k) + 1e-5, $"max error {err} for {m}x{k}x{n}");
+    }
+
+    private static string Vendor()
+    {
+        var (_, ebx, ecx, edx) = X86Base.CpuId(0, 0);
+        var bytes = new byte[12];
+        BitConverter.TryWriteBytes(bytes.AsSpan(0), ebx);
+        BitConverter.TryWriteBytes(bytes.AsSpan(4), edx);
+        BitConverter.TryWriteBytes(bytes.AsSpan(8), ecx);
+        return System.Text.Encoding.ASCII.GetString(bytes);
+    }
+}
