@@ -19,7 +19,7 @@ public sealed unsafe class MklDispatchTests
     {
         var x64Linux = OperatingSystem.IsLinux() && RuntimeInformation.ProcessArchitecture == Architecture.X64;
         var avx512 = x64Linux && Avx512F.IsSupported && Avx512BW.IsSupported && Avx512DQ.IsSupported && Avx512F.VL.IsSupported;
-        var intel = x64Linux && Vendor() == "GenuineIntel";
+        var intel = x64Linux && MklDispatch.Vendor() == "GenuineIntel";
         var disabled = Environment.GetEnvironmentVariable("PALMC_MKL_AVX512")?.Trim() == "0";
         if (!x64Linux || intel || !avx512) Assert.Equal(MklPath.AsShipped, MklDispatch.Path);
         else if (disabled) Assert.Equal(MklPath.Disabled, MklDispatch.Path);
@@ -46,15 +46,5 @@ public sealed unsafe class MklDispatchTests
         var exact = a.to_type(ScalarType.Float64).mm(b.to_type(ScalarType.Float64));
         var err = (a.mm(b).to_type(ScalarType.Float64) - exact).abs().max().item<double>();
         Assert.True(err < 1e-4 * Math.Sqrt(k) + 1e-5, $"max error {err} for {m}x{k}x{n}");
-    }
-
-    private static string Vendor()
-    {
-        var (_, ebx, ecx, edx) = X86Base.CpuId(0, 0);
-        var bytes = new byte[12];
-        BitConverter.TryWriteBytes(bytes.AsSpan(0), ebx);
-        BitConverter.TryWriteBytes(bytes.AsSpan(4), edx);
-        BitConverter.TryWriteBytes(bytes.AsSpan(8), ecx);
-        return System.Text.Encoding.ASCII.GetString(bytes);
     }
 }

@@ -7,10 +7,11 @@ namespace PaLM.Runtime.Native;
 /// <summary>What <see cref="MklDispatch.Apply"/> did to MKL's kernel choice.</summary>
 public enum MklPath
 {
-    /// <summary>Not applied yet, or not an x86-64 Linux process.</summary>
+    /// <summary><see cref="MklDispatch.Apply"/> has not run (libtorch not initialized).</summary>
     Unknown,
 
-    /// <summary>MKL chooses as shipped: an Intel CPU (its AVX-512 kernels are chosen anyway) or one without AVX-512.</summary>
+    /// <summary>MKL chooses as shipped: an Intel CPU (its AVX-512 kernels are chosen anyway), one without AVX-512, or not
+    /// x86-64 Linux.</summary>
     AsShipped,
 
     /// <summary>MKL's vendor check answers "Intel", so it chooses its kernels by the CPU's features: AVX-512.</summary>
@@ -87,7 +88,8 @@ public static unsafe class MklDispatch
         return MklPath.Avx512;
     }
 
-    private static string Vendor()
+    /// <summary>The CPUID vendor string ("GenuineIntel", "AuthenticAMD").</summary>
+    internal static string Vendor()
     {
         var (_, ebx, ecx, edx) = X86Base.CpuId(0, 0);
         Span<byte> name = stackalloc byte[12];
