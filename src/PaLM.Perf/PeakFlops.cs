@@ -22,6 +22,17 @@ public sealed record PeakResult(PeakMeasurement Peak, bool FromCache, DateTimeOf
 {
     /// <summary>Seconds this run spent on the peak: the full protocol, the check, or both.</summary>
     public double SecondsThisRun => (FromCache ? 0 : Peak.Seconds) + (Check?.Seconds ?? 0);
+
+    /// <summary>Below this fraction of the stored peak, a run's check says the machine is slower now than when the peak
+    /// was measured. A best of 5 reads a few percent under a best of 20; on this shared VM whole phases run at half speed
+    /// (every product, on every kernel), and a run in one reads its step times slow and its MFU low.</summary>
+    public const double SlowMachineRatio = 0.8;
+
+    /// <summary>This run's check over the stored peak (null when the peak was measured in this run).</summary>
+    public double? CheckRatio => FromCache && Check is { } c ? c.Flops / Peak.Flops : null;
+
+    /// <summary>Whether this run's check came out well below the stored peak (<see cref="SlowMachineRatio"/>).</summary>
+    public bool MachineSlowerThanPeak => CheckRatio < SlowMachineRatio;
 }
 
 /// <summary>A datasheet peak: FLOP/s of one chip for one dtype, with where the figure comes from.</summary>

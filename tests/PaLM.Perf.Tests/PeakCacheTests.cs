@@ -68,4 +68,18 @@ public sealed class PeakCacheTests : IDisposable
         // Another protocol is another entry.
         Assert.NotEqual(cache.PathFor("f32", threads, Sizes, Reps), cache.PathFor("f32", threads, [256], Reps));
     }
+
+    [Fact]
+    public void ACheckWellBelowTheStoredPeakSaysTheMachineIsSlowNow()
+    {
+        // A check reads a little under a best of 20 on a quiet machine; one at half the stored peak (this VM's slow
+        // phases) is flagged, and a peak measured in the run itself has no check to compare.
+        static PeakMeasurement At(double gflops, int reps) => new("f32", 2, [new PeakSample(2048, gflops * 1e9, gflops * 1e9, reps)], 1.0);
+        var stored = At(430, 20);
+        Assert.False(new PeakResult(stored, FromCache: true, DateTimeOffset.UtcNow, At(410, 5)).MachineSlowerThanPeak);
+        var slow = new PeakResult(stored, FromCache: true, DateTimeOffset.UtcNow, At(215, 5));
+        Assert.True(slow.MachineSlowerThanPeak);
+        Assert.Equal(0.5, slow.CheckRatio!.Value, 3);
+        Assert.False(new PeakResult(stored, FromCache: false, DateTimeOffset.UtcNow, null).MachineSlowerThanPeak);
+    }
 }

@@ -123,6 +123,8 @@ internal static class BenchCommand
             Console.WriteLine(F($"peak: {Gflops(r.Peak.Flops)} measured on this machine {ps.MeasuredAt:yyyy-MM-dd HH:mm} UTC and stored ({samples}; {r.Peak.Threads} threads)"));
             if (ps.Check is { } check)
                 Console.WriteLine(F($"      checked in this run: {check.Samples[0].Size}² best of {check.Samples[0].Repetitions} at {Gflops(check.Flops)} ({check.Seconds:F1} s), not above the stored peak; --fresh-peak measures it again"));
+            if (ps.MachineSlowerThanPeak)
+                Console.WriteLine(F($"      warning: the check is {ps.CheckRatio:P0} of the stored peak: this machine is slower now than when the peak was measured (shared or throttled), so this run's step times read slow and its MFU low; run again when it is quiet"));
         }
         else
             Console.WriteLine(F($"peak: {Gflops(r.Peak.Flops)} measured in this run ({samples}; {r.Peak.Threads} threads, {r.Peak.Seconds:F1} s)"));
@@ -197,6 +199,7 @@ internal static class BenchCommand
             ["peak_flops"] = r.Peak.Flops, ["peak_source"] = r.PeakSource is { FromCache: true } ? "stored" : "measured",
             ["peak_measured_at"] = (r.PeakSource?.MeasuredAt)?.ToString("o", CultureInfo.InvariantCulture),
             ["peak_check_flops"] = r.PeakSource?.Check?.Flops,
+            ["machine_slower_than_peak"] = r.PeakSource?.MachineSlowerThanPeak ?? false,
             ["program_from_cache"] = r.ProgramFromCache,
             ["mkl_path"] = Runtime.Native.MklDispatch.Path.ToString().ToLowerInvariant(),
             ["gemm_kernels"] = new JsonArray([.. Runtime.Gemm.Choices.Select(c => (JsonNode)new JsonObject
