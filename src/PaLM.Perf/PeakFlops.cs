@@ -24,7 +24,7 @@ public sealed record PeakResult(PeakMeasurement Peak, bool FromCache, DateTimeOf
     public double SecondsThisRun => (FromCache ? 0 : Peak.Seconds) + (Check?.Seconds ?? 0);
 
     /// <summary>Below this fraction of the stored peak, a run's check says the machine is slower now than when the peak
-    /// was measured. A best of 5 reads a few percent under a best of 20; on this shared VM whole phases run at half speed
+    /// was measured. A best of 5 reads a few percent under a best of 20; on a shared VM whole phases can run at half speed
     /// (every product, on every kernel), and a run in one reads its step times slow and its MFU low.</summary>
     public const double SlowMachineRatio = 0.8;
 
@@ -93,6 +93,7 @@ public static class PeakFlops
     public static PeakResult MeasureOrReuse(ScalarType dtype, IReadOnlyList<long> sizes, int repetitions, PeakCache? cache,
         Action<double>? progress = null)
     {
+        Rt.Initialize();        // first: the stored entry's key includes MKL's kernel path, which initializing settles
         var name = DTypeName(dtype);
         var threads = torch.get_num_threads();
         var now = DateTimeOffset.UtcNow;

@@ -30,7 +30,8 @@ public enum GemmKernel
 /// by a rule. On this machine (AMD EPYC, Zen 5, AVX-512), with MKL left to its vendor check, MKL's sgemm takes its AVX2
 /// path and tops out near 190 GFLOP/s while oneDNN's AVX-512 convolution kernels run palm-cpu's projections at 306-355
 /// GFLOP/s; with the check answered (<see cref="Native.MklDispatch"/>, the default) MKL runs them at 390-420 and the
-/// tuner keeps BLAS for all of them. Batched attention products are always slower through oneDNN (26-48 ms vs 10).
+/// tuner keeps BLAS for all of them. Batched attention products were slower through oneDNN even against MKL's AVX2
+/// kernels (26-48 ms vs 10, 2026-12-04).
 /// The fastest call decides, not the median: in a step's first calls, buffers' first touches page-fault (about 80 ms
 /// for 56 MB on this VM) on either kernel at random.
 /// </para>

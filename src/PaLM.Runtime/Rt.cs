@@ -23,6 +23,9 @@ public static class Rt
     /// Loads TorchSharp's native libraries (once) and sets the intra-op thread count
     /// (<paramref name="threads"/>, or the processor count on first use). Throws an
     /// <see cref="InvalidOperationException"/> explaining the cause when the native libraries cannot load.
+    /// Also answers MKL's vendor check where that gives MKL its AVX-512 kernels (<see cref="MklDispatch"/>;
+    /// <c>PALMC_MKL_AVX512=0</c> keeps MKL as shipped), which takes effect only if no BLAS product has run in the
+    /// process before: call this before any TorchSharp matmul.
     /// </summary>
     public static void Initialize(int? threads = null)
     {

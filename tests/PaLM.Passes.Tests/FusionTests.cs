@@ -89,7 +89,9 @@ public sealed class FusionTests
             .ToList();
         foreach (var dup in joins.GroupBy(j => j.Key).Where(gr => gr.Count() > 1))
             Assert.Fail($"{string.Join(" and ", dup.Select(j => j.n.Outputs[0].Name))} join the same data ({dup.Key})");
-        if (mesh == "data=1,model=1")
-            Assert.Contains(body, n => n.Op.Name == "reshape" && producer.TryGetValue(n.Inputs[0], out var p) && p.Op.Name == "concat" && p.Inputs.Length == 5);
+        // ...and is one: the second join became a view of the first (all five gradients on one device; on 2x2, k and v's
+        // are reduced apart and join later, so fewer).
+        Assert.Contains(body, n => n.Op.Name == "reshape" && producer.TryGetValue(n.Inputs[0], out var p) && p.Op.Name == "concat"
+            && p.Inputs.Length == (mesh == "data=1,model=1" ? 5 : p.Inputs.Length) && p.Inputs.Length >= 2);
     }
 }

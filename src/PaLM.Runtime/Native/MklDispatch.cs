@@ -49,12 +49,15 @@ public static unsafe class MklDispatch
     /// <summary>What MKL chooses in this process (see <see cref="MklPath"/>).</summary>
     public static MklPath Path { get; private set; } = MklPath.Unknown;
 
+    /// <summary>Why the check could not be answered, when <see cref="Path"/> is <see cref="MklPath.Unavailable"/>.</summary>
+    public static string? UnavailableReason { get; private set; }
+
     /// <summary>A line for reports: which kernels MKL runs and why.</summary>
     public static string Describe() => Path switch
     {
         MklPath.Avx512 => "MKL on its AVX-512 kernels (vendor check answered for this non-Intel CPU; PALMC_MKL_AVX512=0 keeps MKL's choice)",
         MklPath.Disabled => "MKL as shipped (PALMC_MKL_AVX512=0): AVX2 kernels on this non-Intel CPU",
-        MklPath.Unavailable => "MKL as shipped: its vendor check could not be answered in this libtorch",
+        MklPath.Unavailable => $"MKL as shipped: its vendor check could not be answered ({UnavailableReason})",
         MklPath.AsShipped => "MKL as shipped",
         _ => "MKL: not initialized",
     };
@@ -65,7 +68,14 @@ public static unsafe class MklDispatch
         lock (s_lock)
         {
             if (Path != MklPath.Unknown) return;
-            Path = Decide();
+            try
+            {
+                Path = Decide();
+            }
+            catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or IOException or UnauthorizedAccessException)
+            {
+                (Path, UnavailableReason) = (MklPath.Unavailable, e.Message);        // optional: MKL stays as shipped
+            }
         }
     }
 
@@ -75,17 +85,27 @@ public static unsafe class MklDispatch
         if (Vendor() == "GenuineIntel" || !(Avx512F.IsSupported && Avx512BW.IsSupported && Avx512DQ.IsSupported && Avx512F.VL.IsSupported))
             return MklPath.AsShipped;
         if (Environment.GetEnvironmentVariable("PALMC_MKL_AVX512")?.Trim() == "0") return MklPath.Disabled;
-        if (!LoadedLibraries.TryFind(f => f == "libtorch_cpu.so", out var lib) || !NativeLibrary.TryGetExport(lib, VendorCheck, out var check))
-            return MklPath.Unavailable;
+        if (!LoadedLibraries.TryFind(f => f == "libtorch_cpu.so", out var lib)) return Unavailable("no libtorch_cpu.so in this process");
+        if (!NativeLibrary.TryGetExport(lib, VendorCheck, out var check)) return Unavailable($"libtorch_cpu.so exports no {VendorCheck}");
         var code = (byte*)check;
-        if (code[0] != 0x8B || code[1] != 0x05) return MklPath.Unavailable;     // mov eax, [rip + cached answer]
+        if (code[0] != 0x8B || code[1] != 0x05)                                  // mov eax, [rip + cached answer]
+            return Unavailable($"{VendorCheck} does not start as expected ({code[0]:X2} {code[1]:X2})");
         ReadOnlySpan<byte> answerYes = [0xB8, 0x01, 0x00, 0x00, 0x00, 0xC3];     // mov eax, 1; ret
         nint page = check & ~(nint)(Environment.SystemPageSize - 1);
         var length = (nuint)(check - page + answerYes.Length);
-        if (mprotect(page, length, ProtRead | ProtWrite | ProtExec) != 0) return MklPath.Unavailable;
+        // The page stays executable while it is written (another thread may be running code on it); a system that
+        // refuses writable code pages (SELinux execmod, PaX) leaves MKL as shipped.
+        if (mprotect(page, length, ProtRead | ProtWrite | ProtExec) != 0)
+            return Unavailable($"mprotect refused a writable code page (errno {Marshal.GetLastPInvokeError()})");
         answerYes.CopyTo(new Span<byte>(code, answerYes.Length));
         mprotect(page, length, ProtRead | ProtExec);
         return MklPath.Avx512;
+    }
+
+    private static MklPath Unavailable(string reason)
+    {
+        UnavailableReason = reason;
+        return MklPath.Unavailable;
     }
 
     /// <summary>The CPUID vendor string ("GenuineIntel", "AuthenticAMD").</summary>
