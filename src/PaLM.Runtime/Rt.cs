@@ -411,33 +411,55 @@ public static class Rt
     /// <summary>
     /// Rotary position embedding. Positions 0..S-1 run along <paramref name="seqAxis"/>; the feature axis (size K, even)
     /// is rotated in halves: x·[cos,cos] + concat(-x₂, x₁)·[sin,sin], with angle(s, i) = s·10000^(-2i/K).
+    /// Computed as x·cos, then each half gains the other half times ∓sin in place (two passes over x instead of the
+    /// six of split, negate, concatenate, multiply, multiply, add); the tables depend only on S, K, the layout and the
+    /// dtype and are made once per process.
     /// </summary>
     public static Tensor Rope(Tensor x, long seqAxis, long featureAxis, long inverse = 0)
     {
-        var rank = x.dim();
         long s = x.shape[seqAxis], k = x.shape[featureAxis];
         if (k % 2 != 0)
             throw new ArgumentException($"Rope needs an even feature size, got {k}.", nameof(x));
-        using var scope = torch.NewDisposeScope();
+        var (cos, sinLo, sinHi) = s_ropeTables.GetOrAdd((s, k, x.dim(), seqAxis, featureAxis, inverse != 0, x.dtype),
+            key => new Lazy<(Tensor, Tensor, Tensor)>(() => RopeTables(key.S, key.K, key.Rank, key.SeqAxis, key.FeatureAxis, key.Inverse, key.DType))).Value;
+        var result = x.mul(cos);
+        using (var lo = result.narrow(featureAxis, 0, k / 2))
+        using (var xHi = x.narrow(featureAxis, k / 2, k / 2))
+            lo.addcmul_(xHi, sinLo, 1);
+        using (var hi = result.narrow(featureAxis, k / 2, k / 2))
+        using (var xLo = x.narrow(featureAxis, 0, k / 2))
+            hi.addcmul_(xLo, sinHi, 1);
+        return result;
+    }
 
-        // Angles in fp64, then cast: the tables are exact to the dtype of x whatever it is.
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(long S, long K, long Rank, long SeqAxis, long FeatureAxis, bool Inverse, ScalarType DType),
+        Lazy<(Tensor Cos, Tensor SinLo, Tensor SinHi)>> s_ropeTables = new();
+
+    /// <summary>
+    /// Rope's tables, shaped to broadcast against x: cos over all K features, and the sines that multiply the other half
+    /// of x into each half, -sin into the first and +sin into the second (signs swapped for the inverse rotation). Angles
+    /// in fp64, then cast, so the tables are exact to x's dtype. They live for the process, outside any dispose scope.
+    /// </summary>
+    private static (Tensor, Tensor, Tensor) RopeTables(long s, long k, long rank, long seqAxis, long featureAxis, bool inverse, ScalarType dtype)
+    {
+        using var scope = torch.NewDisposeScope();
         var invFreq = torch.arange(0, k, 2, ScalarType.Float64).mul(-Math.Log(10000.0) / k).exp();   // 10000^(-2i/K)
         var angles = torch.outer(torch.arange(s, ScalarType.Float64), invFreq);     // [S, K/2]
-        var full = torch.cat([angles, angles], 1);                                  // [S, K]
-        if (seqAxis > featureAxis)
-            full = full.t();
-        var view = new long[rank];
-        Array.Fill(view, 1L);
-        view[seqAxis] = s;
-        view[featureAxis] = k;
-        var cos = full.cos().to_type(x.dtype).reshape(view);
-        var sin = full.sin().to_type(x.dtype).reshape(view);
-        if (inverse != 0)
-            sin = sin.neg();                                                        // rotation by -angle: the transpose
-
-        var halves = x.split([k / 2, k / 2], featureAxis);
-        var rotated = torch.cat([halves[1].neg(), halves[0]], featureAxis);
-        return x.mul(cos).add(rotated.mul(sin)).MoveToOuterDisposeScope();
+        Tensor Shaped(Tensor t)
+        {
+            if (seqAxis > featureAxis) t = t.t();
+            var view = new long[rank];
+            Array.Fill(view, 1L);
+            view[seqAxis] = s;
+            view[featureAxis] = t.shape[seqAxis > featureAxis ? 0 : 1];
+            return t.to_type(dtype).reshape(view).contiguous();
+        }
+        var sin = angles.sin();
+        var cos = Shaped(torch.cat([angles.cos(), angles.cos()], 1));
+        var sinLo = Shaped(inverse ? sin : sin.neg());
+        var sinHi = Shaped(inverse ? sin.neg() : sin);
+        foreach (var t in (Tensor[])[cos, sinLo, sinHi]) t.DetachFromDisposeScope();
+        return (cos, sinLo, sinHi);
     }
 
     /// <summary>x with -∞ wherever the index along <paramref name="keyAxis"/> exceeds the one along <paramref name="queryAxis"/>.</summary>

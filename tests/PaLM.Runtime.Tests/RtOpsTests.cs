@@ -223,6 +223,13 @@ public sealed class RtOpsTests
         var expected = tensor(RopeByLoop(Values(x), shape, seqAxis, featAxis), shape);
         AssertClose(expected, Rt.Rope(x, seqAxis, featAxis), rtol: 1e-5, atol: 1e-5);
         Assert.Equal(ScalarType.BFloat16, Rt.Rope(x.to_type(ScalarType.BFloat16), seqAxis, featAxis).dtype);
+        // The inverse rotation undoes it (the VJP's rope), on a strided view as well as on a contiguous tensor, and x is
+        // left as it was.
+        var strided = x.transpose(0, 1).contiguous().transpose(0, 1);
+        var before = x.clone();
+        AssertClose(x, Rt.Rope(Rt.Rope(x, seqAxis, featAxis), seqAxis, featAxis, inverse: 1), rtol: 1e-5, atol: 1e-5);
+        AssertClose(expected, Rt.Rope(strided, seqAxis, featAxis), rtol: 1e-5, atol: 1e-5);
+        AssertClose(before, x, rtol: 0, atol: 0);
     }
 
     [Fact]
