@@ -5,11 +5,11 @@ using TensorPrimitives = System.Numerics.Tensors.TensorPrimitives;
 namespace PaLM.Runtime;
 
 /// <summary>
-/// Row-wise kernels for the attention softmax and its gradient: each row along the softmax dim is read and written
-/// once, where the composite TorchSharp forms take a pass over the whole [batch, heads, seq, kseq] tensor per op (mask,
-/// softmax; multiply, sum, subtract, multiply). They run on fp32 CPU tensors whose softmax dim is contiguous (stride
-/// 1) in every operand, whatever the other dims' layouts (the scores einsum returns a permuted view), on libtorch's
-/// OpenMP team; anything else takes the composite form, which computes the same values.
+/// Row-wise kernels for the attention softmax and its gradient, and layer norm's input gradient: each row along the
+/// reduced dim is read and written once, where the composite TorchSharp forms take a pass over the whole tensor per op
+/// (mask, softmax; multiply, sum, subtract, multiply; about ten for layer norm's). They run on fp32 CPU tensors whose
+/// row dim is contiguous (stride 1) in every operand, whatever the other dims' layouts (the scores einsum returns a
+/// permuted view), on libtorch's OpenMP team; anything else takes the composite form, which computes the same values.
 /// </summary>
 public static class RowKernels
 {
@@ -41,6 +41,24 @@ public static class RowKernels
         Run(new SoftmaxGradRows(Rows.Of(dy, axis), Rows.Of(y, axis), Rows.Of(dx, axis)), y);
         GC.KeepAlive(dy);
         GC.KeepAlive(y);
+        return dx;
+    }
+
+    /// <summary>
+    /// Layer norm's input cotangent over the last axis (see <see cref="Rt.LayerNormDx"/>), one pass per row: the row's
+    /// mean and variance, x̂ into per-thread scratch, g = dy · scale into the result, its two means, then the result in
+    /// place. Null where the kernel does not apply (the caller takes the composite form): fp32 CPU operands of one
+    /// shape whose last dim is contiguous, and a scale that is one contiguous row.
+    /// </summary>
+    public static Tensor? LayerNormDx(Tensor dy, Tensor x, Tensor scale, double eps)
+    {
+        var axis = x.dim() - 1;
+        if (axis < 0 || !dy.shape.SequenceEqual(x.shape) || scale.dim() != 1 || scale.shape[0] != x.shape[axis]
+            || !Applies(0, scale) || ResultLike(x, axis, dy, x) is not { } dx) return null;
+        Run(new LayerNormDxRows(Rows.Of(dy, axis), Rows.Of(x, axis), Rows.Of(scale, 0), Rows.Of(dx, axis), (float)eps), x);
+        GC.KeepAlive(dy);
+        GC.KeepAlive(x);
+        GC.KeepAlive(scale);
         return dx;
     }
 
@@ -148,6 +166,31 @@ public static class RowKernels
             TensorPrimitives.Exp(live, live);
             TensorPrimitives.Divide(live, TensorPrimitives.Sum(live), live);
             ys[valid..].Clear();
+        }
+    }
+
+    private sealed unsafe class LayerNormDxRows(Rows dy, Rows x, Rows scale, Rows dx, float eps) : RowWork(x.Axis, x.Shape)
+    {
+        [ThreadStatic] private static float[]? t_xhat;
+
+        protected override void Row(long[] index)
+        {
+            int length = x.Length;
+            var xs = new ReadOnlySpan<float>(At(x, index), length);
+            var dys = new ReadOnlySpan<float>(At(dy, index), length);
+            var scales = new ReadOnlySpan<float>(scale.Base, length);
+            var dxs = new Span<float>(At(dx, index), length);
+            if (t_xhat is null || t_xhat.Length < length) t_xhat = new float[length];
+            var xhat = t_xhat.AsSpan(0, length);
+            float mean = TensorPrimitives.Sum(xs) / length;
+            TensorPrimitives.Subtract(xs, mean, xhat);
+            float rstd = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xhat) / length + eps);
+            TensorPrimitives.Multiply(xhat, rstd, xhat);
+            TensorPrimitives.Multiply(dys, scales, dxs);                          // g
+            float m1 = TensorPrimitives.Sum(dxs) / length, m2 = TensorPrimitives.Dot(dxs, xhat) / length;
+            TensorPrimitives.MultiplyAdd(xhat, -m2, dxs, dxs);                      // g − x̂·m2
+            TensorPrimitives.Subtract(dxs, m1, dxs);
+            TensorPrimitives.Multiply(dxs, rstd, dxs);
         }
     }
 

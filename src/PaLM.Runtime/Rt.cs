@@ -191,8 +191,13 @@ public static class Rt
     /// <summary>
     /// Layer norm's (no bias, over the last axis) input cotangent:
     /// rstd · (g − mean(g) − x̂ · mean(g · x̂)), g = dy · scale, x̂ = (x − mean) · rstd, rstd = 1/√(var + eps).
+    /// One pass per row where it applies (<see cref="RowKernels.LayerNormDx"/>), else the composite form below.
     /// </summary>
-    public static Tensor LayerNormDx(Tensor dy, Tensor x, Tensor scale, double eps)
+    public static Tensor LayerNormDx(Tensor dy, Tensor x, Tensor scale, double eps) =>
+        RowKernels.LayerNormDx(dy, x, scale, eps) ?? LayerNormDxComposite(dy, x, scale, eps);
+
+    /// <summary><see cref="LayerNormDx"/> as TorchSharp ops: about ten passes over x-sized tensors.</summary>
+    internal static Tensor LayerNormDxComposite(Tensor dy, Tensor x, Tensor scale, double eps)
     {
         using var scope = torch.NewDisposeScope();
         var mean = x.mean([-1], keepdim: true);

@@ -50,6 +50,43 @@ public sealed class RowKernelTests
         Assert.True(actual.allclose(expected, rtol: 1e-5, atol: 1e-6), $"max difference {(actual - expected).abs().max().item<float>()}");
     }
 
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void LayerNormDxMatchesTheComposite(int seed, bool permutedX, bool slicedDy)
+    {
+        // x as a permuted view ([b, s, d] read from [s, b, d] memory) or contiguous; dy as a slice of a stacked buffer
+        // (a nonzero storage offset) or fresh; rows of 1 to 1100 features, with offsets and scales far from 0 and 1.
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var g = new Generator((ulong)seed);
+        var rng = new Random(seed);
+        long b = rng.Next(1, 4), n = rng.Next(1, 40), d = seed == 5 ? 1100 : rng.Next(1, 200);
+        var x = (permutedX ? randn([n, b, d], generator: g).transpose(0, 1) : randn([b, n, d], generator: g)) * 3 + 5;
+        var dy = slicedDy ? randn([2, b, n, d], generator: g)[1] : randn([b, n, d], generator: g);
+        var scale = randn([d], generator: g) * 2 + 1;
+        var expected = Rt.LayerNormDxComposite(dy, x, scale, 1e-6);
+        var actual = RowKernels.LayerNormDx(dy, x, scale, 1e-6);
+        Assert.NotNull(actual);
+        Assert.True(actual.allclose(expected, rtol: 1e-4, atol: 1e-5), $"max difference {(actual - expected).abs().max().item<float>()}");
+        // And against autograd through layer norm itself.
+        var xr = x.detach().requires_grad_(true);
+        nn.functional.layer_norm(xr, [d], weight: scale, eps: 1e-6).backward([dy]);
+        Assert.True(actual.allclose(xr.grad!, rtol: 1e-4, atol: 1e-5), $"max difference from autograd {(actual - xr.grad!).abs().max().item<float>()}");
+    }
+
+    [Fact]
+    public void LayerNormDxDeclinesWhatItDoesNotCover()
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var x = randn(4, 6).t();                                         // feature dim strided
+        Assert.Null(RowKernels.LayerNormDx(randn(6, 4), x, ones(4), 1e-6));
+        Assert.Null(RowKernels.LayerNormDx(randn(3, 5), randn(3, 5), ones(3, 5), 1e-6));   // a scale that is not one row
+        Assert.Null(RowKernels.LayerNormDx(randn(3, 5, ScalarType.Float64), randn(3, 5, ScalarType.Float64), ones(5, ScalarType.Float64), 1e-6));
+        var dy = randn(6, 4);
+        Assert.True(Rt.LayerNormDx(dy, x, ones(4), 1e-6).allclose(Rt.LayerNormDxComposite(dy, x, ones(4), 1e-6)));
+    }
+
     [Fact]
     public void ARowDimThatIsNotContiguousTakesTheCompositeForm()
     {
