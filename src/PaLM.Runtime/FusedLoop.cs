@@ -1,5 +1,6 @@
 using System.Numerics;
 using TensorPrimitives = System.Numerics.Tensors.TensorPrimitives;
+using PaLM.Runtime.Native;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,3 +1,4 @@
+using PaLM.Runtime.Native;
 using TorchSharp;
 using static TorchSharp.torch;
 using TensorPrimitives = System.Numerics.Tensors.TensorPrimitives;
@@ -25,8 +26,7 @@ public static class RowKernels
             using var masked = Rt.CausalMask(x, queryAxis, keyAxis);
             return masked.softmax(keyAxis);
         }
-        Run(new CausalSoftmaxRows(Rows.Of(x, keyAxis, queryAxis), Rows.Of(y, keyAxis, queryAxis)), x);
-        GC.KeepAlive(x);    // the kernel holds only raw pointers
+        Run(new CausalSoftmaxRows(Rows.Of(x, keyAxis, queryAxis), Rows.Of(y, keyAxis, queryAxis)), x, x);
         return y;
     }
 
@@ -38,9 +38,7 @@ public static class RowKernels
             using var scope = NewDisposeScope();
             return (y * (dy - (dy * y).sum(axis, keepdim: true))).MoveToOuterDisposeScope();
         }
-        Run(new SoftmaxGradRows(Rows.Of(dy, axis), Rows.Of(y, axis), Rows.Of(dx, axis)), y);
-        GC.KeepAlive(dy);
-        GC.KeepAlive(y);
+        Run(new SoftmaxGradRows(Rows.Of(dy, axis), Rows.Of(y, axis), Rows.Of(dx, axis)), y, dy, y);
         return dx;
     }
 
@@ -55,10 +53,7 @@ public static class RowKernels
         var axis = x.dim() - 1;
         if (axis < 0 || !dy.shape.SequenceEqual(x.shape) || scale.dim() != 1 || scale.shape[0] != x.shape[axis]
             || !Applies(0, scale) || ResultLike(x, axis, dy, x) is not { } dx) return null;
-        Run(new LayerNormDxRows(Rows.Of(dy, axis), Rows.Of(x, axis), Rows.Of(scale, 0), Rows.Of(dx, axis), (float)eps), x);
-        GC.KeepAlive(dy);
-        GC.KeepAlive(x);
-        GC.KeepAlive(scale);
+        Run(new LayerNormDxRows(Rows.Of(dy, axis), Rows.Of(x, axis), Rows.Of(scale, 0), Rows.Of(dx, axis), (float)eps), x, dy, x, scale);
         return dx;
     }
 
@@ -81,10 +76,13 @@ public static class RowKernels
         ts.All(t => t.dtype == ScalarType.Float32 && t.device_type == DeviceType.CPU && t.dim() <= 8 && t.numel() > 0
             && t.stride((int)axis) == 1 && Rows.Extent(t) * 4 <= int.MaxValue);
 
-    private static void Run(RowWork work, Tensor x)
+    /// <summary>Runs <paramref name="work"/> over the rows of <paramref name="x"/>, keeping <paramref name="operands"/>
+    /// alive until it is done: the kernels hold only raw pointers into them.</summary>
+    private static void Run(RowWork work, Tensor x, params Tensor[] operands)
     {
         long rows = x.numel() / x.shape[work.Axis];
         OpenMpTeam.Run(work, (int)Math.Clamp(Math.Min(torch.get_num_threads(), rows / 64), 1, 256));
+        GC.KeepAlive(operands);
     }
 
     /// <summary>Where each row of a tensor starts: its address and strides, walked in logical row order.</summary>

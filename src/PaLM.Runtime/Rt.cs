@@ -1,6 +1,7 @@
 using PaLM.Runtime.Native;
 using TorchSharp;
 using static TorchSharp.torch;
+using RopeKey = (long S, long K, long Rank, long SeqAxis, long FeatureAxis, bool Inverse, TorchSharp.torch.ScalarType DType);
 
 namespace PaLM.Runtime;
 
@@ -426,27 +427,29 @@ public static class Rt
         if (k % 2 != 0)
             throw new ArgumentException($"Rope needs an even feature size, got {k}.", nameof(x));
         var (cos, sinLo, sinHi) = s_ropeTables.GetOrAdd((s, k, x.dim(), seqAxis, featureAxis, inverse != 0, x.dtype),
-            key => new Lazy<(Tensor, Tensor, Tensor)>(() => RopeTables(key.S, key.K, key.Rank, key.SeqAxis, key.FeatureAxis, key.Inverse, key.DType))).Value;
+            key => new Lazy<(Tensor, Tensor, Tensor)>(() => RopeTables(key))).Value;
         var result = x.mul(cos);
-        using (var lo = result.narrow(featureAxis, 0, k / 2))
-        using (var xHi = x.narrow(featureAxis, k / 2, k / 2))
-            lo.addcmul_(xHi, sinLo, 1);
-        using (var hi = result.narrow(featureAxis, k / 2, k / 2))
-        using (var xLo = x.narrow(featureAxis, 0, k / 2))
-            hi.addcmul_(xLo, sinHi, 1);
+        void AddOtherHalf(long into, long from, Tensor sin)
+        {
+            using var half = result.narrow(featureAxis, into, k / 2);
+            using var other = x.narrow(featureAxis, from, k / 2);
+            half.addcmul_(other, sin, 1);
+        }
+        AddOtherHalf(0, k / 2, sinLo);
+        AddOtherHalf(k / 2, 0, sinHi);
         return result;
     }
 
-    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(long S, long K, long Rank, long SeqAxis, long FeatureAxis, bool Inverse, ScalarType DType),
-        Lazy<(Tensor Cos, Tensor SinLo, Tensor SinHi)>> s_ropeTables = new();
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<RopeKey, Lazy<(Tensor Cos, Tensor SinLo, Tensor SinHi)>> s_ropeTables = new();
 
     /// <summary>
     /// Rope's tables, shaped to broadcast against x: cos over all K features, and the sines that multiply the other half
     /// of x into each half, -sin into the first and +sin into the second (signs swapped for the inverse rotation). Angles
     /// in fp64, then cast, so the tables are exact to x's dtype. They live for the process, outside any dispose scope.
     /// </summary>
-    private static (Tensor, Tensor, Tensor) RopeTables(long s, long k, long rank, long seqAxis, long featureAxis, bool inverse, ScalarType dtype)
+    private static (Tensor, Tensor, Tensor) RopeTables(RopeKey key)
     {
+        var (s, k, rank, seqAxis, featureAxis, inverse, dtype) = key;
         using var scope = torch.NewDisposeScope();
         var invFreq = torch.arange(0, k, 2, ScalarType.Float64).mul(-Math.Log(10000.0) / k).exp();   // 10000^(-2i/K)
         var angles = torch.outer(torch.arange(s, ScalarType.Float64), invFreq);     // [S, K/2]

@@ -1,7 +1,6 @@
 using System.Runtime.InteropServices;
-using PaLM.Runtime.Native;
 
-namespace PaLM.Runtime;
+namespace PaLM.Runtime.Native;
 
 /// <summary>Work split over a team's workers by index; an exception is kept for the caller (it cannot cross the
 /// native frames of an OpenMP worker).</summary>
