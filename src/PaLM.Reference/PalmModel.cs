@@ -71,7 +71,8 @@ public sealed class PalmModel : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         var logits = forward(tokens).reshape(-1, Config.Vocab);
         var ce = F.cross_entropy(logits, targets.reshape(-1).to_type(ScalarType.Int64));
-        var z = torch.logsumexp(logits, 1).square().mean();
+        var lse = torch.logsumexp(logits, 1);
+        var z = lse.mul(lse).mean();          // x·x, not square(): TorchSharp's square() races with the GC (see Rt.Square)
         return ce.add(z.mul(Config.ZLoss)).MoveToOuterDisposeScope();
     }
 
@@ -123,7 +124,7 @@ public sealed class PalmModel : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         var centered = x.sub(x.mean([-1], keepdim: true));
-        var variance = centered.square().mean([-1], keepdim: true);
+        var variance = centered.mul(centered).mean([-1], keepdim: true);
         return centered.div(variance.add(eps).sqrt()).mul(scale).MoveToOuterDisposeScope();
     }
 

@@ -155,8 +155,14 @@ public static class Rt
     /// <summary>x·sigmoid(x).</summary>
     public static Tensor Silu(Tensor x) => nn.functional.silu(x);
 
-    /// <summary>x².</summary>
-    public static Tensor Square(Tensor x) => x.square();
+    /// <summary>
+    /// x², as x·x (what libtorch computes for pow(x, 2) too, bit for bit). Not TorchSharp's <c>square()</c>: that is
+    /// <c>pow(2)</c> with a temporary Scalar which TorchSharp 0.107 does not keep alive across the native call, so a
+    /// garbage collection started by another thread can finalize it mid-call; with eight in-process devices squaring
+    /// in chunks, libtorch then read a freed Scalar ("INTERNAL ASSERT FAILED at c10/core/Scalar.h", seen once in CI).
+    /// Every square in the runtime goes through here.
+    /// </summary>
+    public static Tensor Square(Tensor x) => x.mul(x);
 
     /// <summary>Elementwise min(a, b).</summary>
     public static Tensor Minimum(Tensor a, Tensor b) => torch.minimum(a, b);
@@ -203,7 +209,7 @@ public static class Rt
         using var scope = torch.NewDisposeScope();
         var mean = x.mean([-1], keepdim: true);
         var centered = x.sub(mean);
-        var rstd = centered.square().mean([-1], keepdim: true).add_(eps).rsqrt_();
+        var rstd = Square(centered).mean([-1], keepdim: true).add_(eps).rsqrt_();
         var xhat = centered.mul_(rstd);
         var g = dy.mul(scale);
         var m1 = g.mean([-1], keepdim: true);
@@ -354,11 +360,11 @@ public static class Rt
     /// <c>linalg.vector_norm</c> would need no temporary at all, but it is off by 1.2e-3 relative on the same tensor.)
     /// No axes: x².
     /// </summary>
-    public static Tensor SumSquares(Tensor x, long[] axes) => axes.Length == 0 ? x.square() : WideSumSquares(x, axes, mean: false);
+    public static Tensor SumSquares(Tensor x, long[] axes) => axes.Length == 0 ? Square(x) : WideSumSquares(x, axes, mean: false);
 
     /// <summary>Mean of x² over <paramref name="axes"/> (dropped), as <see cref="SumSquares"/> divided by the count (in
     /// fp32 for bf16/f16, rounded once).</summary>
-    public static Tensor MeanSquares(Tensor x, long[] axes) => axes.Length == 0 ? x.square() : WideSumSquares(x, axes, mean: true);
+    public static Tensor MeanSquares(Tensor x, long[] axes) => axes.Length == 0 ? Square(x) : WideSumSquares(x, axes, mean: true);
 
     /// <summary>The sum of squares accumulated in fp32 for half types, divided by the reduced count for a mean, then
     /// cast back to x's dtype.</summary>
@@ -370,7 +376,7 @@ public static class Rt
         long rows = kept.Aggregate(1L, (n, d) => n * x.shape[d]), cols = reduced.Aggregate(1L, (n, d) => n * x.shape[d]);
         var keptShape = kept.Select(d => x.shape[d]).ToArray();
         using var scope = torch.NewDisposeScope();
-        if (rows == 0 || cols == 0) return (mean ? x.square().mean(reduced) : x.square().sum(reduced)).MoveToOuterDisposeScope();
+        if (rows == 0 || cols == 0) return (mean ? Square(x).mean(reduced) : Square(x).sum(reduced)).MoveToOuterDisposeScope();
         var matrix = x.permute([.. kept, .. reduced]).reshape(rows, cols);     // a view when the reduced dims are innermost
         // At most 64 chunks, so a small reduced dim under many kept entries does not become a long loop.
         var chunk = Math.Max((cols + 63) / 64, Math.Max(1, (1L << 18) / rows));
@@ -379,7 +385,7 @@ public static class Rt
         for (long at = 0; at < cols; at += chunk)
         {
             using var piece = matrix.narrow(1, at, Math.Min(chunk, cols - at));
-            using var squared = piece.square();
+            using var squared = Square(piece);
             using var part = squared.sum(1, type: wide);
             sum.add_(part);
         }
@@ -521,7 +527,7 @@ public static class Rt
         var picked = logits.gather(axis, targets.to_type(ScalarType.Int64).unsqueeze(axis)).squeeze(axis);
         var loss = lse.sub(picked);
         if (zLoss != 0)
-            loss = loss.add(lse.square().mul(zLoss));
+            loss = loss.add(Square(lse).mul(zLoss));
         return loss.MoveToOuterDisposeScope();
     }
 
