@@ -142,7 +142,7 @@ public static class BufferReuse
     }
 
     /// <summary>Whether <paramref name="op"/>'s result is a new buffer that aliases none of its operands.</summary>
-    private static bool FreshResult(Node op) => op.Regions.Length == 0 && (op.Op.InPlace is not null || op.Op.FreshBuffer || op.Op.IsMatmul && op.Inputs.Length >= 2);
+    internal static bool FreshResult(Node op) => op.Regions.Length == 0 && (op.Op.InPlace is not null || op.Op.FreshBuffer || op.Op.IsMatmul && op.Inputs.Length >= 2);
 
     private static bool Donatable(Node n, Block b, int at, int k, RtCall call, Dictionary<Value, Node> producers, Facts facts)
     {

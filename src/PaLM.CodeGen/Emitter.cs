@@ -30,6 +30,12 @@ public sealed record CodeGenOptions
     /// caller that runs the step twice on the same parameters would see them change.
     /// </summary>
     public bool DonateUpdatedArguments { get; init; }
+
+    /// <summary>
+    /// Keep a layer loop's per-layer results that only later loops read as one tensor per layer instead of copying them
+    /// into a stacked buffer (see <see cref="LayerStacks"/>). On by default; off reproduces the copies (to compare).
+    /// </summary>
+    public bool KeepLayerResults { get; init; } = true;
 }
 
 /// <summary>The generated C# of one graph: its syntax tree and the name of the class implementing IGraphProgram.</summary>
@@ -58,6 +64,7 @@ public sealed class Emitter
     private readonly FusionPlan _fusion;
     private readonly IReadOnlyDictionary<FusionGroup, int[]> _loopDonors;
     private readonly List<MethodDeclarationSyntax> _kernels = [];
+    private readonly LayerStacks _stacks;
     private int _loopDepth;
 
     private Emitter(Graph graph, CodeGenOptions options)
@@ -67,6 +74,7 @@ public sealed class Emitter
         (_inPlace, _loopDonors) = options.ReuseBuffers
             ? BufferReuse.PlanAll(graph, _fusion, options.DonateUpdatedArguments)
             : (new Dictionary<Node, int>(), new Dictionary<FusionGroup, int[]>());
+        _stacks = options.KeepLayerResults ? new LayerStacks(graph, _fusion, _inPlace, _loopDonors) : LayerStacks.None;
     }
 
     public static GeneratedSource Emit(Graph graph, string? sourceFileName = null, CodeGenOptions? options = null)
@@ -343,12 +351,12 @@ public sealed class Emitter
     /// and emits <c>var t = device.Profile?.Start() ?? 0;</c> before its call; the caller emits <c>device.Profile?.Stop(site, t)</c> after it.
     /// A fused loop's site is its last member's, under <paramref name="op"/> with its members' <paramref name="flops"/>.
     /// </summary>
-    private (int Site, string Local) StartTimer(Node n, List<StatementSyntax> body, string? op = null, long? flops = null)
+    private (int Site, string Local) StartTimer(Node n, List<StatementSyntax> body, string? op = null, long? flops = null, string? name = null)
     {
         int site = _sites.Count;
         var location = n.Loc is { } l ? $"{Path.GetFileName(l.File)}:{l.Line}" : "";
         _sites.Add(ObjectCreationExpression(IdentifierName("OpSite")).AddArgumentListArguments(
-            Argument(LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(site))), Argument(Lit(op ?? n.Op.Name)), Argument(Lit(n.Outputs.Length > 0 ? n.Outputs[0].Name : n.Op.Name)),
+            Argument(LiteralExpression(SyntaxKind.NumericLiteralExpression, Literal(site))), Argument(Lit(op ?? n.Op.Name)), Argument(Lit(name ?? (n.Outputs.Length > 0 ? n.Outputs[0].Name : n.Op.Name))),
             Argument(Lit(location)), Argument(Lit(flops ?? n.Op.Flops(n))),
             Argument(LiteralExpression(n.Op.IsMatmul ? SyntaxKind.TrueLiteralExpression : SyntaxKind.FalseLiteralExpression)),
             Argument(LiteralExpression(_loopDepth > 0 ? SyntaxKind.TrueLiteralExpression : SyntaxKind.FalseLiteralExpression))));
@@ -362,11 +370,12 @@ public sealed class Emitter
             InvocationExpression(MemberBindingExpression(IdentifierName("Stop"))).AddArgumentListArguments(Argument(Int(site)), Argument(IdentifierName(CSharpNames.Token(local))))));
 
     /// <summary>
-    /// <c>repeat</c> becomes: carried values in mutable locals, stacked results in buffers allocated before the loop,
+    /// <c>repeat</c> becomes: carried values in mutable locals, stacked results in buffers allocated before the loop
+    /// (or, for results only later loops slice, a <c>LayerStack</c> keeping each layer's tensor: <see cref="LayerStacks"/>),
     /// and a counted loop (downwards for <c>reverse</c>) whose body runs in its own dispose scope: it slices each stacked
-    /// operand (<c>Rt.Select(w, 0, layer)</c>), runs the region's statements, copies per-iteration results into their
-    /// buffers, and moves the next carried values out of the scope (freeing the previous ones), so one layer's
-    /// temporaries are gone before the next layer runs.
+    /// operand (<c>Rt.Select(w, 0, layer)</c>, or <c>Rt.TakeLayer</c> from a stack only it reads), runs the region's
+    /// statements, stores per-iteration results, and moves the next carried values out of the scope (freeing the
+    /// previous ones), so one layer's temporaries are gone before the next layer runs.
     /// </summary>
     private void EmitRepeat(Node n, List<StatementSyntax> body)
     {
@@ -380,17 +389,25 @@ public sealed class Emitter
         for (int k = carried; k < n.Outputs.Length; k++)
         {
             var t = n.Outputs[k].Type;
-            body.Add(Local(Bind(n.Outputs[k]), Rt("Empty", Longs(t.Shape), DType(t.DType))));
+            body.Add(Local(Bind(n.Outputs[k]), _stacks.IsStack(n.Outputs[k]) ? Rt("Layers", Lit(count)) : Rt("Empty", Longs(t.Shape), DType(t.DType))));
         }
         var loop = new List<StatementSyntax>();
         for (int i = carried; i < carried + stacked; i++)
-            loop.Add(Local(Bind(region.Args[i]), Rt("Select", Ref(n.Inputs[i]), Lit(0L), loopVar)));
+            loop.Add(Local(Bind(region.Args[i]), _stacks.IsTakenOnRead(n.Inputs[i])
+                ? Rt("TakeLayer", Ref(n.Inputs[i]), loopVar)
+                : Rt("Select", Ref(n.Inputs[i]), Lit(0L), loopVar)));
         for (int i = carried + stacked; i < region.Args.Length; i++) _locals[region.Args[i]] = _locals[n.Inputs[i]];
         _loopDepth++;
         EmitBlock(region, loop);
-        _loopDepth--;
         for (int k = carried; k < n.Outputs.Length; k++)
-            loop.Add(ExpressionStatement(Rt("SetLayer", Ref(n.Outputs[k]), loopVar, Ref(region.Results[k]))));
+        {
+            var copy = _stacks.IsStack(n.Outputs[k]) && !_stacks.OwnedByIteration(region.Results[k], region);
+            // Timed under --profile too: saving a layer's activations was a copy of all of them before LayerStacks.
+            (int Site, string Local)? timer = _options.Profile ? StartTimer(n, loop, "set_layer", 0, n.Outputs[k].Name) : null;
+            loop.Add(ExpressionStatement(Rt(copy ? "SetLayerCopy" : "SetLayer", Ref(n.Outputs[k]), loopVar, Ref(region.Results[k]))));
+            if (timer is var (site, local)) loop.Add(StopTimer(site, local));
+        }
+        _loopDepth--;
         // Next carried values leave the iteration's scope; the previous ones are freed unless they are the loop's own
         // operands (first iteration), which belong to the caller.
         var next = new List<(int Index, string Name)>();

@@ -330,6 +330,29 @@ public static class Rt
     /// <summary>Index <paramref name="index"/> of <paramref name="axis"/>, dropping the axis (e.g. one layer of a stacked parameter).</summary>
     public static Tensor Select(Tensor x, long axis, long index) => x.select(axis, index);
 
+    /// <summary>A stack of <paramref name="count"/> per-layer results, one tensor each (see <see cref="LayerStack"/>).</summary>
+    public static LayerStack Layers(long count) => new(count);
+
+    /// <summary>Keeps <paramref name="value"/> as layer <paramref name="index"/> without copying it: for a value the
+    /// iteration made (its buffer is the iteration's own and nothing writes it afterwards).</summary>
+    public static void SetLayer(LayerStack stack, long index, Tensor value) => stack.Set(index, value);
+
+    /// <summary>Keeps a copy of <paramref name="value"/> as layer <paramref name="index"/>: for a value whose buffer the
+    /// iteration does not own (a loop operand, a view of a parameter), which may change after the iteration.</summary>
+    public static void SetLayerCopy(LayerStack stack, long index, Tensor value)
+    {
+        using var copy = value.clone();
+        stack.Set(index, copy);
+    }
+
+    /// <summary>Layer <paramref name="index"/> of a stack that other readers read too (the stack keeps it).</summary>
+    public static Tensor Select(LayerStack stack, long axis, long index) =>
+        axis == 0 ? stack.Get(index) : throw new ArgumentOutOfRangeException(nameof(axis), "a layer stack is sliced along its layers only");
+
+    /// <summary>Layer <paramref name="index"/> of a stack read by one loop only: the stack lets go of it, so it is freed with
+    /// the reading iteration's scope.</summary>
+    public static Tensor TakeLayer(LayerStack stack, long index) => stack.Take(index);
+
     /// <summary>Converts to <paramref name="dtype"/> (x itself, under a new handle, when it already has that type).</summary>
     public static Tensor Cast(Tensor x, ScalarType dtype) => x.dtype == dtype ? x.alias() : x.to_type(dtype);
 

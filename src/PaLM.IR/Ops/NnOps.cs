@@ -31,6 +31,7 @@ internal static class NnOps
             },
             Flops = n => 7 * Numel(n), // mean, subtract, square, mean, rsqrt-multiply, scale
             Lower = c => new RtCall("LayerNorm", LArg.In(0), LArg.In(1), LArg.Lit(c.Node.Attr<FloatAttr>("eps").Value)),
+            FreshBuffer = true,
             Sharding = n => ShardingRule.ByName(n, n.Attr<DimsAttr>("over").Names),
             Vjp = c =>
             {
@@ -102,6 +103,7 @@ internal static class NnOps
             },
             Flops = n => 3 * Numel(n), // x*cos + rotate(x)*sin
             Lower = c => new RtCall("Rope", LArg.In(0), LArg.Lit(c.Axis(0, "seq")), LArg.Lit(c.Axis(0, "feature")), LArg.Lit(Inverse(c.Node) ? 1L : 0L)),
+            FreshBuffer = true,
             // Angles depend on the global position and feature pairs span the feature dim: both stay whole.
             Sharding = n => ShardingRule.ByName(n, [.. n.Attr<DimsAttr>("seq").Names, .. n.Attr<DimsAttr>("feature").Names]),
             Linearity = Linearity.Unary,

@@ -1,0 +1,76 @@
+using PaLM.CodeGen;
+using PaLM.Dsl;
+using PaLM.IR;
+using PaLM.Runtime;
+using PaLM.Runtime.Training;
+using static TorchSharp.torch;
+
+namespace PaLM.Passes.Tests;
+
+/// <summary>
+/// Per-layer results kept as one tensor per layer (<see cref="LayerStacks"/>, <c>PaLM.Runtime.LayerStack</c>): which
+/// results qualify, which are still copied, and that a training step computes the same bits with and without them.
+/// </summary>
+public sealed class LayerStackTests
+{
+    private static readonly Lazy<Graph> s_tiny = new(() => Frontend.CompileFile(TestPaths.Graph("palm-tiny")));
+
+    [Fact]
+    public void ForwardActivationsAreKeptAndTheBackwardTakesThem()
+    {
+        var compiled = TrainingCompiler.Compile(s_tiny.Value, null, new TrainingConfig());
+        var text = Emitter.Emit(compiled.Local).Text;
+        // What the forward loop saves is kept per layer, and the backward loop, its one reader, takes each layer.
+        Assert.Contains("var probs_saved_1 = Rt.Layers(2L);", text);
+        Assert.Contains("Rt.SetLayer(probs_saved_1, layers_i, probs);", text);
+        Assert.Contains("var probs_saved = Rt.TakeLayer(probs_saved_1, layers_i_1);", text);
+        // The carried input is the loop's operand in the first iteration, which the iteration does not own: copied.
+        Assert.Contains("Rt.SetLayerCopy(x_1_saved_1, layers_i, x_1);", text);
+        // Gradients are read whole by the optimizer: stacked buffers, as before.
+        Assert.Contains("var d_w_q = Rt.Empty(", text);
+        Assert.DoesNotContain("Rt.TakeLayer(d_w_q", text);
+
+        var without = Emitter.Emit(compiled.Local, options: new CodeGenOptions { KeepLayerResults = false }).Text;
+        Assert.DoesNotContain("Rt.Layers(", without);
+        Assert.DoesNotContain("TakeLayer", without);
+    }
+
+    [Theory]
+    [InlineData("none", true, true)]
+    [InlineData("none", false, false)]
+    [InlineData("full", true, true)]
+    [InlineData("dots", true, false)]
+    public void StepsComputeTheSameBitsWithAndWithoutKeptLayers(string remat, bool fuse, bool donate)
+    {
+        Rt.Initialize();
+        var compiled = TrainingCompiler.Compile(s_tiny.Value, null, new TrainingConfig { Fuse = fuse, Remat = RematPolicy.Parse(remat) });
+        var kept = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local, options: new CodeGenOptions { DonateUpdatedArguments = donate }));
+        var copied = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local,
+            options: new CodeGenOptions { DonateUpdatedArguments = donate, KeepLayerResults = false }));
+        using var scope = NewDisposeScope();
+        var a = kept.InitParameters(seed: 5);
+        var b = copied.InitParameters(seed: 5);
+        int In(string name) => kept.Inputs.Select(i => i.Name).ToList().IndexOf(name);
+        var shape = kept.Inputs[In("tokens")].Shape;
+        var corpus = ByteCorpus.Default();
+        for (long step = 1; step <= 3; step++)
+        {
+            var (tokens, targets) = corpus.Batch(7, step, shape[0], shape[1]);
+            var inputs = new Tensor[kept.Inputs.Count];
+            inputs[In("tokens")] = tokens;
+            inputs[In("targets")] = targets;
+            inputs[In("step")] = tensor((float)step, ScalarType.Float32);
+            var outA = kept.Forward(a, inputs);
+            var outB = copied.Forward(b, inputs);
+            for (int i = 0; i < outA.Length; i++)
+            {
+                Assert.True(outA[i].eq(outB[i]).all().item<bool>(), $"step {step}: output {kept.Outputs[i].Name} differs");
+                if (kept.Outputs[i].Updates is var u and >= 0)
+                {
+                    a[u] = outA[i];
+                    b[u] = outB[i];
+                }
+            }
+        }
+    }
+}
