@@ -101,16 +101,13 @@ public static class RowKernels
         public static Rows Of(Tensor t, long axis, long query = -1)
         {
             var strides = Enumerable.Range(0, (int)t.dim()).Select(d => t.stride(d)).ToArray();
-            // The lowest address the tensor touches is its data pointer (no stride is negative in torch); the span
-            // from it must start at the tensor's storage offset (TorchSharp's as_strided defaults to offset 0).
-            using var storage = t.as_strided([Extent(t)], [1], t.storage_offset());
-            return new Rows((float*)Native.TensorMemory.Address(storage), t.shape, strides, (int)axis, (int)query);
+            return new Rows((float*)Native.TensorMemory.FirstElement(t), t.shape, strides, (int)axis, (int)query);
         }
 
         public int Length => (int)Shape[Axis];
 
         /// <summary>Elements from the tensor's first to its last, gaps included (a strided view spans more than its numel).</summary>
-        public static long Extent(Tensor t) => 1 + Enumerable.Range(0, (int)t.dim()).Sum(d => (t.shape[d] - 1) * t.stride(d));
+        public static long Extent(Tensor t) => Native.TensorMemory.Extent(t);
     }
 
     private abstract class RowWork(int axis, long[] shape) : TeamWork

@@ -222,6 +222,34 @@ public sealed class LoopFusionTests
         Assert.True(Rt.Fused(kernel, 0, [a, b], [], [-1])[0].allclose(a - b, rtol: 0, atol: 0));
     }
 
+    [Theory]
+    [InlineData(3, 1024, 3072)]                                   // a SwiGLU half: rows of d_ff in a fused projection's output
+    [InlineData(2, FusedLoop.ChunkElements + 5, FusedLoop.ChunkElements + 40)]  // rows longer than a chunk
+    [InlineData(5, 1100, 1100)]                                   // a slice that is the whole row: dense after all
+    public void SlicesOfWiderRowsAreReadInPlace(int rows, int columns, int width)
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var wide = randn(rows, 2, width);
+        var a = wide.narrow(2, width - columns, columns);              // strided: rows of `columns` at a row stride of `width`
+        var b = randn(rows, 2, columns);
+        var c = randn(1, 1, columns).expand(rows, 2, columns);         // one row broadcast to all: row stride 0
+        var kernel = new LoopKernel(k =>
+        {
+            Ew.Sub(k.In(0), k.In(1), k.Temp(0));
+            Ew.Mul(k.Temp(0), k.In(2), k.Out(0));
+            Ew.Add(k.In(0), k.In(2), k.Out(1));
+        });
+        var before = wide.clone();
+        var results = Rt.Fused(kernel, 1, [a, b, c], [], [-1, -1]);
+        Assert.True(results[0].eq((a - b) * c).all().item<bool>());
+        Assert.True(results[1].eq(a + c).all().item<bool>());
+        Assert.True(wide.eq(before).all().item<bool>());                               // operands are read, never written
+        // A narrowed middle dim cannot fold into rows of a fixed stride: copied first, with the same results.
+        var middle = randn(rows, 5, columns).narrow(1, 1, 2);
+        Assert.True(Rt.Fused(kernel, 1, [middle, b, c], [], [-1, -1])[0].eq((middle - b) * c).all().item<bool>());
+    }
+
     private static void AssertSameResults(Graph g, int seed)
     {
         var fused = RoslynCompiler.CompileInMemory(Emitter.Emit(g));
