@@ -59,7 +59,8 @@ public sealed class FusionPlan
 /// a full-size result: the optimizer's Adafactor update is a chain of about 17 of them per parameter.
 /// <para>
 /// A group is decided in one pass over each block, in order. An elementwise node joins (and merges) the still-open
-/// groups that produce its same-shaped operands, or starts one. A group closes when anything outside it reads one of
+/// groups that produce its same-shaped operands; failing that, it joins a still-open group of its shape that reads one
+/// of its operands (a sibling, so the loop reads the shared operand once and has several results); else it starts one. A group closes when anything outside it reads one of
 /// its values, so everything that reads a group's result runs after the group's loop, which is emitted where its
 /// last member stood; the loop's operands were all computed before that point. Buffer donation
 /// (<see cref="BufferReuse"/>) sees each member's reads at the loop's position, so nothing between a group's first and
@@ -100,6 +101,16 @@ public static class LoopFusion
         var groupOf = new Dictionary<Value, FusionGroup>(ReferenceEqualityComparer.Instance);
         var index = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
         var all = new List<FusionGroup>();
+        // The groups reading each full-size value, for sibling fusion.
+        var readers = new Dictionary<Value, List<FusionGroup>>(ReferenceEqualityComparer.Instance);
+        void Reads(Node member, FusionGroup group)
+        {
+            foreach (var v in member.Inputs.Where(v => v.Type.Rank > 0))
+            {
+                if (!readers.TryGetValue(v, out var list)) readers[v] = list = [];
+                if (!list.Contains(group)) list.Add(group);
+            }
+        }
         for (int i = 0; i < block.Nodes.Length; i++)
         {
             var n = block.Nodes[i];
@@ -109,17 +120,28 @@ public static class LoopFusion
             {
                 var joined = n.Inputs.Where(v => v.Type.Rank > 0 && groupOf.TryGetValue(v, out var g) && g.Open)
                     .Select(v => groupOf[v]).Distinct().OrderBy(g => g.FirstIndex).ToList();
+                // Else a sibling: an open group of the same shape that reads one of n's operands, so the loop reads it
+                // once for both (XLA's sibling multi-output fusion; SwiGLU's two backward halves read one cotangent).
+                if (joined.Count == 0 && n.Inputs.Where(v => v.Type.Rank > 0).SelectMany(v => readers.GetValueOrDefault(v) ?? [])
+                        .Where(g => g.Open && g.Type.Equals(n.Outputs[0].Type)).OrderBy(g => g.FirstIndex).FirstOrDefault() is { } sibling)
+                    joined.Add(sibling);
                 var group = joined.Count > 0 ? joined[0] : new FusionGroup(i);
                 if (joined.Count == 0) all.Add(group);
                 foreach (var other in joined.Skip(1))
                 {
                     group.Members.AddRange(other.Members);
-                    foreach (var m in other.Members) groupOf[m.Outputs[0]] = group;
+                    foreach (var m in other.Members)
+                    {
+                        groupOf[m.Outputs[0]] = group;
+                        Reads(m, group);
+                    }
                     all.Remove(other);
+                    other.Open = false;   // merged away: no later node may join it
                 }
                 group.Members.Add(n);
                 group.Members.Sort((a, b) => index[a].CompareTo(index[b]));
                 groupOf[n.Outputs[0]] = group;
+                Reads(n, group);
             }
             else
             {

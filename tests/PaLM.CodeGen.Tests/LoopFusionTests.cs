@@ -42,6 +42,33 @@ public sealed class LoopFusionTests
     }
 
     [Fact]
+    public void SiblingsReadingOneOperandShareALoopWithTwoResults()
+    {
+        var g = Compile("""
+            dim b = 4, d = 8, e = 3
+            input dy: f32[b, d]
+            input up: f32[b, d]
+            input act: f32[b, d]
+            input w: f32[d, e]
+            d_up = dy * act
+            d_act = dy * up
+            d_gate = exp(d_act)
+            p = einsum(d_gate[b, d], w[d, e] -> [b, e])
+            late = dy * up
+            output d_up
+            output p
+            output late
+            """);
+        // d_act reads none of d_up's group's results but shares dy with it: one loop, results d_up and d_gate. The
+        // einsum closes that group, so the later product of the same operands is on its own (one op: unfused).
+        Assert.Equal([["d_up", "d_act", "d_gate"]], Groups(g));
+        var group = LoopFusion.Plan(g).Groups[0];
+        Assert.Equal(["d_up", "d_gate"], group.Outputs.Select(v => v.Name));
+        Assert.Equal(["dy", "act", "up"], group.Inputs.Select(v => v.Name));
+        AssertSameResults(g, 5);
+    }
+
+    [Fact]
     public void BroadcastsOtherDtypesAndScalarsStayOutside()
     {
         var g = Compile("""
@@ -86,17 +113,19 @@ public sealed class LoopFusionTests
     [Fact]
     public void DonationWaitsForTheLoopThatReadsTheBuffer()
     {
-        // u is read by the group {m, n}, whose loop runs at n; t = u - 1 in between is u's last reader in node order,
-        // but not in execution order: donating u to it would hand the loop a buffer already overwritten.
+        // u is read by the group {m, n}, whose loop runs at n; t = u * r in between (a broadcast, so not a sibling of
+        // m) is u's last reader in node order, but not in execution order: donating u to it would hand the loop a
+        // buffer already overwritten.
         var g = Compile("""
             dim b = 4, d = 8
             dim e = 2
             input x: f32[b, d]
             input w: f32[d, e]
+            input r: f32[d]
             u = exp(x)
             p = einsum(u[b, d], w[d, e] -> [b, e])
             m = u * x
-            t = log(u)
+            t = u * r
             n = m * m
             output n
             output t
@@ -105,9 +134,9 @@ public sealed class LoopFusionTests
         var fusion = LoopFusion.Plan(g);
         Assert.Equal([["m", "n"]], Groups(g));
         var unfused = BufferReuse.Plan(g).ToDictionary(kv => kv.Key.Outputs[0].Name, kv => kv.Value);
-        Assert.True(unfused.ContainsKey("t"));       // without fusion, log may take u's buffer: m has read it already
+        Assert.True(unfused.ContainsKey("t"));       // without fusion, t may take u's buffer: m has read it already
         var fused = BufferReuse.Plan(g, fusion: fusion).ToDictionary(kv => kv.Key.Outputs[0].Name, kv => kv.Value);
-        Assert.False(fused.ContainsKey("t"));        // with fusion, m's loop runs after log
+        Assert.False(fused.ContainsKey("t"));        // with fusion, m's loop runs after t
         AssertSameResults(g, seed: 1);
     }
 
