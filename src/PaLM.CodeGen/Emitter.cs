@@ -36,6 +36,12 @@ public sealed record CodeGenOptions
     /// into a stacked buffer (see <see cref="LayerStacks"/>). On by default; off reproduces the copies (to compare).
     /// </summary>
     public bool KeepLayerResults { get; init; } = true;
+
+    /// <summary>
+    /// Let fused loops write results into their slices of the concatenation that reads them (see
+    /// <see cref="ConcatDestinations"/>). On by default; off makes every concatenation copy all its pieces (to compare).
+    /// </summary>
+    public bool ConcatInPlace { get; init; } = true;
 }
 
 /// <summary>The generated C# of one graph: its syntax tree and the name of the class implementing IGraphProgram.</summary>
@@ -65,6 +71,8 @@ public sealed class Emitter
     private readonly IReadOnlyDictionary<FusionGroup, int[]> _loopDonors;
     private readonly List<MethodDeclarationSyntax> _kernels = [];
     private readonly LayerStacks _stacks;
+    private readonly ConcatDestinations _concatInto;
+    private readonly Dictionary<Node, string> _joins = new(ReferenceEqualityComparer.Instance);
     private int _loopDepth;
 
     private Emitter(Graph graph, CodeGenOptions options)
@@ -75,6 +83,7 @@ public sealed class Emitter
             ? BufferReuse.PlanAll(graph, _fusion, options.DonateUpdatedArguments)
             : (new Dictionary<Node, int>(), new Dictionary<FusionGroup, int[]>());
         _stacks = options.KeepLayerResults ? new LayerStacks(graph, _fusion, _inPlace, _loopDonors) : LayerStacks.None;
+        _concatInto = options.ConcatInPlace ? new ConcatDestinations(graph, _fusion) : ConcatDestinations.None;
     }
 
     public static GeneratedSource Emit(Graph graph, string? sourceFileName = null, CodeGenOptions? options = null)
@@ -252,11 +261,15 @@ public sealed class Emitter
             var start = body.Count;
             var lowering = n.Op.Lower(new LowerContext(n));
             if (lowering is RtCall plain && _inPlace.TryGetValue(n, out var donor)) lowering = BufferReuse.InPlaceCall(n, plain, donor);
+            // A join some of whose pieces their loops wrote in place: copy in only the others.
+            ExpressionSyntax? intoJoin = lowering is RtCall { Method: "Concat" } concat && _joins.TryGetValue(n, out var join)
+                ? Rt("ConcatInto", [IdentifierName(CSharpNames.Token(join)), .. concat.Args.Select(a => Arg(a, n))])
+                : null;
             (int Site, string Local)? timer = lowering is RtCall && _options.Profile ? StartTimer(n, body) : null;
             switch (lowering)
             {
                 case RtCall call when n.Outputs.Length == 1:
-                    body.Add(Local(Bind(n.Outputs[0]), Call(call, n)));
+                    body.Add(Local(Bind(n.Outputs[0]), intoJoin ?? Call(call, n)));
                     break;
                 case RtCall call:
                     BindParts(Call(call, n), n.Outputs, n.Outputs[0].Name + "_parts", body);
@@ -329,8 +342,23 @@ public sealed class Emitter
             $"{where}fused loop {kernelName} over {group.Type}: {string.Join(", ", group.Members.Select(m => m.Outputs[0].Name))}"));
         var start = body.Count;
         (int Site, string Local)? timer = _options.Profile ? StartTimer(group.Last, body, "fused_loop", group.Members.Sum(m => m.Op.Flops(m))) : null;
-        var call = Rt("Fused", IdentifierName(kernelName), Int(temps), Array("Tensor", group.Inputs.Select(Ref)), Array("Tensor", group.Scalars.Select(Ref)),
-            Array("int", (_loopDonors.GetValueOrDefault(group) ?? [.. group.Outputs.Select(_ => -1)]).Select(Int)));
+        // Results a concatenation reads are written into their slices of its buffer, allocated by the first such loop.
+        var donors = (_loopDonors.GetValueOrDefault(group) ?? [.. group.Outputs.Select(_ => -1)]).ToArray();
+        var destinations = group.Outputs.Select(o => _concatInto.Of(o)).ToArray();
+        foreach (var piece in destinations.OfType<ConcatDestinations.Piece>().Select(p => p.Concat).Distinct())
+        {
+            if (_joins.ContainsKey(piece)) continue;
+            var t = piece.Outputs[0].Type;
+            _joins[piece] = _names.Fresh(piece.Outputs[0].Name + "_join");
+            body.Add(Local(_joins[piece], Rt("Empty", Longs(t.Shape), DType(t.DType))));
+        }
+        for (int j = 0; j < donors.Length; j++) if (destinations[j] is not null) donors[j] = -1;
+        var loopArgs = new List<ExpressionSyntax> { IdentifierName(kernelName), Int(temps), Array("Tensor", group.Inputs.Select(Ref)), Array("Tensor", group.Scalars.Select(Ref)), Array("int", donors.Select(Int)) };
+        if (destinations.Any(d => d is not null))
+            loopArgs.Add(Array("Tensor?", destinations.Select(d => d is null
+                ? (ExpressionSyntax)LiteralExpression(SyntaxKind.NullLiteralExpression)
+                : Rt("Narrow", IdentifierName(CSharpNames.Token(_joins[d.Concat])), Lit(d.Axis), Lit(d.Offset), Lit(d.Length)))));
+        var call = Rt("Fused", [.. loopArgs]);
         BindParts(call, group.Outputs, group.Last.Outputs[0].Name + "_loop", body);
         if (timer is var (site, local)) body.Add(StopTimer(site, local));
         body[start] = body[start].WithLeadingTrivia(comment);

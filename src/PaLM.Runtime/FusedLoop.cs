@@ -99,7 +99,7 @@ public static class FusedLoop
     /// last dim); any other layout is copied into the loop's order first.
     /// </para>
     /// </summary>
-    public static Tensor[] Run(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, int[] donors)
+    public static Tensor[] Run(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, int[] donors, Tensor?[]? destinations = null)
     {
         int outputs = donors.Length;
         if (inputs.Length == 0) throw new ArgumentException("a fused loop needs at least one full-size operand", nameof(inputs));
@@ -117,13 +117,14 @@ public static class FusedLoop
         var order = MemoryOrder(inputs.FirstOrDefault(IsDense) ?? inputs[0]);
         var results = new Tensor[outputs];
         for (int i = 0; i < outputs; i++)
-            results[i] = donors[i] >= 0 && InOrder(inputs[donors[i]], order) ? inputs[donors[i]] : EmptyInOrder(shape, order);
+            results[i] = destinations?[i] is { } d ? CheckDestination(d, shape)
+                : donors[i] >= 0 && InOrder(inputs[donors[i]], order) ? inputs[donors[i]] : EmptyInOrder(shape, order);
         if (n == 0) return results;
         var values = scalars.Select(s => s.item<float>()).ToArray();
         var owned = new List<Tensor>();
         try
         {
-            if (!inputs.All(t => InOrder(t, order)) && RowLayout(inputs.Concat(results), order) is { Columns: >= MinRowElements } layout)
+            if (!inputs.Concat(results).All(t => InOrder(t, order)) && RowLayout(inputs.Concat(results), order) is { Columns: >= MinRowElements } layout)
             {
                 var (rows, columns, strides) = layout;
                 var operands = inputs.Concat(results).Select((t, i) => new RowOperand(Native.TensorMemory.FirstElement(t), strides[i])).ToArray();
@@ -132,13 +133,17 @@ public static class FusedLoop
                 GC.KeepAlive(results);
                 return results;
             }
+            // A destination the loop cannot walk in place gets the result of a loop into a new buffer copied in.
+            var written = results.Select(t => InOrder(t, order) ? t : Own(EmptyInOrder(shape, order), owned)).ToArray();
             var flatIn = inputs.Select(t => Flat(t, order, owned)).ToArray();
-            var flatOut = results.Select(t => Flat(t, order, owned)).ToArray();
+            var flatOut = written.Select(t => Flat(t, order, owned)).ToArray();
             for (long start = 0; start < n; start += SegmentElements)
             {
                 long length = Math.Min(SegmentElements, n - start);
                 Launch(kernel, temps, Segment(flatIn, start, length, owned), Segment(flatOut, start, length, owned), values, 1, length);
             }
+            for (int i = 0; i < outputs; i++)
+                if (!ReferenceEquals(written[i], results[i])) results[i].copy_(written[i]);
         }
         finally
         {
@@ -146,6 +151,10 @@ public static class FusedLoop
         }
         return results;
     }
+
+    private static Tensor CheckDestination(Tensor d, long[] shape) =>
+        d.dtype == ScalarType.Float32 && d.device_type == DeviceType.CPU && d.shape.SequenceEqual(shape) ? d
+            : throw new ArgumentException($"fused loop: a destination must be float32 on the CPU of shape [{string.Join(", ", shape)}], got {d.dtype} [{string.Join(", ", d.shape)}]");
 
     /// <summary>
     /// The tensors (all of one shape) as <c>rows</c> rows of <c>columns</c> contiguous elements in the loop's order, with

@@ -180,6 +180,38 @@ public static class Rt
     public static Tensor[] Fused(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, int[] donors) =>
         FusedLoop.Run(kernel, temps, inputs, scalars, donors);
 
+    /// <summary>A fused loop whose results with a non-null entry in <paramref name="destinations"/> are written into
+    /// that tensor (a slice of a concatenation's buffer, <see cref="ConcatInto"/>), which is also what it returns for them.</summary>
+    public static Tensor[] Fused(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, int[] donors, Tensor?[] destinations) =>
+        FusedLoop.Run(kernel, temps, inputs, scalars, donors, destinations);
+
+    /// <summary><paramref name="length"/> entries of <paramref name="axis"/> from <paramref name="start"/>: a view.</summary>
+    public static Tensor Narrow(Tensor x, long axis, long start, long length) => x.narrow(axis, start, length);
+
+    /// <summary>
+    /// <paramref name="xs"/> joined along <paramref name="axis"/> in <paramref name="join"/> (of the joined shape), which
+    /// it returns: pieces that already are their slice of it (written there by their loops) are left as they are, the
+    /// others are copied in.
+    /// </summary>
+    public static Tensor ConcatInto(Tensor join, Tensor[] xs, long axis)
+    {
+        long offset = 0;
+        foreach (var x in xs)
+        {
+            var length = x.shape[axis];
+            using var slice = join.narrow(axis, offset, length);
+            if (!IsSameView(slice, x)) slice.copy_(x);
+            offset += length;
+        }
+        return join.alias();
+    }
+
+    /// <summary>Whether two tensors are the same elements of the same memory: same shape, strides and first element.</summary>
+    private static bool IsSameView(Tensor a, Tensor b) =>
+        a.dtype == b.dtype && a.device_type == DeviceType.CPU && b.device_type == DeviceType.CPU && a.shape.SequenceEqual(b.shape)
+        && Enumerable.Range(0, (int)a.dim()).All(d => a.shape[d] == 1 || a.stride(d) == b.stride(d))
+        && a.numel() > 0 && Native.TensorMemory.FirstElement(a) == Native.TensorMemory.FirstElement(b);
+
     /// <summary>x under a new handle (a layout constraint has no runtime effect on one device).</summary>
     public static Tensor Identity(Tensor x) => x.alias();
 
