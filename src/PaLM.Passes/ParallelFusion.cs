@@ -166,8 +166,13 @@ public static class ParallelFusion
                     ("along", new DimsAttr([.. pieces.Select(p => p.Flat.Name)])), ("as", new DimsAttr([total.Name])));
                 var first = group[0];
                 var keep = first.SharedLabels.Where(l => !first.Contracted.Contains(l)).ToImmutableArray();
+                // The joined dim goes where every member's own dims stand in its result: first for weight gradients
+                // ([own..., keep...], as the weights are laid out), so the split pieces are contiguous blocks already in
+                // the weights' layout instead of transposed views that every use (the per-layer gradient stack) copies.
+                bool ownFirst = group.All(s => s.Node.Outputs[0].Type.Dims.Select(d => d.Name).SequenceEqual([.. s.Own, .. keep]));
                 var product = Apply(fused, "einsum", [first.X, cat], $"fused{id}",
-                    ("operands", new DimListsAttr([first.SharedLabels, [.. first.Contracted, total.Name]])), ("output", new DimsAttr([.. keep, total.Name])));
+                    ("operands", new DimListsAttr([first.SharedLabels, [.. first.Contracted, total.Name]])),
+                    ("output", new DimsAttr(ownFirst ? [total.Name, .. keep] : [.. keep, total.Name])));
                 var parts = _b.Apply(fused, OpTable.Get("split"), [product],
                     GraphBuilder.Attrs(("along", new DimsAttr([total.Name])), ("into", new DimsAttr([.. pieces.Select(p => p.Flat.Name)]))),
                     [.. group.Select(s => s.Node.Outputs[0].Name + ".part")], first.Node.Loc);
@@ -175,7 +180,8 @@ public static class ParallelFusion
                 for (int i = 0; i < group.Count; i++)
                 {
                     var target = group[i].Node.Outputs[0];
-                    var unflat = Apply(fused, "reshape", [parts[i]], target.Name + ".unflat", ("to", new DimsAttr([.. keep, .. group[i].Own])));
+                    var unflat = Apply(fused, "reshape", [parts[i]], target.Name + ".unflat",
+                        ("to", new DimsAttr(ownFirst ? [.. group[i].Own, .. keep] : [.. keep, .. group[i].Own])));
                     rename[target] = Arrange(fused, unflat, target);
                 }
                 SiblingGroups++;

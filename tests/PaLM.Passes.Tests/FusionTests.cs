@@ -94,4 +94,23 @@ public sealed class FusionTests
         Assert.Contains(body, n => n.Op.Name == "reshape" && producer.TryGetValue(n.Inputs[0], out var p) && p.Op.Name == "concat"
             && p.Inputs.Length == (mesh == "data=1,model=1" ? 5 : p.Inputs.Length) && p.Inputs.Length >= 2);
     }
+    [Theory]
+    [InlineData("data=1,model=1")]
+    [InlineData("data=2,model=2")]
+    public void WeightGradientsComeOutInTheWeightsLayout(string mesh)
+    {
+        // The output projections' weight gradients (w_o [heads, head_dim, d_model], w_down [d_ff, d_model]) share the
+        // cotangent of the residual: their fused product puts the joined dim first, as the weights have it, so no
+        // transpose follows the split and the per-layer gradient stack copies contiguous blocks.
+        var g = Frontend.CompileFile(TestPaths.Graph("palm-tiny"));
+        var fused = TrainingCompiler.Compile(g, Mesh.Parse(mesh), new TrainingConfig { Fuse = true });
+        var body = BackwardLoop(fused.Local).Regions[0].Nodes;
+        var product = body.Single(n => n.Op.Name == "einsum" && n.Inputs.Length == 2
+            && n.Attr<DimsAttr>("output").Names is [var joined, "d_model"] && joined.StartsWith("fused.", StringComparison.Ordinal));
+        var split = body.Single(n => n.Op.Name == "split" && n.Inputs[0] == product.Outputs[0]);
+        Assert.Equal(0, split.Inputs[0].Type.IndexOf(split.Attr<DimsAttr>("along").Names[0]));
+        var users = body.Where(n => split.Outputs.Any(n.Inputs.Contains)).ToList();
+        Assert.All(users, n => Assert.Equal("reshape", n.Op.Name));
+        Assert.DoesNotContain(body, n => n.Op.Name == "transpose" && users.Any(u => u.Outputs.Contains(n.Inputs[0])));
+    }
 }
