@@ -29,13 +29,20 @@ internal sealed class Contraction
     private readonly string _x, _y, _out;
     private readonly char[] _batch, _contracted, _left, _right;
 
-    private Contraction(string x, string y, string output)
+    /// <summary>The same product with the operands' roles swapped, when the output lists the second operand's free dims
+    /// first: the matmul then writes the result in the output's own order instead of as a transposed view (a weight
+    /// gradient laid out as the weight is, so whatever copies it copies contiguous memory).</summary>
+    private readonly Contraction? _swapped;
+
+    private Contraction(string x, string y, string output, bool mayswap = true)
     {
         (_x, _y, _out) = (x, y, output);
         _batch = [.. output.Where(c => x.Contains(c) && y.Contains(c))];
         _contracted = [.. x.Where(c => y.Contains(c) && !output.Contains(c))];
         _left = [.. output.Where(c => x.Contains(c) && !y.Contains(c))];
         _right = [.. output.Where(c => y.Contains(c) && !x.Contains(c))];
+        if (mayswap && output.FirstOrDefault(c => !_batch.Contains(c)) is var first && _right.Contains(first))
+            _swapped = new Contraction(y, x, output, mayswap: false);
     }
 
     /// <summary>The contraction of <paramref name="spec"/>, or false when it is not a plain two-operand product.</summary>
@@ -62,6 +69,7 @@ internal sealed class Contraction
 
     public Tensor Run(Tensor x, Tensor y)
     {
+        if (_swapped is not null) return _swapped.Run(y, x);
         if (x.dim() != _x.Length || y.dim() != _y.Length) return torch.einsum($"{_x},{_y}->{_out}", x, y);
         long Size(char c) => _x.IndexOf(c) is var i and >= 0 ? x.shape[i] : y.shape[_y.IndexOf(c)];
         var (batch, contracted, left, right) = Order(x, y);
@@ -106,6 +114,7 @@ internal sealed class Contraction
     /// <summary>Whether <see cref="Run"/> reads both operands in place (no copy to rearrange either): for tests.</summary>
     internal bool ReadsInPlace(Tensor x, Tensor y)
     {
+        if (_swapped is not null) return _swapped.ReadsInPlace(y, x);
         var (batch, contracted, left, right) = Order(x, y);
         int[] Runs(char[] free) => [batch.Length, free.Length, contracted.Length];
         return Mergeable(Arrange(x, _x, batch, left, contracted), Runs(left))

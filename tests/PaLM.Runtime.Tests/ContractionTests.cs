@@ -38,6 +38,25 @@ public sealed class ContractionTests
         }
     }
 
+    [Theory]
+    [InlineData("abc,abd->dc")]      // a fused weight gradient laid out as the weights: the second operand's dims first
+    [InlineData("abc,abd->cd")]
+    [InlineData("ab,bc->ca")]
+    public void ResultsComeOutInTheOutputsOrder(string spec)
+    {
+        // The matmul writes the output's own order (operands swapped where the output lists the second one's dims
+        // first), not a transposed view that a later copy would have to gather.
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var parts = spec.Split("->")[0].Split(',');
+        var sizes = new Dictionary<char, long> { ['a'] = 3, ['b'] = 5, ['c'] = 4, ['d'] = 6 };
+        var x = randn([.. parts[0].Select(c => sizes[c])]);
+        var y = randn([.. parts[1].Select(c => sizes[c])]);
+        var got = Rt.Einsum(spec, x, y);
+        Assert.True(got.is_contiguous(), $"{spec}: strides [{string.Join(", ", got.stride())}]");
+        Assert.True(allclose(einsum(spec, x, y), got, rtol: 1e-5, atol: 1e-5));
+    }
+
     [Fact]
     public void TheAttentionGradientReadsAPermutedViewInPlace()
     {
