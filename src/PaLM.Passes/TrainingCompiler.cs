@@ -52,6 +52,7 @@ public static class TrainingCompiler
         var regrouped = 0;
         if (config.Auto is { } auto) forward = AutoRemat.SplitLayers(forward, auto.FirstGroup);
         if (config.Fuse) (forward, regrouped) = ParallelFusion.Reassociate(forward);
+        (forward, _) = ScaleHoisting.Run(forward);
         var fullySharded = config.Remat.FullyShardedResiduals || config.Auto is { } a && (a.First.FullyShardedResiduals || a.Second.FullyShardedResiduals);
         Func<Value, Sharding?>? residualSharding = fullySharded ? FullySharded(forward, meshOverride) : null;
         var training = TrainStep.Build(forward, config.Optimizer, config.Remat, residualSharding,

@@ -1,0 +1,66 @@
+using PaLM.CodeGen;
+using PaLM.Dsl;
+using PaLM.IR;
+using PaLM.Runtime;
+using static TorchSharp.torch;
+
+namespace PaLM.Passes.Tests;
+
+/// <summary>
+/// Scale hoisting: which scaled products move their scale onto an operand, which stay, and that the training step
+/// computes the same bits with and without it (the scale is a power of two).
+/// </summary>
+public sealed class ScaleHoistingTests
+{
+    private static Graph Compile(string body) => Frontend.CompileText("scale.palm", "dim b = 4, s = 16, t = 16, d = 8, v = 32\n" + body);
+
+    [Fact]
+    public void TheScoresScaleMovesOntoTheKey()
+    {
+        var g = Compile("""
+            input q: f32[b, s, d]
+            input k: f32[b, t, d]
+            input w: f32[v, d]
+            input y: f32[b, s, d]
+            scores = einsum(q[b, s, d], k[b, t, d] -> [b, s, t]) * 0.125
+            logits = einsum(y[b, s, d], w[v, d] -> [b, s, v]) * 0.3
+            again = einsum(q[b, s, d], k[b, t, d] -> [b, s, t])
+            twice = again * 0.5
+            output scores
+            output logits
+            output twice
+            output again
+            """);
+        var (hoisted, count) = ScaleHoisting.Run(g);
+        // scores: the operands are the same size (q first); logits: 0.3 is not a power of two; again is read twice.
+        Assert.Equal(1, count);
+        var scores = hoisted.Body.Nodes.Single(n => n.Outputs[0].Name == "scores");
+        Assert.Equal("einsum", scores.Op.Name);
+        var scaled = hoisted.Body.Nodes.Single(n => n.Outputs[0] == scores.Inputs[0]);
+        Assert.Equal("mul", scaled.Op.Name);
+        Assert.Equal("q", scaled.Inputs[0].Name);
+        Assert.Equal("mul", hoisted.Body.Nodes.Single(n => n.Outputs[0].Name == "logits").Op.Name);
+        Assert.Equal("mul", hoisted.Body.Nodes.Single(n => n.Outputs[0].Name == "twice").Op.Name);
+    }
+
+    [Fact]
+    public void PalmTinyScalesTheKeyAndComputesTheSameLoss()
+    {
+        var graph = Frontend.CompileFile(TestPaths.Graph("palm-tiny"));
+        var (hoisted, count) = ScaleHoisting.Run(graph);
+        // The attention scores inside the layer loop, and the logits (palm-tiny's 1/√d_model is 1/8), whose smallest
+        // operand is the final activations y ([8, 16, 64], against the embedding's [256, 64]).
+        Assert.Equal(2, count);
+        Assert.Contains(hoisted.Body.Nodes, n => n.Op.Name == "mul" && n.Inputs[0].Name == "y");
+        var body = hoisted.Body.Nodes.Single(n => n.Op.HasRegion).Regions[0];
+        var scaled = body.Nodes.Single(n => n.Outputs[0].Name.EndsWith(".scaled", StringComparison.Ordinal));
+        Assert.Equal("k", scaled.Inputs[0].Name);   // the multi-query key, 1/heads the size of the query
+        var before = RoslynCompiler.CompileInMemory(Emitter.Emit(graph));
+        var after = RoslynCompiler.CompileInMemory(Emitter.Emit(hoisted));
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var p = before.InitParameters(3);
+        var (tokens, targets) = Batches.Random(4, 8, 16, 256);
+        Assert.Equal(before.Forward(p, [tokens, targets])[0].item<float>(), after.Forward(p, [tokens, targets])[0].item<float>());
+    }
+}
