@@ -46,17 +46,11 @@ public sealed class DonationTests
         using var scope = NewDisposeScope();
         var a = plain.InitParameters(seed: 3);
         var b = donating.InitParameters(seed: 3);
-        int In(string name) => plain.Inputs.Select(i => i.Name).ToList().IndexOf(name);
-        var shape = plain.Inputs[In("tokens")].Shape;
         var corpus = ByteCorpus.Default();
         int inPlace = 0;
         for (long step = 1; step <= 3; step++)
         {
-            var (tokens, targets) = corpus.Batch(5, step, shape[0], shape[1]);
-            var inputs = new Tensor[plain.Inputs.Count];
-            inputs[In("tokens")] = tokens;
-            inputs[In("targets")] = targets;
-            inputs[In("step")] = tensor((float)step, ScalarType.Float32);
+            var inputs = StepInputs.For(plain, corpus, seed: 5, step);
             var outA = plain.Forward(a, inputs);
             var outB = donating.Forward(b, inputs);
             // A result may be an old tensor only where it replaces that very tensor: the trainer frees an old tensor

@@ -51,16 +51,10 @@ public sealed class LayerStackTests
         using var scope = NewDisposeScope();
         var a = kept.InitParameters(seed: 5);
         var b = copied.InitParameters(seed: 5);
-        int In(string name) => kept.Inputs.Select(i => i.Name).ToList().IndexOf(name);
-        var shape = kept.Inputs[In("tokens")].Shape;
         var corpus = ByteCorpus.Default();
         for (long step = 1; step <= 3; step++)
         {
-            var (tokens, targets) = corpus.Batch(7, step, shape[0], shape[1]);
-            var inputs = new Tensor[kept.Inputs.Count];
-            inputs[In("tokens")] = tokens;
-            inputs[In("targets")] = targets;
-            inputs[In("step")] = tensor((float)step, ScalarType.Float32);
+            var inputs = StepInputs.For(kept, corpus, seed: 7, step);
             var outA = kept.Forward(a, inputs);
             var outB = copied.Forward(b, inputs);
             for (int i = 0; i < outA.Length; i++)
