@@ -10,8 +10,9 @@ namespace PaLM.CodeGen;
 /// the backward), and most of each join's bytes come from one fused loop.
 /// <para>
 /// A loop result qualifies when a concatenation along the last dim in the same block is its one reader (directly or
-/// through reshapes that keep its shape, each with that one reader), besides being the block's result (saved by a
-/// layer loop, as a view of the join). The join is allocated where the first such loop
+/// through reshapes that keep its shape, each with that one reader), besides being a loop body's result (saved by a
+/// layer loop, as a view of the join; such a saved view stays intact only because nothing writes a join in place:
+/// concat is not a fresh-buffer op for buffer donation, see its OpDef). The join is allocated where the first such loop
 /// runs; the concatenation then copies only the pieces that are not already in place (<c>Rt.ConcatInto</c>).
 /// </para>
 /// </summary>
@@ -48,9 +49,11 @@ public sealed class ConcatDestinations
         Count(g.Body);
         // A view nothing reads (left behind by a pass that reused an equal value) does not count as a reader.
         bool Dead(Node? n) => n is { Op.IsView: true } && n.Outputs.All(o => !readers.ContainsKey(o));
-        // A block result (a value a layer loop saves for the backward) may live on as a view of the join: not counted.
+        // A loop body's result (a value a layer loop saves for the backward) may live on as a view of the join: not
+        // counted. The graph's own results are: a caller gets dense tensors of their own.
+        var outputs = new HashSet<Value>(g.Body.Results, ReferenceEqualityComparer.Instance);
         var uses = new Dictionary<Value, int>(ReferenceEqualityComparer.Instance);
-        foreach (var (v, list) in readers) uses[v] = list.Count(u => u is not null && !Dead(u));
+        foreach (var (v, list) in readers) uses[v] = list.Count(u => u is not null && !Dead(u)) + (outputs.Contains(v) ? 1 : 0);
         Visit(g.Body, fusion, uses);
     }
 

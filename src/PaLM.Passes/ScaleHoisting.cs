@@ -9,7 +9,8 @@ namespace PaLM.Passes;
 /// autodiff then scales the key's small gradient instead of the scores' cotangent: two passes over 50 MB a layer
 /// become two over 0.5 MB. XLA's algebraic simplifier moves scalar multiplies across dots the same way.
 /// <para>
-/// Only where nothing else reads the einsum's result, the operand is smaller than the result, and the scale is a
+/// Only where nothing else reads the einsum's result (and no <c>@shard</c> annotation sits on it), the operand is
+/// smaller than the result, and the scale is a
 /// constant power of two, which commutes exactly with fp rounding (outside subnormals): the step computes the same bits
 /// as before. Runs on the global forward graph before autodiff, in every block (loop bodies included).
 /// </para>
@@ -60,6 +61,8 @@ public static class ScaleHoisting
             || !IsPowerOfTwo(value, product.Type.DType))
             return null;
         if (!producer.TryGetValue(product, out var e) || e.Op.Name != "einsum" || e.Inputs.Length != 2 || uses.GetValueOrDefault(product) != 1) return null;
+        // The einsum's result disappears: a sharding the user put on it would be lost with it.
+        if (product.Sharding is not null) return null;
         if (e.Inputs.Any(v => v.Type.DType != product.Type.DType)) return null;
         int k = e.Inputs[0].Type.ElementCount <= e.Inputs[1].Type.ElementCount ? 0 : 1;
         return e.Inputs[k].Type.ElementCount < product.Type.ElementCount ? (e, scale, k) : null;

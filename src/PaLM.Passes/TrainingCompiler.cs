@@ -20,6 +20,10 @@ public sealed record TrainingConfig
 
     /// <summary>Let causal attention's einsums skip the blocks above the diagonal (<see cref="PaLM.Passes.CausalBlocks"/>).</summary>
     public bool CausalBlocks { get; init; } = true;
+
+    /// <summary>Move power-of-two scales of einsum results onto their smallest operand before autodiff
+    /// (<see cref="PaLM.Passes.ScaleHoisting"/>; exact, so off only to compare).</summary>
+    public bool HoistScales { get; init; } = true;
 }
 
 /// <summary>A compiled training step: the global training graph, its per-device program, and the phase times.</summary>
@@ -40,8 +44,8 @@ public sealed class CompiledTraining
 }
 
 /// <summary>
-/// The training pipeline after the front end: the training step (autodiff with the remat policy, loss, optimizer) on
-/// the global graph, then propagation and partitioning over the mesh, then the passes that work on the per-device
+/// The training pipeline after the front end: scales hoisted onto einsum operands, then the training step (autodiff
+/// with the remat policy, loss, optimizer) on the global graph, then propagation and partitioning over the mesh, then the passes that work on the per-device
 /// program (parallel-layer fusion, sums of squares without their squared temporaries, the causal softmax in one pass, attention's einsums over the causal triangle). Every stage's output is verified.
 /// </summary>
 public static class TrainingCompiler
@@ -52,7 +56,7 @@ public static class TrainingCompiler
         var regrouped = 0;
         if (config.Auto is { } auto) forward = AutoRemat.SplitLayers(forward, auto.FirstGroup);
         if (config.Fuse) (forward, regrouped) = ParallelFusion.Reassociate(forward);
-        (forward, _) = ScaleHoisting.Run(forward);
+        if (config.HoistScales) (forward, _) = ScaleHoisting.Run(forward);
         var fullySharded = config.Remat.FullyShardedResiduals || config.Auto is { } a && (a.First.FullyShardedResiduals || a.Second.FullyShardedResiduals);
         Func<Value, Sharding?>? residualSharding = fullySharded ? FullySharded(forward, meshOverride) : null;
         var training = TrainStep.Build(forward, config.Optimizer, config.Remat, residualSharding,

@@ -15,8 +15,9 @@ namespace PaLM.Runtime;
 public delegate void LoopKernel(LoopChunk chunk);
 
 /// <summary>
-/// The window of a fused loop one kernel call works on: <see cref="Length"/> elements at the same offset of every
-/// operand and result, plus per-thread scratch of that length. A chunk is small enough (<see cref="FusedLoop.ChunkElements"/>)
+/// The window of a fused loop one kernel call works on: <see cref="Length"/> elements of every operand and result at the
+/// same position of the loop (each operand's own address for it: its row and column in its own row layout), plus
+/// per-thread scratch of that length. A chunk is small enough (<see cref="FusedLoop.ChunkElements"/>)
 /// that a kernel's intermediates stay in the core's L1/L2 cache between its ops, which is the point of fusing: each
 /// large operand is read from memory once and each result written once, instead of once per op.
 /// </summary>
@@ -92,7 +93,8 @@ public static class FusedLoop
     /// <paramref name="scalars"/>; returns a tensor of that shape per entry of <paramref name="donors"/>: operand
     /// <c>donors[j]</c> itself, written over, when it is ≥ 0 and laid out in the loop's order (code generation donates
     /// only buffers nothing reads afterwards, and only to a result its kernel writes after its last read of that
-    /// operand), else a new tensor.
+    /// operand), else a new tensor. A non-null <paramref name="destinations"/> entry (a slice of a join) is where that
+    /// result goes instead, and what is returned for it.
     /// <para>
     /// Operands laid out densely in the loop's order are read in place; so are strided views whose elements come in
     /// rows of at least <see cref="MinRowElements"/> contiguous ones at a fixed row stride (a slice of a wider tensor's

@@ -44,6 +44,21 @@ public sealed class ConcatDestinationsTests
         Assert.Null(destinations.Of(t));
         var text = Emitter.Emit(g).Text;
         Assert.Contains("Rt.ConcatInto(joined_join", text);
+        // A piece that is also one of the graph's outputs keeps a buffer of its own: callers get dense tensors.
+        var shown = Frontend.CompileText("join.palm", """
+            dim b = 4, d = 1024, e = 64, j = 1088, o = 3
+            input x: f32[b, d]
+            input y: f32[b, d]
+            input z: f32[b, e]
+            input w: f32[j, o]
+            h = exp(x * y)
+            joined = concat(h, z, along=[d, e], as=j)
+            p = einsum(joined[b, j], w[j, o] -> [b, o])
+            output p
+            output h
+            """);
+        var hShown = shown.Body.Nodes.Single(n => n.Outputs[0].Name == "h").Outputs[0];
+        Assert.Null(new ConcatDestinations(shown, LoopFusion.Plan(shown)).Of(hShown));
         Assert.DoesNotContain("Rt.ConcatInto(joined_join", Emitter.Emit(g, options: new CodeGenOptions { ConcatInPlace = false }).Text);
     }
 

@@ -114,6 +114,8 @@ internal static class LayoutOps
             },
             Flops = _ => 0,
             Lower = c => new RtCall("Concat", new LAllInputs(), LArg.Lit(c.Axis(0, "along"))),
+            // Not FreshBuffer, on purpose: code generation may make a join's pieces views of it that a layer loop keeps
+            // (CodeGen.ConcatDestinations, LayerStacks), so no op may be handed the join's buffer to write in place.
             Sharding = n => ShardingRule.ByName(n, ShardingRule.OneSided(n)),
             Linearity = Linearity.Sum,
             Vjp = c =>
