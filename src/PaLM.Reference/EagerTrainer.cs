@@ -1,3 +1,4 @@
+using PaLM.Runtime;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
@@ -77,6 +78,8 @@ public sealed class EagerTrainer : IDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(step, 1L);
         var o = options;
         using var scope = NewDisposeScope();
+        // Every scalar argument goes through a held Scalar: TorchSharp's temporary ones can be finalized mid-call (HeldScalars).
+        using var s = new HeldScalars();
         var loss = Model.Loss(tokens, targets);
         loss.backward();
 
@@ -87,7 +90,7 @@ public sealed class EagerTrainer : IDisposable
         {
             var grads = parameters.Select(p => p.grad ?? zeros_like(p)).ToArray();
             // The global norm as clip_grad_norm_ takes it: one norm per tensor, then their norm (no gradient-sized temporaries).
-            var gradNorm = (double)linalg.vector_norm(stack(grads.Select(g => linalg.vector_norm(g)))).item<float>();
+            var gradNorm = (double)stack(grads.Select(g => g.norm())).norm().item<float>();
             // Read once (it is reported anyway), the clip factor is a plain scalar folded into the ops below
             // instead of a pass that scales every gradient.
             var clip = o.ClipNorm > 0 ? o.ClipNorm / Math.Max(gradNorm, o.ClipNorm) : 1.0;
@@ -95,21 +98,21 @@ public sealed class EagerTrainer : IDisposable
             {
                 var (p, g, mi, vi) = (parameters[i], grads[i], m[i], v[i]);
                 // v = beta2 v + (1 - beta2)(g² + eps1), with g = clip · G.
-                vi.mul_(beta2).addcmul_(g, g, (1 - beta2) * clip * clip).add_((1 - beta2) * o.Epsilon1);
+                vi.mul_(s[beta2]).addcmul_(g, g, s[(1 - beta2) * clip * clip]).add_(s[(1 - beta2) * o.Epsilon1]);
                 // u = g / sqrt(v) = clip · r with r = G / sqrt(v): the one temporary, freed before the next parameter.
                 using var r = vi.rsqrt().mul_(g);
                 // m = beta1 m + (1 - beta1) u / max(1, RMS(u) / d); the clip divisor stays a 0-dim tensor (no sync per parameter).
                 if (o.UpdateClip > 0)
                 {
-                    using var den = linalg.vector_norm(r).mul_(clip * invSqrtNumel[i] / o.UpdateClip).clamp_min_(1);
-                    mi.mul_(o.Beta1).addcdiv_(r, den, (1 - o.Beta1) * clip);
+                    using var den = r.norm().mul_(s[clip * invSqrtNumel[i] / o.UpdateClip]).clamp_min_(s[1]);
+                    mi.mul_(s[o.Beta1]).addcdiv_(r, den, s[(1 - o.Beta1) * clip]);
                 }
                 else
-                    mi.mul_(o.Beta1).add_(r, (1 - o.Beta1) * clip);
+                    mi.mul_(s[o.Beta1]).add_(r, s[(1 - o.Beta1) * clip]);
                 // Parameter scaling from the RMS of the old weights: W = W (1 - lr^power) - m · lr · max(eps2, RMS(W)).
-                using var stepSize = linalg.vector_norm(p).mul_(invSqrtNumel[i]).clamp_min_(o.Epsilon2).mul_(lr);
-                if (decay != 0) p.mul_(1 - decay);
-                p.addcmul_(mi, stepSize, -1);
+                using var stepSize = p.norm().mul_(s[invSqrtNumel[i]]).clamp_min_(s[o.Epsilon2]).mul_(s[lr]);
+                if (decay != 0) p.mul_(s[1 - decay]);
+                p.addcmul_(mi, stepSize, s[-1]);
                 // Cheaper than zeroing: the next backward hands its gradient buffers over instead of accumulating into zeros.
                 p.grad = null;
             }

@@ -241,7 +241,8 @@ public static class Rt
         using var scope = torch.NewDisposeScope();
         var mean = x.mean([-1], keepdim: true);
         var centered = x.sub(mean);
-        var rstd = Square(centered).mean([-1], keepdim: true).add_(eps).rsqrt_();
+        using var held = new HeldScalars();
+        var rstd = Square(centered).mean([-1], keepdim: true).add_(held[eps]).rsqrt_();
         var xhat = centered.mul_(rstd);
         var g = dy.mul(scale);
         var m1 = g.mean([-1], keepdim: true);
