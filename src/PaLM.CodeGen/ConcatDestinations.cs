@@ -31,29 +31,14 @@ public sealed class ConcatDestinations
 
     public ConcatDestinations(Graph g, FusionPlan fusion)
     {
-        var readers = new Dictionary<Value, List<Node?>>(ReferenceEqualityComparer.Instance);
-        void Read(Value v, Node? user)
-        {
-            if (!readers.TryGetValue(v, out var list)) readers[v] = list = [];
-            list.Add(user);
-        }
-        void Count(Block b)
-        {
-            foreach (var n in b.Nodes)
-            {
-                foreach (var v in n.Inputs) Read(v, n);
-                foreach (var r in n.Regions) Count(r);
-            }
-            foreach (var v in b.Results) Read(v, null);
-        }
-        Count(g.Body);
+        var readers = GraphReaders.Of(g);
         // A view nothing reads (left behind by a pass that reused an equal value) does not count as a reader.
         bool Dead(Node? n) => n is { Op.IsView: true } && n.Outputs.All(o => !readers.ContainsKey(o));
         // A loop body's result (a value a layer loop saves for the backward) may live on as a view of the join: not
         // counted. The graph's own results are: a caller gets dense tensors of their own.
         var outputs = new HashSet<Value>(g.Body.Results, ReferenceEqualityComparer.Instance);
         var uses = new Dictionary<Value, int>(ReferenceEqualityComparer.Instance);
-        foreach (var (v, list) in readers) uses[v] = list.Count(u => u is not null && !Dead(u)) + (outputs.Contains(v) ? 1 : 0);
+        foreach (var (v, list) in readers) uses[v] = list.Count(u => u.User is not null && !Dead(u.User)) + (outputs.Contains(v) ? 1 : 0);
         Visit(g.Body, fusion, uses);
     }
 

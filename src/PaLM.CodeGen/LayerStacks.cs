@@ -36,22 +36,7 @@ public sealed class LayerStacks
     public LayerStacks(Graph g, FusionPlan fusion, IReadOnlyDictionary<Node, int> inPlace, IReadOnlyDictionary<FusionGroup, int[]> loopDonors)
     {
         (_fusion, _inPlace, _loopDonors) = (fusion, inPlace, loopDonors);
-        var uses = new Dictionary<Value, List<(Node? User, int Operand)>>(ReferenceEqualityComparer.Instance);
-        void Count(Block b)
-        {
-            foreach (var n in b.Nodes)
-            {
-                for (int i = 0; i < n.Inputs.Length; i++) Use(n.Inputs[i], n, i);
-                foreach (var r in n.Regions) Count(r);
-            }
-            foreach (var v in b.Results) Use(v, null, -1);
-        }
-        void Use(Value v, Node? user, int operand)
-        {
-            if (!uses.TryGetValue(v, out var list)) uses[v] = list = [];
-            list.Add((user, operand));
-        }
-        Count(g.Body);
+        var uses = GraphReaders.Of(g);
 
         void Find(Block b)
         {
