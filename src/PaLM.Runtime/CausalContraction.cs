@@ -10,6 +10,10 @@ namespace PaLM.Runtime;
 /// </summary>
 internal static class CausalContraction
 {
+    /// <summary><c>PALMC_CAUSAL=general</c> runs every causal einsum on the general path below (to compare; read on each
+    /// call, a few dozen a step, so a test can pin the path for the programs it compares bit for bit).</summary>
+    private static bool General => Environment.GetEnvironmentVariable("PALMC_CAUSAL") == "general";
+
     /// <summary>
     /// A two-operand einsum over causal attention's triangle (the IR's <c>causal_einsum</c>), in
     /// <paramref name="blocks"/> blocks of the query label <paramref name="q"/> (when the output keeps it) or else of the
@@ -19,6 +23,9 @@ internal static class CausalContraction
     /// </summary>
     public static Tensor Run(string spec, char q, char k, long blocks, Tensor[] operands)
     {
+        // Direct BLAS calls on the blocks where the operands' layouts allow (attention's do); this general path otherwise.
+        if (operands.Length == 2 && !General && Contraction.TryParse(spec, out var plan) && plan.RunCausal(operands[0], operands[1], q, k, blocks) is { } direct)
+            return direct;
         var arrow = spec.Split("->");
         var ins = arrow[0].Split(',');
         string output = arrow[1];

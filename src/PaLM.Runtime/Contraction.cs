@@ -89,6 +89,86 @@ internal sealed class Contraction
     }
 
     /// <summary>
+    /// The product over causal attention's triangle (the IR's <c>causal_einsum</c>) as blocks of direct BLAS calls
+    /// (<see cref="Native.Blas"/>), or null where this plan does not apply (the caller's general path runs it).
+    /// <para>
+    /// The same [B, M, K] · [B, N, K] plan as <see cref="Run"/>. The label split into <paramref name="blocks"/> blocks
+    /// (the query when the output keeps it, else the key) must lead its free group, and the label its blocks meet (the
+    /// key, or the query) must lead its own group, free or contracted: then a block of the split label is a contiguous
+    /// range of rows (or columns) of the matrix product, the keys up to the block's last query (or the queries from its
+    /// first key) are a contiguous range of the other group, and each block is one BLAS call per batch that reads both
+    /// operands where they lie and writes its rows of the result in place. Where the output keeps both labels, the
+    /// rest of each block's rows is written as zeros. In attention's layouts ([b, s, h, ·] activations, [b, t, d] keys
+    /// and values) all six products qualify: heads ride along inside the query's group, so the heads-and-queries
+    /// contraction of the keys' and values' gradients is one product per block instead of one per head.
+    /// </para>
+    /// </summary>
+    internal unsafe Tensor? RunCausal(Tensor x, Tensor y, char q, char k, long blocks)
+    {
+        if (_swapped is not null) return _swapped.RunCausal(y, x, q, k, blocks);
+        if (x.dim() != _x.Length || y.dim() != _y.Length || !Native.Blas.Available) return null;
+        if (x.dtype != ScalarType.Float32 || y.dtype != ScalarType.Float32 || x.device_type != DeviceType.CPU || y.device_type != DeviceType.CPU) return null;
+        long Size(char c) => _x.IndexOf(c) is var i and >= 0 ? x.shape[i] : y.shape[_y.IndexOf(c)];
+        var (batch, contracted, left, right) = Order(x, y);
+        bool splitQuery = _out.Contains(q);
+        char split = splitQuery ? q : k, other = splitQuery ? k : q;
+        // Where each label sits: 0 rows (left), 1 columns (right), 2 contracted. Each must lead its group, but for labels
+        // of size 1 before it (they add nothing to an index; ties in the memory order can put them first).
+        bool Leads(char[] g, char c) => Array.IndexOf(g, c) is var i and >= 0 && g.Take(i).All(l => Size(l) == 1);
+        int Group(char c) => Leads(left, c) ? 0 : Leads(right, c) ? 1 : Leads(contracted, c) ? 2 : -1;
+        int sg = Group(split), og = Group(other);
+        if (sg is not (0 or 1) || og < 0 || og == sg) return null;
+
+        long Prod(char[] g) => g.Aggregate(1L, (n, c) => n * Size(c));
+        long B = Prod(batch), M = Prod(left), N = Prod(right), K = Prod(contracted);
+        long Q = Size(q), Kk = Size(k), S = Size(split);
+        if (Q == 0 || Kk == 0 || S == 0) return null;
+        long[] extent = [M, N, K];
+        long sInner = extent[sg] / S, oInner = extent[og] / Size(other);
+        blocks = Math.Clamp(blocks, 1, S);
+
+        using var scope = NewDisposeScope();
+        var xm = Readable(AsMatrix(x, _x, batch, left, contracted, B, M, K));   // [B, M, K]
+        var ym = Readable(AsMatrix(y, _y, batch, right, contracted, B, N, K));  // [B, N, K]
+        var product = torch.empty([B, M, N], ScalarType.Float32);
+        float* xp = (float*)Native.TensorMemory.FirstElement(xm), yp = (float*)Native.TensorMemory.FirstElement(ym);
+        float* cp = (float*)Native.TensorMemory.Address(product);
+        long xb = xm.stride(0), xr = xm.stride(1), xc = xm.stride(2), yb = ym.stride(0), yr = ym.stride(1), yc = ym.stride(2);
+        for (long bi = 0; bi < blocks; bi++)
+        {
+            long lo = S * bi / blocks, hi = S * (bi + 1) / blocks;
+            // The block's range of the other label: keys up to its last query, or queries from its first key.
+            var (oLo, oHi) = splitQuery ? (0L, Math.Min(Kk, hi)) : (Math.Min(lo, Q), Q);
+            long[] from = [0, 0, 0], to = [M, N, K];
+            (from[sg], to[sg]) = (lo * sInner, hi * sInner);
+            (from[og], to[og]) = (oLo * oInner, oHi * oInner);
+            for (long b = 0; b < B; b++)
+                Native.Blas.Sgemm(to[0] - from[0], to[1] - from[1], to[2] - from[2],
+                    xp + b * xb + from[0] * xr + from[2] * xc, xr, xc,
+                    yp + b * yb + from[1] * yr + from[2] * yc, yr, yc,
+                    cp + (b * M + from[0]) * N + from[1], N);
+            if (og == 2) continue;
+            // Both labels kept: the rest of the block's rows (or columns) holds the products it skipped, zeros.
+            var rows = sg == 0 ? product.narrow(1, from[0], to[0] - from[0]) : product.narrow(2, from[1], to[1] - from[1]);
+            int od = og + 1;
+            if (from[og] > 0) rows.narrow(od, 0, from[og]).zero_();
+            if (to[og] < extent[og]) rows.narrow(od, to[og], extent[og] - to[og]).zero_();
+        }
+        GC.KeepAlive(xm);
+        GC.KeepAlive(ym);
+        // [B, M, N] → [batch..., left..., right...] → the output's order.
+        char[] order = [.. batch, .. left, .. right];
+        var result = product.view([.. order.Select(Size)]);
+        var perm = _out.Select(c => (long)Array.IndexOf(order, c)).ToArray();
+        if (!perm.Select((p, i) => p == i).All(b => b)) result = result.permute(perm);
+        return result.MoveToOuterDisposeScope();
+    }
+
+    /// <summary><paramref name="m"/> ([B, R, C]) as it is when BLAS can read each matrix in place, else a contiguous copy.</summary>
+    private static Tensor Readable(Tensor m) =>
+        Native.Blas.Readable(m.shape[1], m.shape[2], m.stride(1), m.stride(2)) ? m : m.contiguous();
+
+    /// <summary>
     /// <paramref name="t"/> as [B, F, K] (rows: its free dims, columns: the contracted ones): a view when each group's
     /// dims, in the order chosen, merge into one (matmul takes any strides of the last two dims), else a copy.
     /// </summary>

@@ -61,4 +61,68 @@ public sealed class CausalEinsumTests
         Same(Rt.Einsum("abcd,acbe->aed", dOut, p), Rt.CausalEinsum("abcd,acbe->aed", "b", "e", blocks, [dOut, p]));
         Same(Rt.Einsum("abcd,acbe->ade", p, qs), Rt.CausalEinsum("abcd,acbe->ade", "c", "d", blocks, [p, qs]));
     }
+
+    /// <summary>
+    /// The direct BLAS plan (<see cref="Contraction.RunCausal"/>) against the full einsum on all six of attention's
+    /// products, with operands laid out as palm-cpu's step lays them out: the values a column slice of the fused
+    /// projection's output, the attention output's cotangent a slice of a wider join (its heads and queries do not merge,
+    /// so the plan copies it), probabilities computed by the plan itself as [b, s, h, t] and read as [b, h, s, t].
+    /// The plan must apply to every one of them (that is where the step's time goes) and agree with the full product on
+    /// the causal half (the rest of a diagonal block is computed, as on the general path; past it, zeros).
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void DirectBlocksMatchTheFullProductOnAttentionsLayouts(int seed, long s, long blocks)
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var g = new Generator((ulong)seed);
+        var (b, h, _, t, d) = Sizes(seed, s);
+        var q = randn([b, s, h, d], generator: g);
+        var k = randn([b, t, d], generator: g);
+        var v = randn([b, t, 3 * d + 1], generator: g).narrow(2, d + 1, d);
+        var dOut = randn([b, s, h * d + 5], generator: g).narrow(2, 0, h * d).view(b, s, h, d);
+        var scores = Direct("abcd,aed->acbe", 'b', 'e', blocks, q, k);
+        var above = ones(s, t, ScalarType.Bool).triu(1);
+        Same(Rt.Einsum("abcd,aed->acbe", q, k).masked_fill(above, 0), scores.masked_fill(above, 0));
+        // Past each block's last query, the keys it skipped hold zeros.
+        var skipped = zeros([s, t], ScalarType.Bool);
+        for (long i = 0, n = Math.Clamp(blocks, 1, s); i < n; i++)
+        {
+            long lo = s * i / n, hi = s * (i + 1) / n;
+            if (hi < t) skipped[TensorIndex.Slice(lo, hi), TensorIndex.Slice(hi, t)] = tensor(true);
+        }
+        Assert.True(scores.masked_select(skipped.expand_as(scores)).eq(0).all().item<bool>());
+        var p = Rt.CausalSoftmax(scores, 2, 3);
+        var dProbs = Rt.SoftmaxGrad(Direct("abcd,aed->acbe", 'b', 'e', blocks, dOut, v), p, 3);
+        Same(Rt.Einsum("abcd,aed->acbe", dOut, v).masked_fill(above, 0), Direct("abcd,aed->acbe", 'b', 'e', blocks, dOut, v).masked_fill(above, 0));
+        Same(Rt.Einsum("abcd,ade->acbe", p, v), Direct("abcd,ade->acbe", 'c', 'd', blocks, p, v));
+        Same(Rt.Einsum("abcd,acbe->aed", dOut, p), Direct("abcd,acbe->aed", 'b', 'e', blocks, dOut, p));
+        Same(Rt.Einsum("abcd,acbe->ade", dProbs, q), Direct("abcd,acbe->ade", 'c', 'd', blocks, dProbs, q));
+        Same(Rt.Einsum("abcd,ade->acbe", dProbs, k), Direct("abcd,ade->acbe", 'c', 'd', blocks, dProbs, k));
+    }
+
+    /// <summary>Where the split label does not lead its group (queries stored inside the heads), the plan declines and
+    /// the general path gives the same product.</summary>
+    [Fact]
+    public void APlanThatDoesNotFitDeclinesAndTheGeneralPathRunsIt()
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var g = new Generator(7);
+        var q = randn([2, 3, 9, 4], generator: g).permute(0, 2, 1, 3);   // [b, s, h, d] stored as [b, h, s, d]
+        var k = randn([2, 9, 4], generator: g);
+        Assert.True(Contraction.TryParse("abcd,aed->acbe", out var plan));
+        Assert.Null(plan.RunCausal(q, k, 'b', 'e', 3));
+        var above = ones(9, 9, ScalarType.Bool).triu(1);
+        Same(Rt.Einsum("abcd,aed->acbe", q, k).masked_fill(above, 0), Rt.CausalEinsum("abcd,aed->acbe", "b", "e", 3, [q, k]).masked_fill(above, 0));
+    }
+
+    private static Tensor Direct(string spec, char q, char k, long blocks, Tensor x, Tensor y)
+    {
+        Assert.True(Contraction.TryParse(spec, out var plan));
+        var result = plan.RunCausal(x, y, q, k, blocks);
+        Assert.NotNull(result);
+        return result;
+    }
 }

@@ -1,0 +1,65 @@
+namespace PaLM.Runtime.Native;
+
+/// <summary>
+/// libtorch's own BLAS (MKL's Fortran <c>sgemm_</c>, exported by libtorch_cpu), called directly on strided memory.
+/// <para>
+/// Why: <c>torch.matmul</c> takes whole tensors and returns a new one, so a product that should fill a block of a larger
+/// result (causal attention's blocks, <see cref="Contraction.RunCausal"/>) is computed into a temporary and copied, and
+/// a product over a row range of a matrix must first be narrowed into a view it accepts. BLAS itself takes a pointer and
+/// a leading dimension per matrix: reading a block where it lies and writing into a block of the result are the same
+/// call. The kernels are the ones torch.matmul reaches (MKL with the thread count libtorch set; on its AVX-512 kernels
+/// once <see cref="MklDispatch"/> has run), so results agree with it to float rounding.
+/// </para>
+/// Where libtorch_cpu exports no <c>sgemm_</c> (another BLAS, another OS), <see cref="Available"/> is false and callers
+/// keep their torch path.
+/// </summary>
+internal static unsafe class Blas
+{
+    private static readonly Lazy<nint> s_sgemm = new(() =>
+        LoadedLibraries.TryFind(f => f.StartsWith("libtorch_cpu", StringComparison.Ordinal), out var lib)
+        && System.Runtime.InteropServices.NativeLibrary.TryGetExport(lib, "sgemm_", out var f) ? f : 0);
+
+    /// <summary>Whether <see cref="Sgemm"/> can run (libtorch_cpu is loaded and exports the Fortran sgemm).</summary>
+    public static bool Available => s_sgemm.Value != 0;
+
+    /// <summary>
+    /// C[i, j] = Σ_p A[i, p] · Y[j, p] (i &lt; m, j &lt; n, p &lt; k), with beta = 0 (C is overwritten). A's element
+    /// [i, p] lies at <c>a + i·aRow + p·aCol</c>, Y's [j, p] at <c>y + j·yRow + p·yCol</c>; C is row-major with leading
+    /// dimension <paramref name="ldc"/>. Each of A and Y needs a unit stride in one of its two dims
+    /// (<see cref="Readable"/>). Y is the second operand transposed, as both of a contraction's operands list their
+    /// contracted dims last.
+    /// </summary>
+    public static void Sgemm(long m, long n, long k, float* a, long aRow, long aCol, float* y, long yRow, long yCol, float* c, long ldc)
+    {
+        if (m == 0 || n == 0) return;
+        if (k == 0)
+        {
+            for (long i = 0; i < m; i++) new Span<float>(c + i * ldc, checked((int)n)).Clear();
+            return;
+        }
+        // Row-major C (m×n) is column-major Cᵀ (n×m) = Y (n×k) · Aᵀ (k×m), each read in column-major terms.
+        var (opY, ldy) = ColumnMajor(n, k, yRow, yCol);
+        var (opA, lda) = ColumnMajor(k, m, aCol, aRow);
+        int M = checked((int)n), N = checked((int)m), K = checked((int)k), LDA = checked((int)ldy), LDB = checked((int)lda), LDC = checked((int)Math.Max(ldc, n));
+        float alpha = 1, beta = 0;
+        ((delegate* unmanaged<byte*, byte*, int*, int*, int*, float*, float*, int*, float*, int*, float*, float*, int*, void>)s_sgemm.Value)(
+            &opY, &opA, &M, &N, &K, &alpha, y, &LDA, a, &LDB, &beta, c, &LDC);
+    }
+
+    /// <summary>
+    /// How BLAS reads an r×c operand whose [i, j] lies at i·rowStride + j·colStride: as stored column-major ('N',
+    /// leading dimension colStride) or as the transpose of a column-major c×r ('T', leading dimension rowStride).
+    /// A dim of size 1 has no stride to speak of; the leading dimension is raised to the minimum BLAS checks.
+    /// </summary>
+    private static (byte Op, long Ld) ColumnMajor(long rows, long cols, long rowStride, long colStride)
+    {
+        if (rowStride == 1 || rows == 1) return ((byte)'N', Math.Max(cols == 1 ? rows : colStride, Math.Max(1, rows)));
+        return ((byte)'T', Math.Max(rows == 1 ? cols : rowStride, Math.Max(1, cols)));
+    }
+
+    /// <summary>Whether an r×c operand with these strides can be handed to <see cref="Sgemm"/> as it lies: one dim of unit
+    /// stride (or size 1) and the other's stride at least the first one's extent (no overlapping rows, no broadcast).</summary>
+    public static bool Readable(long rows, long cols, long rowStride, long colStride) =>
+        (rowStride == 1 || rows == 1) && (cols == 1 || colStride >= Math.Max(1, rows))
+        || (colStride == 1 || cols == 1) && (rows == 1 || rowStride >= Math.Max(1, cols));
+}
