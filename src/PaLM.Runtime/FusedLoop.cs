@@ -237,7 +237,7 @@ public static class FusedLoop
     {
         long perRow = (columns + ChunkElements - 1) / ChunkElements;
         long chunks = rows * perRow;
-        int threads = (int)Math.Clamp(Math.Min(torch.get_num_threads(), chunks), 1, 256);
+        int threads = Math.Min(OpenMpTeam.ThreadsFor(rows * columns, torch.get_num_threads()), (int)Math.Min(chunks, 256));
         OpenMpTeam.Run(new Job(kernel, temps, ins, outs, scalars, columns, perRow, chunks), threads);
     }
 

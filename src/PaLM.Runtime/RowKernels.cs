@@ -81,7 +81,7 @@ public static class RowKernels
     private static void Run(RowWork work, Tensor x, params Tensor[] operands)
     {
         long rows = x.numel() / x.shape[work.Axis];
-        OpenMpTeam.Run(work, (int)Math.Clamp(Math.Min(torch.get_num_threads(), rows / 64), 1, 256));
+        OpenMpTeam.Run(work, Math.Min(OpenMpTeam.ThreadsFor(x.numel(), torch.get_num_threads()), (int)Math.Clamp(rows / 64, 1, 256)));
         GC.KeepAlive(operands);
     }
 

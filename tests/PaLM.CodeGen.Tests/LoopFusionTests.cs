@@ -196,13 +196,14 @@ public sealed class LoopFusionTests
     public static TheoryData<int> Seeds => new() { 1, 2, 3, 4, 5, 6 };
 
     /// <summary>Random chains of every fusible op over shapes around the chunk size (one chunk, a ragged last chunk,
-    /// several per thread), fused vs unfused.</summary>
+    /// several per thread: the largest is over twice OpenMpTeam.GrainElements, so it runs
+    /// on two workers), fused vs unfused.</summary>
     [Theory]
     [MemberData(nameof(Seeds))]
     public void RandomChainsComputeWhatTheUnfusedProgramDoes(int seed)
     {
         var rng = new Random(seed);
-        long[] sizes = [1, 7, FusedLoop.ChunkElements / 8, FusedLoop.ChunkElements + 3, 5 * FusedLoop.ChunkElements / 2 + 1];
+        long[] sizes = [1, 7, FusedLoop.ChunkElements / 8, FusedLoop.ChunkElements + 3, 5 * FusedLoop.ChunkElements / 2 + 1, 4 * FusedLoop.ChunkElements + 9];
         long n = sizes[seed % sizes.Length];
         var text = new System.Text.StringBuilder(string.Create(CultureInfo.InvariantCulture, $"dim b = {(n % 2 == 0 ? 2 : 1)}, d = {(n % 2 == 0 ? n / 2 : n)}\n"));
         text.Append("input x: f32[b, d]\ninput y: f32[b, d]\ninput s: f32[]\n");
