@@ -21,6 +21,10 @@ public sealed record TrainingConfig
     /// <summary>Let causal attention's einsums skip the blocks above the diagonal (<see cref="PaLM.Passes.CausalBlocks"/>).</summary>
     public bool CausalBlocks { get; init; } = true;
 
+    /// <summary>Fuse attention's softmax and its gradient into the causal products that feed them
+    /// (<see cref="PaLM.Passes.AttentionEpilogues"/>; needs <see cref="CausalBlocks"/>).</summary>
+    public bool AttentionEpilogues { get; init; } = true;
+
     /// <summary>Move power-of-two scales of einsum results onto their smallest operand before autodiff
     /// (<see cref="PaLM.Passes.ScaleHoisting"/>; exact, so off only to compare).</summary>
     public bool HoistScales { get; init; } = true;
@@ -73,7 +77,11 @@ public static class TrainingCompiler
         }
         (local, _) = SquareReductions.Run(local);
         (local, _) = CausalSoftmax.Run(local);
-        if (config.CausalBlocks) (local, _) = CausalBlocks.Run(local);
+        if (config.CausalBlocks)
+        {
+            (local, _) = CausalBlocks.Run(local);
+            if (config.AttentionEpilogues) (local, _) = AttentionEpilogues.Run(local);
+        }
         return new CompiledTraining { RematName = config.Auto?.ToString() ?? config.Remat.Name, Training = training, Spmd = spmd, Local = local, Fusion = fusion, AutodiffTime = autodiff, PassesTime = sw.Elapsed };
     }
 

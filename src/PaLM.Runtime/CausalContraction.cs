@@ -1,5 +1,7 @@
+using PaLM.Runtime.Native;
 using TorchSharp;
 using static TorchSharp.torch;
+using TensorPrimitives = System.Numerics.Tensors.TensorPrimitives;
 
 namespace PaLM.Runtime;
 
@@ -21,6 +23,41 @@ internal static class CausalContraction
     /// or to queries from the block's first key, and its result is copied into its slice of the output. Where the
     /// output keeps both labels, keys past a block's last query are written as zeros.
     /// </summary>
+    /// <summary>
+    /// causal_softmax of <see cref="Run"/>'s product over its key (the IR's <c>causal_einsum_softmax</c>): with the direct
+    /// plan, each block of queries is normalized right after its product, while it is in cache, so the scores are never
+    /// written out and read back. Elsewhere the product, then <see cref="RowKernels.CausalSoftmax"/>; the same bits
+    /// either way (the same products, the same row arithmetic).
+    /// </summary>
+    public static Tensor RunSoftmax(string spec, char q, char k, long blocks, long queryAxis, long keyAxis, Tensor[] operands)
+    {
+        if (operands.Length == 2 && !General && Contraction.TryParse(spec, out var plan)
+            && plan.RunCausal(operands[0], operands[1], q, k, blocks, new SoftmaxEpilogue()) is { } direct)
+            return direct;
+        using var scores = Run(spec, q, k, blocks, operands);
+        return RowKernels.CausalSoftmax(scores, queryAxis, keyAxis);
+    }
+
+    /// <summary>
+    /// softmax_grad(product, y) over the key (the IR's <c>causal_einsum_softmax_grad</c>): <paramref name="spec"/> lists a
+    /// third operand, y, with the output's subscripts. With the direct plan each block's rows become y · (dy − Σ dy·y)
+    /// while in cache, the columns past the block (where the product is zero) −(Σ dy·y)·y, as softmax_grad of the
+    /// product would give for any y. Elsewhere the product, then <see cref="RowKernels.SoftmaxGrad"/>.
+    /// </summary>
+    public static Tensor RunSoftmaxGrad(string spec, char q, char k, long blocks, long keyAxis, Tensor[] operands)
+    {
+        var arrow = spec.Split("->");
+        var ins = arrow[0].Split(',');
+        if (operands.Length != 3 || ins.Length != 3 || ins[2] != arrow[1])
+            throw new ArgumentException($"causal_einsum_softmax_grad: expected two factors and y with the output's subscripts, got '{spec}'");
+        var product = $"{ins[0]},{ins[1]}->{arrow[1]}";
+        if (!General && Contraction.TryParse(product, out var plan)
+            && plan.RunCausal(operands[0], operands[1], q, k, blocks, new SoftmaxGradEpilogue(operands[2])) is { } direct)
+            return direct;
+        using var dy = Run(product, q, k, blocks, [operands[0], operands[1]]);
+        return RowKernels.SoftmaxGrad(dy, operands[2], keyAxis);
+    }
+
     public static Tensor Run(string spec, char q, char k, long blocks, Tensor[] operands)
     {
         // Direct BLAS calls on the blocks where the operands' layouts allow (attention's do); this general path otherwise.
@@ -82,5 +119,86 @@ internal static class CausalContraction
             if (output.Contains(oc) && oStart + oLen < Size(oc)) Narrow(slice, output, oc, oStart + oLen, Size(oc) - oStart - oLen).zero_();
         }
         return result;
+    }
+}
+
+/// <summary>
+/// A row operation fused into the blocks of a causal product (<see cref="Contraction.RunCausal"/>): it runs over a
+/// block's rows right after the block's products are written, on the op's threads, and owns each row whole: the
+/// block's columns hold the products, the rest of the row (past the block's last key) is its to write.
+/// </summary>
+internal abstract unsafe class CausalEpilogue : TeamWork
+{
+    private float* _c;
+    private long _batches, _batchStride, _first, _last, _rowInner, _computed, _length;
+
+    /// <summary>Lays out what the epilogue reads besides the product as the product is laid out ([B, M, N], through
+    /// <paramref name="asProduct"/>); false when a row of it is not contiguous (the plan then declines).</summary>
+    public virtual bool Bind(Func<Tensor, Tensor> asProduct) => true;
+
+    /// <summary>Runs over rows [<paramref name="first"/>, <paramref name="last"/>) of each of <paramref name="batches"/>
+    /// row-major products (<paramref name="length"/> per row, <paramref name="batchStride"/> apart), whose columns
+    /// [0, <paramref name="computed"/>) the block has written; row r's query is r / <paramref name="rowInner"/>.</summary>
+    public void Block(float* c, long batches, long batchStride, long first, long last, long rowInner, long computed, long length)
+    {
+        _c = c;
+        (_batches, _batchStride, _first, _last, _rowInner, _computed, _length) = (batches, batchStride, first, last, rowInner, computed, length);
+        OpenMpTeam.Run(this, OpenMpTeam.ThreadsFor(batches * (last - first) * length, torch.get_num_threads()));
+    }
+
+    protected override void Run(int worker, int workers)
+    {
+        long per = _last - _first, rows = _batches * per;
+        for (long i = rows * worker / workers, end = rows * (worker + 1) / workers; i < end; i++)
+        {
+            long b = i / per, r = _first + i % per;
+            Row(b, r, r / _rowInner, new Span<float>(_c + b * _batchStride + r * _length, checked((int)_length)), (int)_computed);
+        }
+    }
+
+    /// <summary>Row <paramref name="row"/> of product <paramref name="batch"/>, for query <paramref name="query"/>.</summary>
+    protected abstract void Row(long batch, long row, long query, Span<float> values, int computed);
+}
+
+/// <summary>causal_softmax over each row: keys up to the row's query, the same arithmetic as RowKernels' causal
+/// softmax, zeros after.</summary>
+internal sealed class SoftmaxEpilogue : CausalEpilogue
+{
+    protected override void Row(long batch, long row, long query, Span<float> values, int computed)
+    {
+        // The block's last query is below its last key, so every valid key lies inside the computed columns.
+        var live = values[..(int)Math.Min(query + 1, computed)];
+        TensorPrimitives.Subtract(live, TensorPrimitives.Max(live), live);
+        TensorPrimitives.Exp(live, live);
+        TensorPrimitives.Divide(live, TensorPrimitives.Sum(live), live);
+        values[live.Length..].Clear();
+    }
+}
+
+/// <summary>softmax_grad(dy, y) over each row, dy being the product: zero past the computed columns.</summary>
+internal sealed unsafe class SoftmaxGradEpilogue(Tensor y) : CausalEpilogue
+{
+    private Tensor? _rows;
+    private float* _y;
+    private long _batchStride, _rowStride;
+
+    public override bool Bind(Func<Tensor, Tensor> asProduct)
+    {
+        var m = asProduct(y);
+        if (m.dtype != ScalarType.Float32 || m.shape[2] > 1 && m.stride(2) != 1) return false;
+        _y = (float*)TensorMemory.FirstElement(m);
+        (_rows, _batchStride, _rowStride) = (m, m.stride(0), m.stride(1));
+        return true;
+    }
+
+    protected override void Row(long batch, long row, long query, Span<float> values, int computed)
+    {
+        var ys = new ReadOnlySpan<float>(_y + batch * _batchStride + row * _rowStride, values.Length);
+        var head = values[..computed];
+        float dot = TensorPrimitives.Dot(head, ys[..computed]);
+        TensorPrimitives.Subtract(head, dot, head);
+        TensorPrimitives.Multiply(head, ys[..computed], head);
+        TensorPrimitives.Multiply(ys[computed..], -dot, values[computed..]);
+        GC.KeepAlive(_rows);
     }
 }

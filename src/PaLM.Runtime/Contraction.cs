@@ -103,9 +103,17 @@ internal sealed class Contraction
     /// contraction of the keys' and values' gradients is one product per block instead of one per head.
     /// </para>
     /// </summary>
-    internal unsafe Tensor? RunCausal(Tensor x, Tensor y, char q, char k, long blocks)
+    /// <param name="x">The spec's first operand.</param>
+    /// <param name="y">Its second operand.</param>
+    /// <param name="q">The query's label.</param>
+    /// <param name="k">The key's label.</param>
+    /// <param name="blocks">How many blocks the split label is cut into.</param>
+    /// <param name="epilogue">A row operation applied to each block's rows right after its products, while they are still
+    /// in cache (attention's softmax, or its gradient): it then owns each row whole, the zeros past the block included.
+    /// It needs the query split along the rows and the key alone along the columns; elsewhere the plan declines.</param>
+    internal unsafe Tensor? RunCausal(Tensor x, Tensor y, char q, char k, long blocks, CausalEpilogue? epilogue = null)
     {
-        if (_swapped is not null) return _swapped.RunCausal(y, x, q, k, blocks);
+        if (_swapped is not null) return _swapped.RunCausal(y, x, q, k, blocks, epilogue);
         if (x.dim() != _x.Length || y.dim() != _y.Length || !Native.Blas.Available) return null;
         if (x.dtype != ScalarType.Float32 || y.dtype != ScalarType.Float32 || x.device_type != DeviceType.CPU || y.device_type != DeviceType.CPU) return null;
         long Size(char c) => _x.IndexOf(c) is var i and >= 0 ? x.shape[i] : y.shape[_y.IndexOf(c)];
@@ -126,6 +134,7 @@ internal sealed class Contraction
         long[] extent = [M, N, K];
         long sInner = extent[sg] / S, oInner = extent[og] / Size(other);
         blocks = Math.Clamp(blocks, 1, S);
+        if (epilogue is not null && !(splitQuery && sg == 0 && og == 1 && oInner == 1)) return null;
 
         using var scope = NewDisposeScope();
         var xm = Readable(AsMatrix(x, _x, batch, left, contracted, B, M, K));   // [B, M, K]
@@ -134,6 +143,8 @@ internal sealed class Contraction
         float* xp = (float*)Native.TensorMemory.FirstElement(xm), yp = (float*)Native.TensorMemory.FirstElement(ym);
         float* cp = (float*)Native.TensorMemory.Address(product);
         long xb = xm.stride(0), xr = xm.stride(1), xc = xm.stride(2), yb = ym.stride(0), yr = ym.stride(1), yc = ym.stride(2);
+        // The epilogue's other operands, laid out as the product is ([B, M, N] in the same label order).
+        if (epilogue is not null && !epilogue.Bind(t => Arrange(t, _out, batch, left, right).reshape(B, M, N))) return null;
         for (long bi = 0; bi < blocks; bi++)
         {
             long lo = S * bi / blocks, hi = S * (bi + 1) / blocks;
@@ -147,6 +158,11 @@ internal sealed class Contraction
                     xp + b * xb + from[0] * xr + from[2] * xc, xr, xc,
                     yp + b * yb + from[1] * yr + from[2] * yc, yr, yc,
                     cp + (b * M + from[0]) * N + from[1], N);
+            if (epilogue is not null)
+            {
+                epilogue.Block(cp, B, M * N, from[0], to[0], sInner, to[1], N);
+                continue;
+            }
             if (og == 2) continue;
             // Both labels kept: the rest of the block's rows (or columns) holds the products it skipped, zeros.
             var rows = sg == 0 ? product.narrow(1, from[0], to[0] - from[0]) : product.narrow(2, from[1], to[1] - from[1]);
@@ -156,6 +172,7 @@ internal sealed class Contraction
         }
         GC.KeepAlive(xm);
         GC.KeepAlive(ym);
+        GC.KeepAlive(epilogue);
         // [B, M, N] → [batch..., left..., right...] → the output's order.
         char[] order = [.. batch, .. left, .. right];
         var result = product.view([.. order.Select(Size)]);

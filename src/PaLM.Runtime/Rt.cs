@@ -402,6 +402,16 @@ public static class Rt
     public static Tensor CausalEinsum(string spec, string query, string key, long blocks, Tensor[] xs) =>
         CausalContraction.Run(spec, query[0], key[0], blocks, xs);
 
+    /// <summary>causal_softmax(causal_einsum(...)) over the output's <paramref name="keyAxis"/>, each block normalized
+    /// while in cache (<see cref="CausalContraction.RunSoftmax"/>).</summary>
+    public static Tensor CausalEinsumSoftmax(string spec, string query, string key, long blocks, long queryAxis, long keyAxis, Tensor[] xs) =>
+        CausalContraction.RunSoftmax(spec, query[0], key[0], blocks, queryAxis, keyAxis, xs);
+
+    /// <summary>softmax_grad(causal_einsum(xs[0], xs[1]), xs[2]) over the output's <paramref name="keyAxis"/>
+    /// (<see cref="CausalContraction.RunSoftmaxGrad"/>); <paramref name="spec"/> lists xs[2] with the output's subscripts.</summary>
+    public static Tensor CausalEinsumSoftmaxGrad(string spec, string query, string key, long blocks, long keyAxis, Tensor[] xs) =>
+        CausalContraction.RunSoftmaxGrad(spec, query[0], key[0], blocks, keyAxis, xs);
+
     /// <summary>Sum over <paramref name="axes"/> (dropped). No axes: x (new handle).</summary>
     public static Tensor Sum(Tensor x, long[] axes) => axes.Length == 0 ? x.alias() : x.sum(axes);
 

@@ -72,6 +72,11 @@ public class OpTableTests
         ("einsum", ["f32[b, h, s, k]", "f32[b, s, k]"], [("operands", new DimListsAttr([["b", "h", "s", "k"], ["b", "kseq", "k"]])), ("output", Ds("b", "h", "s", "kseq"))], ["f32[b, h, s, kseq]"]),
         ("causal_einsum", ["f32[b, h, s, k]", "f32[b, s, k]"], [("operands", new DimListsAttr([["b", "h", "s", "k"], ["b", "kseq", "k"]])), ("output", Ds("b", "h", "s", "kseq")),
             ("query", Ds("s")), ("key", Ds("kseq")), ("blocks", new IntAttr(2))], ["f32[b, h, s, kseq]"]),
+        ("causal_einsum_softmax", ["f32[b, s, h, k]", "f32[b, s, k]"], [("operands", new DimListsAttr([["b", "s", "h", "k"], ["b", "kseq", "k"]])),
+            ("output", Ds("b", "h", "s", "kseq")), ("query", Ds("s")), ("key", Ds("kseq")), ("blocks", new IntAttr(2))], ["f32[b, h, s, kseq]"]),
+        ("causal_einsum_softmax_grad", ["f32[b, s, h, k]", "f32[b, s, k]", "f32[b, h, s, kseq]"],
+            [("operands", new DimListsAttr([["b", "s", "h", "k"], ["b", "kseq", "k"], ["b", "h", "s", "kseq"]])),
+            ("output", Ds("b", "h", "s", "kseq")), ("query", Ds("s")), ("key", Ds("kseq")), ("blocks", new IntAttr(2))], ["f32[b, h, s, kseq]"]),
         ("einsum", ["f32[b, d]", "f32[d, f]", "f32[f]"], [("operands", new DimListsAttr([["b", "d"], ["d", "f"], ["f"]])), ("output", Ds("b"))], ["f32[b]"]),
         // Ops autodiff and the optimizer emit.
         ("minimum", ["f32[b, d]", "f32[]"], [], ["f32[b, d]"]),
@@ -156,7 +161,7 @@ public class OpTableTests
         Assert.False(OpTable.TryGet("nope", out _));
         Assert.Throws<KeyNotFoundException>(() => OpTable.Get("nope"));
         Assert.Equal(["repeat"], ops.Where(o => o.HasRegion).Select(o => o.Name));
-        Assert.Equal(["causal_einsum", "einsum"], ops.Where(o => o.IsMatmul).Select(o => o.Name));
+        Assert.Equal(["causal_einsum", "causal_einsum_softmax", "causal_einsum_softmax_grad", "einsum"], ops.Where(o => o.IsMatmul).Select(o => o.Name));
     }
 
     // ---- type errors from the rules ---------------------------------------------------------------------------------
@@ -177,6 +182,7 @@ public class OpTableTests
         { "einsum-repeated-label", ["f32[b, d]"], "einsum: subscript 'b' repeated in operand 1" },
         { "causal-einsum-labels", ["f32[b, s]", "f32[b, s]"], "causal_einsum: query and key must be two different subscripts of its operands" },
         { "causal-einsum-contracted", ["f32[b, s]", "f32[b, d]"], "causal_einsum: the output must keep the query or the key" },
+        { "causal-softmax-einsum-key-summed", ["f32[b, s]", "f32[b, d]"], "causal_einsum_softmax: the output must keep both the query and the key" },
     };
 
     private static readonly Dictionary<string, (string Op, (string, Attr)[] Attrs)> ErrorAttrs = new()
@@ -196,6 +202,8 @@ public class OpTableTests
         ["causal-einsum-labels"] = ("causal_einsum", [("operands", new DimListsAttr([["b", "s"], ["b", "s"]])), ("output", Ds("b")),
             ("query", Ds("s")), ("key", Ds("d")), ("blocks", new IntAttr(2))]),
         ["causal-einsum-contracted"] = ("causal_einsum", [("operands", new DimListsAttr([["b", "s"], ["b", "d"]])), ("output", Ds("b")),
+            ("query", Ds("s")), ("key", Ds("d")), ("blocks", new IntAttr(2))]),
+        ["causal-softmax-einsum-key-summed"] = ("causal_einsum_softmax", [("operands", new DimListsAttr([["b", "s"], ["b", "d"]])), ("output", Ds("b", "s")),
             ("query", Ds("s")), ("key", Ds("d")), ("blocks", new IntAttr(2))]),
     };
 

@@ -31,6 +31,7 @@ public sealed class OpVjpTests(ITestOutputHelper output)
         "all_gather", "reduce_scatter", "all_reduce", "all_to_all", "shard_slice",
         "silu_grad", "layernorm_dx", "layernorm_dscale", "cross_entropy_grad", "scatter_add", "softmax_grad",
         "causal_softmax", "causal_einsum",   // formed after autodiff from ops whose VJPs are tested
+        "causal_einsum_softmax", "causal_einsum_softmax_grad",
         "repeat",
     ];
 
@@ -823,6 +824,15 @@ public sealed class OpVjpTests(ITestOutputHelper output)
             case "causal_einsum":
                 Apply([V("x", DType.F32, "i,j"), V("w", DType.F32, "j,j2")], ("operands", new DimListsAttr([["i", "j"], ["j", "j2"]])),
                     ("output", Ds("i,j2")), ("query", Ds("i")), ("key", Ds("j")), ("blocks", new IntAttr(2)));
+                break;
+            case "causal_einsum_softmax":
+                Apply([V("x", DType.F32, "i,j"), V("w", DType.F32, "j,j2")], ("operands", new DimListsAttr([["i", "j"], ["j", "j2"]])),
+                    ("output", Ds("i,j2")), ("query", Ds("i")), ("key", Ds("j2")), ("blocks", new IntAttr(2)));
+                break;
+            case "causal_einsum_softmax_grad":
+                Apply([V("x", DType.F32, "i,j"), V("w", DType.F32, "j,j2"), V("y", DType.F32, "i,j2")],
+                    ("operands", new DimListsAttr([["i", "j"], ["j", "j2"], ["i", "j2"]])),
+                    ("output", Ds("i,j2")), ("query", Ds("i")), ("key", Ds("j2")), ("blocks", new IntAttr(2)));
                 break;
             case "layernorm_dx": Apply([V("dy", DType.F32, "i,j"), V("x", DType.F32, "i,j"), V("s", DType.F32, "j")], ("over", Ds("j"))); break;
             case "layernorm_dscale": Apply([V("dy", DType.F32, "i,j"), V("x", DType.F32, "i,j")], ("over", Ds("j"))); break;

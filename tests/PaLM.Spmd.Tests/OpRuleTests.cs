@@ -37,6 +37,10 @@ public sealed class OpRuleTests
         ["einsum"] = (["w: f32[k, l]"], "einsum(x[i, j, k], w[k, l] -> [i, l, j])", []),
         // Formed after partitioning (PaLM.Passes.CausalBlocks); its query and key stay whole, as causal_softmax's.
         ["causal_einsum"] = (["w: f32[k, l]"], "causal_einsum(x[i, j, k], w[k, l] -> [i, l, j], query=j, key=k, blocks=2)", []),
+        // Formed after partitioning too (PaLM.Passes.AttentionEpilogues); the softmax's y is subscripted like the output.
+        ["causal_einsum_softmax"] = (["w: f32[k, l]"], "causal_einsum_softmax(x[i, j, k], w[k, l] -> [i, j, l], query=j, key=l, blocks=2)", []),
+        ["causal_einsum_softmax_grad"] = (["w: f32[k, l]", "p: f32[i, j, l]"],
+            "causal_einsum_softmax_grad(x[i, j, k], w[k, l], p[i, j, l] -> [i, j, l], query=j, key=l, blocks=2)", []),
         ["sum"] = ([], "sum(x, over=[j, k])", []),
         ["mean"] = ([], "mean(x, over=[i, k])", []),
         // The optimizer's fused sums of squares (PaLM.Passes.SquareReductions).

@@ -13,6 +13,8 @@ internal static class ContractionOps
     {
         add(Einsum);
         add(CausalEinsum);
+        add(CausalEinsumSoftmax);
+        add(CausalEinsumSoftmaxGrad);
     }
 
     private static readonly OpDef Einsum = new()
@@ -48,18 +50,7 @@ internal static class ContractionOps
         Signature = Sig(2, 2,
             new AttrSpec("operands", AttrKind.DimLists, FromSyntax: true), new AttrSpec("output", AttrKind.Dims, FromSyntax: true),
             new AttrSpec("query", AttrKind.Dim), new AttrSpec("key", AttrKind.Dim), new AttrSpec("blocks", AttrKind.Int)),
-        Infer = c =>
-        {
-            var labels = c.Attr<DimListsAttr>("operands").Lists.SelectMany(l => l).ToHashSet();
-            var (q, k) = (c.DimNames("query"), c.DimNames("key"));
-            if (q.Length != 1 || k.Length != 1 || !labels.Contains(q[0]) || !labels.Contains(k[0]) || q[0] == k[0])
-                throw InferContext.Fail("causal_einsum: query and key must be two different subscripts of its operands");
-            if (c.Int("blocks") < 1) throw InferContext.Fail("causal_einsum: blocks must be at least 1");
-            var output = c.DimNames("output");
-            if (!output.Contains(q[0]) && !output.Contains(k[0]))
-                throw InferContext.Fail("causal_einsum: the output must keep the query or the key subscript (blocks are split along it)");
-            return Infer(c);
-        },
+        Infer = c => CausalInfer(c, "causal_einsum", bothKept: false),
         IsMatmul = true,
         Flops = n => (long)(Flops(n) * CausalWork(n)),
         Lower = c => new RtCall("CausalEinsum", LArg.Lit(LetterSpec(c.Node)), LArg.Lit(Letter(c.Node, c.Node.Attr<DimsAttr>("query").Names[0])),
@@ -69,6 +60,96 @@ internal static class ContractionOps
         Linearity = Linearity.Product,
         Vjp = Vjps.NotDifferentiable("causal_einsum is formed after autodiff from einsums whose VJPs are already taken"),
     };
+
+    private static readonly AttrSpec[] CausalAttrs =
+    [
+        new AttrSpec("operands", AttrKind.DimLists, FromSyntax: true), new AttrSpec("output", AttrKind.Dims, FromSyntax: true),
+        new AttrSpec("query", AttrKind.Dim), new AttrSpec("key", AttrKind.Dim), new AttrSpec("blocks", AttrKind.Int),
+    ];
+
+    /// <summary>
+    /// <c>causal_softmax(causal_einsum(a, b), query, key)</c> as one op, made after <c>PaLM.Passes.CausalBlocks</c> by
+    /// <c>PaLM.Passes.AttentionEpilogues</c>: attention's probabilities from its scores' product, each block of queries
+    /// normalized right after its product while it is in cache (the runtime's direct plan; elsewhere the two ops in
+    /// turn, with the same bits). The output keeps both subscripts.
+    /// </summary>
+    private static readonly OpDef CausalEinsumSoftmax = new()
+    {
+        Name = "causal_einsum_softmax",
+        Doc = "causal_softmax over key of causal_einsum(a, b): causal_einsum_softmax(..., query=, key=, blocks=)",
+        Signature = Sig(2, 2, CausalAttrs),
+        Infer = c => CausalInfer(c, "causal_einsum_softmax", bothKept: true),
+        IsMatmul = true,
+        Flops = n => CausalProductFlops(n) + 5 * OutNumel(n) / 2,      // causal_softmax's own count
+        Lower = c => new RtCall("CausalEinsumSoftmax", LArg.Lit(LetterSpec(c.Node)), LArg.Lit(Letter(c.Node, c.Node.Attr<DimsAttr>("query").Names[0])),
+            LArg.Lit(Letter(c.Node, c.Node.Attr<DimsAttr>("key").Names[0])), LArg.Lit(c.Node.Attr<IntAttr>("blocks").Value),
+            LArg.Lit((long)c.Out().IndexOf(c.Node.Attr<DimsAttr>("query").Names[0])), LArg.Lit((long)c.Out().IndexOf(c.Node.Attr<DimsAttr>("key").Names[0])),
+            new LAllInputs()),
+        FreshBuffer = true,
+        Sharding = CausalSharding,
+        Vjp = Vjps.NotDifferentiable("causal_einsum_softmax is formed after autodiff from ops whose VJPs are already taken"),
+    };
+
+    /// <summary>
+    /// <c>softmax_grad(causal_einsum(a, b), y)</c> over the key as one op (<c>PaLM.Passes.AttentionEpilogues</c>): the
+    /// probabilities' cotangent becomes the scores' cotangent block by block while in cache. The third operand is y,
+    /// subscripted like the output; where the product skipped a block (zeros), the result is softmax_grad's −(Σ dy·y)·y,
+    /// for any y.
+    /// </summary>
+    private static readonly OpDef CausalEinsumSoftmaxGrad = new()
+    {
+        Name = "causal_einsum_softmax_grad",
+        Doc = "softmax_grad over key of causal_einsum(a, b) with the softmax's result y: causal_einsum_softmax_grad(a, b, y, query=, key=, blocks=)",
+        Signature = Sig(3, 3, CausalAttrs),
+        Infer = c =>
+        {
+            var lists = c.Attr<DimListsAttr>("operands").Lists;
+            if (lists.Length != 3 || !lists[2].SequenceEqual(c.DimNames("output")))
+                throw InferContext.Fail("causal_einsum_softmax_grad: the third operand (the softmax's result) must be subscripted like the output");
+            return CausalInfer(c, "causal_einsum_softmax_grad", bothKept: true);
+        },
+        IsMatmul = true,
+        Flops = n => CausalProductFlops(n) + 4 * OutNumel(n),          // softmax_grad's own count
+        Lower = c => new RtCall("CausalEinsumSoftmaxGrad", LArg.Lit(LetterSpec(c.Node)), LArg.Lit(Letter(c.Node, c.Node.Attr<DimsAttr>("query").Names[0])),
+            LArg.Lit(Letter(c.Node, c.Node.Attr<DimsAttr>("key").Names[0])), LArg.Lit(c.Node.Attr<IntAttr>("blocks").Value),
+            LArg.Lit((long)c.Out().IndexOf(c.Node.Attr<DimsAttr>("key").Names[0])), new LAllInputs()),
+        FreshBuffer = true,
+        Sharding = CausalSharding,
+        Vjp = Vjps.NotDifferentiable("causal_einsum_softmax_grad is formed after autodiff from ops whose VJPs are already taken"),
+    };
+
+    /// <summary>The checks every causal product makes: query and key two different subscripts, at least one block, and
+    /// the output keeping the split subscript (both, for the softmax forms, whose rows run along the key).</summary>
+    private static ImmutableArray<TensorType> CausalInfer(InferContext c, string name, bool bothKept)
+    {
+        var labels = c.Attr<DimListsAttr>("operands").Lists.SelectMany(l => l).ToHashSet();
+        var (q, k) = (c.DimNames("query"), c.DimNames("key"));
+        if (q.Length != 1 || k.Length != 1 || !labels.Contains(q[0]) || !labels.Contains(k[0]) || q[0] == k[0])
+            throw InferContext.Fail($"{name}: query and key must be two different subscripts of its operands");
+        if (c.Int("blocks") < 1) throw InferContext.Fail($"{name}: blocks must be at least 1");
+        var output = c.DimNames("output");
+        if (bothKept ? !output.Contains(q[0]) || !output.Contains(k[0]) : !output.Contains(q[0]) && !output.Contains(k[0]))
+            throw InferContext.Fail(bothKept
+                ? $"{name}: the output must keep both the query and the key subscripts (its rows run along the key)"
+                : $"{name}: the output must keep the query or the key subscript (blocks are split along it)");
+        return Infer(c);
+    }
+
+    /// <summary>The two-factor product's multiply-adds over what the blocks compute (a third operand, the softmax forms'
+    /// y, adds no subscript and is not multiplied into the product).</summary>
+    private static long CausalProductFlops(Node n) =>
+        (long)(2 * LabelSizes(n).Values.Aggregate(1L, (a, b) => checked(a * b)) * CausalWork(n));
+
+    /// <summary>Query and key whole, as causal_einsum's rule keeps them, and the contracted subscripts whole too: the
+    /// softmax (or its VJP) must see the finished sum, not one device's partial one.</summary>
+    private static ShardingRule CausalSharding(Node n)
+    {
+        var lists = n.Attr<DimListsAttr>("operands").Lists;
+        var output = n.Attr<DimsAttr>("output").Names;
+        var contracted = lists.SelectMany(l => l).Where(l => !output.Contains(l)).Distinct();
+        return ShardingRule.FromLabels(lists, [output], n.Inputs.Concat(n.Outputs).SelectMany(v => v.Type.Dims),
+            [n.Attr<DimsAttr>("query").Names[0], n.Attr<DimsAttr>("key").Names[0], .. contracted]);
+    }
 
     /// <summary>The fraction of the full product a causal_einsum computes: per block of the split label, the block's
     /// length times the range of the other label it multiplies (the runtime's split, Rt.CausalEinsum).</summary>
