@@ -98,7 +98,7 @@ public sealed class EagerTrainer : IDisposable
             {
                 var (p, g, mi, vi) = (parameters[i], grads[i], m[i], v[i]);
                 // v = beta2 v + (1 - beta2)(g² + eps1), with g = clip · G.
-                vi.mul_(s[beta2]).addcmul_(g, g, s[(1 - beta2) * clip * clip]).add_(s[(1 - beta2) * o.Epsilon1]);
+                vi.mul_(s[beta2]).addcmul_(g, g, s[(1 - beta2) * clip * clip]).add_(s[(1 - beta2) * o.Epsilon1], HeldScalars.One);
                 // u = g / sqrt(v) = clip · r with r = G / sqrt(v): the one temporary, freed before the next parameter.
                 using var r = vi.rsqrt().mul_(g);
                 // m = beta1 m + (1 - beta1) u / max(1, RMS(u) / d); the clip divisor stays a 0-dim tensor (no sync per parameter).

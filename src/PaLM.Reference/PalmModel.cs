@@ -1,3 +1,4 @@
+using PaLM.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -62,7 +63,7 @@ public sealed class PalmModel : nn.Module<Tensor, Tensor>
         foreach (var layer in layers)
             x = layer.call(x);
         x = LayerNorm(x, ln_final, Config.Eps);
-        return x.matmul(embed.t()).div(Math.Sqrt(Config.DModel)).MoveToOuterDisposeScope();
+        return x.matmul(embed.t()).div(HeldScalars.Constant(Math.Sqrt(Config.DModel))).MoveToOuterDisposeScope();
     }
 
     /// <summary>Scalar loss: mean cross-entropy of predicting <paramref name="targets"/> + z_loss · mean(logsumexp(logits)²).</summary>
@@ -73,7 +74,7 @@ public sealed class PalmModel : nn.Module<Tensor, Tensor>
         var ce = F.cross_entropy(logits, targets.reshape(-1).to_type(ScalarType.Int64));
         var lse = torch.logsumexp(logits, 1);
         var z = lse.mul(lse).mean();          // x·x, not square(): TorchSharp's square() races with the GC (see Rt.Square)
-        return ce.add(z.mul(Config.ZLoss)).MoveToOuterDisposeScope();
+        return ce.add(z.mul(HeldScalars.Constant(Config.ZLoss)), HeldScalars.One).MoveToOuterDisposeScope();
     }
 
     /// <summary>Detached copies of the weights, stacked over layers like the input dictionary.</summary>
@@ -113,8 +114,8 @@ public sealed class PalmModel : nn.Module<Tensor, Tensor>
         var result = new Dictionary<string, Tensor>();
         foreach (var (name, shape) in Shapes(c))
         {
-            var w = randn(shape, ScalarType.Float32, generator: g).mul(std);
-            result[name] = (name.StartsWith("ln", StringComparison.Ordinal) ? w.add(1.0) : w).MoveToOuterDisposeScope();
+            var w = randn(shape, ScalarType.Float32, generator: g).mul(HeldScalars.Constant(std));
+            result[name] = (name.StartsWith("ln", StringComparison.Ordinal) ? w.add(HeldScalars.Constant(1.0), HeldScalars.One) : w).MoveToOuterDisposeScope();
         }
         return result;
     }
@@ -125,7 +126,7 @@ public sealed class PalmModel : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         var centered = x.sub(x.mean([-1], keepdim: true));
         var variance = centered.mul(centered).mean([-1], keepdim: true);
-        return centered.div(variance.add(eps).sqrt()).mul(scale).MoveToOuterDisposeScope();
+        return centered.div(variance.add(HeldScalars.Constant(eps), HeldScalars.One).sqrt()).mul(scale).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -136,7 +137,7 @@ public sealed class PalmModel : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         long s = x.shape[1], k = x.shape[^1];
-        var invFreq = ones(1).div(tensor(10000f).pow(arange(0, k, 2, ScalarType.Float32).div(k)));
+        var invFreq = ones(1).div(tensor(10000f).pow(arange(0, k, 2, ScalarType.Float32).div(HeldScalars.Constant(k))));
         var freqs = outer(arange(s, ScalarType.Float32), invFreq);
         var emb = cat([freqs, freqs], -1);
         var view = Enumerable.Repeat(1L, (int)x.dim()).ToArray();
@@ -147,7 +148,7 @@ public sealed class PalmModel : nn.Module<Tensor, Tensor>
         var x1 = x.narrow(-1, 0, k / 2);
         var x2 = x.narrow(-1, k / 2, k / 2);
         var rotated = cat([x2.neg(), x1], -1);
-        return x.mul(cos).add(rotated.mul(sin)).MoveToOuterDisposeScope();
+        return x.mul(cos).add(rotated.mul(sin), HeldScalars.One).MoveToOuterDisposeScope();
     }
 
     private Dictionary<string, Tensor> Stacked(Func<Parameter, Tensor> get)
@@ -220,6 +221,6 @@ internal sealed class ParallelLayer : nn.Module<Tensor, Tensor>
         var attnOut = attn.permute(0, 2, 1, 3).reshape(b, s, heads * k).matmul(w_o.reshape(heads * k, d));
 
         var mlp = F.silu(h.matmul(w_gate)).mul(h.matmul(w_up)).matmul(w_down);
-        return x.add(attnOut).add(mlp).MoveToOuterDisposeScope();
+        return x.add(attnOut, HeldScalars.One).add(mlp, HeldScalars.One).MoveToOuterDisposeScope();
     }
 }

@@ -64,7 +64,7 @@ public static class Rt
     public static Tensor InitNormal(Generator g, long[] shape, double std, ScalarType dtype)
     {
         using var z = torch.randn(shape, ScalarType.Float32, generator: g);
-        var scaled = z.mul(std);
+        var scaled = z.mul(HeldScalars.Constant(std));
         if (dtype == ScalarType.Float32)
             return scaled;
         using (scaled)
@@ -72,10 +72,10 @@ public static class Rt
     }
 
     /// <summary>A tensor of <paramref name="shape"/> filled with <paramref name="value"/>.</summary>
-    public static Tensor InitConstant(long[] shape, double value, ScalarType dtype) => torch.full(shape, value, dtype);
+    public static Tensor InitConstant(long[] shape, double value, ScalarType dtype) => torch.full(shape, HeldScalars.Constant(value), dtype);
 
     /// <summary>a + b.</summary>
-    public static Tensor Add(Tensor a, Tensor b) => a.add(b);
+    public static Tensor Add(Tensor a, Tensor b) => a.add(b, HeldScalars.One);
 
     /// <summary>a - b.</summary>
     public static Tensor Sub(Tensor a, Tensor b) => a.sub(b);
@@ -87,7 +87,7 @@ public static class Rt
     // in-place ops return their receiver). Generated code calls them only on buffers nothing else reads afterwards.
 
     /// <summary>a += b, in a's buffer.</summary>
-    public static Tensor AddInPlace(Tensor a, Tensor b) => a.add_(b);
+    public static Tensor AddInPlace(Tensor a, Tensor b) => a.add_(b, HeldScalars.One);
 
     /// <summary>a -= b, in a's buffer.</summary>
     public static Tensor SubInPlace(Tensor a, Tensor b) => a.sub_(b);
@@ -223,7 +223,7 @@ public static class Rt
     {
         using var scope = torch.NewDisposeScope();
         var s = x.sigmoid();
-        var d = x.mul(s.neg().add_(1)).add_(1).mul_(s);
+        var d = x.mul(s.neg().add_(HeldScalars.One, HeldScalars.One)).add_(HeldScalars.One, HeldScalars.One).mul_(s);
         return d.mul_(dy).MoveToOuterDisposeScope();
     }
 
@@ -242,7 +242,7 @@ public static class Rt
         var mean = x.mean([-1], keepdim: true);
         var centered = x.sub(mean);
         using var held = new HeldScalars();
-        var rstd = Square(centered).mean([-1], keepdim: true).add_(held[eps]).rsqrt_();
+        var rstd = Square(centered).mean([-1], keepdim: true).add_(held[eps], HeldScalars.One).rsqrt_();
         var xhat = centered.mul_(rstd);
         var g = dy.mul(scale);
         var m1 = g.mean([-1], keepdim: true);
@@ -271,9 +271,9 @@ public static class Rt
         var lse = torch.logsumexp(logits, axis, keepdim: true);
         var p = logits.sub(lse).exp_();
         if (zLoss != 0)
-            p = p.mul_(lse.mul(2 * zLoss).add_(1));
+            p = p.mul_(lse.mul(HeldScalars.Constant(2 * zLoss)).add_(HeldScalars.One, HeldScalars.One));
         var index = targets.to_type(ScalarType.Int64).unsqueeze(axis);
-        using var minusOne = torch.full(index.shape, -1.0, logits.dtype);
+        using var minusOne = torch.full(index.shape, HeldScalars.Constant(-1.0), logits.dtype);
         p = p.scatter_add_(axis, index, minusOne);
         return p.mul_(dy.unsqueeze(axis)).MoveToOuterDisposeScope();
     }
@@ -289,7 +289,7 @@ public static class Rt
         flatShape[axis] = ids.numel();
         var src = dy.reshape(flatShape);
         var result = torch.zeros(shape, dy.dtype);
-        result.index_add_(axis, ids.reshape(-1).to_type(ScalarType.Int64), src, 1.0);
+        result.index_add_(axis, ids.reshape(-1).to_type(ScalarType.Int64), src, HeldScalars.Constant(1.0));
         return result.MoveToOuterDisposeScope();
     }
 
@@ -453,9 +453,9 @@ public static class Rt
             using var piece = matrix.narrow(1, at, Math.Min(chunk, cols - at));
             using var squared = Square(piece);
             using var part = squared.sum(1, type: wide);
-            sum.add_(part);
+            sum.add_(part, HeldScalars.One);
         }
-        if (mean) sum.div_(cols);
+        if (mean) sum.div_(HeldScalars.Constant(cols));
         return sum.to_type(x.dtype).reshape(keptShape).MoveToOuterDisposeScope();
     }
 
@@ -523,7 +523,7 @@ public static class Rt
     {
         var (s, k, rank, seqAxis, featureAxis, inverse, dtype) = key;
         using var scope = torch.NewDisposeScope();
-        var invFreq = torch.arange(0, k, 2, ScalarType.Float64).mul(-Math.Log(10000.0) / k).exp();   // 10000^(-2i/K)
+        var invFreq = torch.arange(0, k, 2, ScalarType.Float64).mul(HeldScalars.Constant(-Math.Log(10000.0) / k)).exp();   // 10000^(-2i/K)
         var angles = torch.outer(torch.arange(s, ScalarType.Float64), invFreq);     // [S, K/2]
         Tensor Shaped(Tensor t)
         {
@@ -546,14 +546,14 @@ public static class Rt
     public static Tensor CausalMask(Tensor x, long queryAxis, long keyAxis, double fill = double.NegativeInfinity)
     {
         using var mask = CausalMaskOf(x, queryAxis, keyAxis);
-        return x.masked_fill(mask, fill);
+        return x.masked_fill(mask, HeldScalars.Constant(fill));
     }
 
     /// <summary><see cref="CausalMask"/> written into <paramref name="x"/> (whose buffer is dead after it), which it returns.</summary>
     public static Tensor CausalMaskInPlace(Tensor x, long queryAxis, long keyAxis, double fill = double.NegativeInfinity)
     {
         using var mask = CausalMaskOf(x, queryAxis, keyAxis);
-        return x.masked_fill_(mask, fill);
+        return x.masked_fill_(mask, HeldScalars.Constant(fill));
     }
 
     /// <summary>True where key &gt; query, shaped to broadcast against <paramref name="x"/>.</summary>
@@ -593,7 +593,7 @@ public static class Rt
         var picked = logits.gather(axis, targets.to_type(ScalarType.Int64).unsqueeze(axis)).squeeze(axis);
         var loss = lse.sub(picked);
         if (zLoss != 0)
-            loss = loss.add(Square(lse).mul(zLoss));
+            loss = loss.add(Square(lse).mul(HeldScalars.Constant(zLoss)), HeldScalars.One);
         return loss.MoveToOuterDisposeScope();
     }
 

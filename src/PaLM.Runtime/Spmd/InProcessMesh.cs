@@ -303,9 +303,9 @@ public static class InProcessMesh
         private static Tensor SumInOrder(Tensor[] xs, Func<Tensor, Tensor> part)
         {
             using var scope = torch.NewDisposeScope();
-            var sum = part(xs[0]).add(part(xs[1]));
+            var sum = part(xs[0]).add(part(xs[1]), HeldScalars.One);
             for (int j = 2; j < xs.Length; j++)
-                sum.add_(part(xs[j]));
+                sum.add_(part(xs[j]), HeldScalars.One);
             return sum.MoveToOuterDisposeScope();
         }
 
