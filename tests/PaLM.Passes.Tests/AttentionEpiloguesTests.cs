@@ -20,8 +20,7 @@ public sealed class AttentionEpiloguesTests
 
     // head_dim 16: the scores' scale 1/4 is a power of two, which ScaleHoisting moves onto the keys, so the causal
     // softmax reads the product itself (with 1/√8 a multiply stands between them, and the pair stays apart).
-    private static Graph Palm(long seq) => Frontend.CompileText(TestPaths.Graph($"epilogues-{seq}"), string.Create(CultureInfo.InvariantCulture,
-        $"dim layers = 2, heads = 2, head_dim = 16, d_model = 32, d_ff = 64\ndim vocab = 256, seq = {seq}, batch = 2\nmesh pod = 1, data = 1, model = 1\ninclude \"arch/palm.palm\"\n"));
+    private static Graph Palm(long seq) => SmallPalm.Graph($"epilogues-{seq}", seq, headDim: 16);
 
     [Theory]
     [InlineData("data=1,model=1", "none", 1)]

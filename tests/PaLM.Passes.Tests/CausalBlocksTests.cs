@@ -1,6 +1,4 @@
-using System.Globalization;
 using PaLM.CodeGen;
-using PaLM.Dsl;
 using PaLM.IR;
 using PaLM.Runtime;
 using PaLM.Runtime.Training;
@@ -17,8 +15,7 @@ public sealed class CausalBlocksTests
 {
     private static IEnumerable<Node> Nodes(Block b) => b.Nodes.SelectMany(n => n.Regions.SelectMany(Nodes).Prepend(n));
 
-    private static Graph Palm(long seq) => Frontend.CompileText(TestPaths.Graph($"causal-{seq}"), string.Create(CultureInfo.InvariantCulture,
-        $"dim layers = 2, heads = 2, head_dim = 8, d_model = 16, d_ff = 64\ndim vocab = 256, seq = {seq}, batch = 2\nmesh pod = 1, data = 1, model = 1\ninclude \"arch/palm.palm\"\n"));
+    private static Graph Palm(long seq) => SmallPalm.Graph($"causal-{seq}", seq, headDim: 8);
 
     [Theory]
     [InlineData("none", 6)]     // all six: scores, probabilities · values, and the four gradients
