@@ -137,8 +137,8 @@ public sealed class PalmModel : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         long s = x.shape[1], k = x.shape[^1];
-        var invFreq = ones(1).div(tensor(10000f).pow(arange(0, k, 2, ScalarType.Float32).div(HeldScalars.Constant(k))));
-        var freqs = outer(arange(s, ScalarType.Float32), invFreq);
+        var invFreq = ones(1).div(tensor(10000f).pow(arange(HeldScalars.Constant(0), HeldScalars.Constant(k), HeldScalars.Constant(2), ScalarType.Float32).div(HeldScalars.Constant(k))));
+        var freqs = outer(arange(HeldScalars.Constant(0), HeldScalars.Constant(s), HeldScalars.One, ScalarType.Float32), invFreq);
         var emb = cat([freqs, freqs], -1);
         var view = Enumerable.Repeat(1L, (int)x.dim()).ToArray();
         view[1] = s;

@@ -17,13 +17,6 @@ internal static class CausalContraction
     private static bool General => Environment.GetEnvironmentVariable("PALMC_CAUSAL") == "general";
 
     /// <summary>
-    /// A two-operand einsum over causal attention's triangle (the IR's <c>causal_einsum</c>), in
-    /// <paramref name="blocks"/> blocks of the query label <paramref name="q"/> (when the output keeps it) or else of the
-    /// key label <paramref name="k"/>: each block multiplies the operands narrowed to keys up to the block's last query,
-    /// or to queries from the block's first key, and its result is copied into its slice of the output. Where the
-    /// output keeps both labels, keys past a block's last query are written as zeros.
-    /// </summary>
-    /// <summary>
     /// causal_softmax of <see cref="Run"/>'s product over its key (the IR's <c>causal_einsum_softmax</c>): with the direct
     /// plan, each block of queries is normalized right after its product, while it is in cache, so the scores are never
     /// written out and read back. Elsewhere the product, then <see cref="RowKernels.CausalSoftmax"/>; the same bits
@@ -58,6 +51,13 @@ internal static class CausalContraction
         return RowKernels.SoftmaxGrad(dy, operands[2], keyAxis);
     }
 
+    /// <summary>
+    /// A two-operand einsum over causal attention's triangle (the IR's <c>causal_einsum</c>), in
+    /// <paramref name="blocks"/> blocks of the query label <paramref name="q"/> (when the output keeps it) or else of the
+    /// key label <paramref name="k"/>: each block multiplies the operands narrowed to keys up to the block's last query,
+    /// or to queries from the block's first key, and its result is copied into its slice of the output. Where the
+    /// output keeps both labels, keys past a block's last query are written as zeros.
+    /// </summary>
     public static Tensor Run(string spec, char q, char k, long blocks, Tensor[] operands)
     {
         // Direct BLAS calls on the blocks where the operands' layouts allow (attention's do); this general path otherwise.

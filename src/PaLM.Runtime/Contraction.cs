@@ -130,7 +130,7 @@ internal sealed class Contraction
         long Prod(char[] g) => g.Aggregate(1L, (n, c) => n * Size(c));
         long B = Prod(batch), M = Prod(left), N = Prod(right), K = Prod(contracted);
         long Q = Size(q), Kk = Size(k), S = Size(split);
-        if (Q == 0 || Kk == 0 || S == 0) return null;
+        if (B == 0 || M == 0 || N == 0 || K == 0) return null;     // nothing to multiply: the general path's zeros
         long[] extent = [M, N, K];
         long sInner = extent[sg] / S, oInner = extent[og] / Size(other);
         blocks = Math.Clamp(blocks, 1, S);

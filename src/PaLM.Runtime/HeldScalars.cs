@@ -16,7 +16,8 @@ namespace PaLM.Runtime;
 /// </summary>
 public sealed class HeldScalars : IDisposable
 {
-    private static readonly System.Collections.Concurrent.ConcurrentDictionary<double, Scalar> s_constants = new();
+    // Keyed by the bits, so that -0.0 and +0.0 (equal as doubles) keep their own Scalars.
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<long, Scalar> s_constants = new();
 
     /// <summary>
     /// The integer Scalar 1, alive for the whole process: pass it as the <c>alpha</c> of <c>add</c> and <c>add_</c>, whose
@@ -27,7 +28,7 @@ public sealed class HeldScalars : IDisposable
 
     /// <summary>A Scalar of <paramref name="value"/> alive for the whole process, one per distinct value: for the few
     /// constants a program or a model uses on every step (epsilons, z-loss weights, fills).</summary>
-    public static Scalar Constant(double value) => s_constants.GetOrAdd(value, v => v.ToScalar());
+    public static Scalar Constant(double value) => s_constants.GetOrAdd(BitConverter.DoubleToInt64Bits(value), bits => BitConverter.Int64BitsToDouble(bits).ToScalar());
 
     private readonly List<Scalar> _held = [];
 

@@ -170,7 +170,7 @@ public static class Rt
     /// <summary>1 where x ≥ 0, else 0 (Heaviside step), in x's dtype.</summary>
     public static Tensor Step(Tensor x)
     {
-        using var ge = x.ge(0);
+        using var ge = x.ge(HeldScalars.Constant(0));
         return ge.to_type(x.dtype);
     }
 
@@ -505,7 +505,7 @@ public static class Rt
         {
             using var half = result.narrow(featureAxis, into, k / 2);
             using var other = x.narrow(featureAxis, from, k / 2);
-            half.addcmul_(other, sin, 1);
+            half.addcmul_(other, sin, HeldScalars.One);
         }
         AddOtherHalf(0, k / 2, sinLo);
         AddOtherHalf(k / 2, 0, sinHi);
@@ -523,8 +523,8 @@ public static class Rt
     {
         var (s, k, rank, seqAxis, featureAxis, inverse, dtype) = key;
         using var scope = torch.NewDisposeScope();
-        var invFreq = torch.arange(0, k, 2, ScalarType.Float64).mul(HeldScalars.Constant(-Math.Log(10000.0) / k)).exp();   // 10000^(-2i/K)
-        var angles = torch.outer(torch.arange(s, ScalarType.Float64), invFreq);     // [S, K/2]
+        var invFreq = torch.arange(HeldScalars.Constant(0), HeldScalars.Constant(k), HeldScalars.Constant(2), ScalarType.Float64).mul(HeldScalars.Constant(-Math.Log(10000.0) / k)).exp();   // 10000^(-2i/K)
+        var angles = torch.outer(torch.arange(HeldScalars.Constant(0), HeldScalars.Constant(s), HeldScalars.One, ScalarType.Float64), invFreq);     // [S, K/2]
         Tensor Shaped(Tensor t)
         {
             if (seqAxis > featureAxis) t = t.t();

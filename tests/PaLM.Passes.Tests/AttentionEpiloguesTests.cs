@@ -37,24 +37,24 @@ public sealed class AttentionEpiloguesTests
         Assert.Equal(remat == "full" ? 5 : 4, nodes.Count(n => n.Op.Name == "causal_einsum"));
     }
 
-    private const string Dims = "dim b = 2, s = {0}, t = {0}, h = 3, d = 4\ninput q: f32[b, s, h, d]\ninput k: f32[b, t, d]\n";
+    private const string Dims = "dim b = 2, s = {0}, t = {1}, h = 3, d = 4\ninput q: f32[b, s, h, d]\ninput k: f32[b, t, d]\n";
 
     [Fact]
     public void AProductReadElsewhereStays()
     {
-        var g = Frontend.CompileText("e.palm", string.Format(CultureInfo.InvariantCulture, Dims, 8)
+        var g = Frontend.CompileText("e.palm", string.Format(CultureInfo.InvariantCulture, Dims, 8, 8)
             + "x = causal_einsum(q[b, s, h, d], k[b, t, d] -> [b, h, s, t], query=s, key=t, blocks=2)\n"
             + "p = causal_softmax(x, query=s, key=t)\nu = x * 2\noutput p\noutput u\n");
         Assert.Equal(0, AttentionEpilogues.Run(g).Count);
     }
 
     [Theory]
-    [InlineData(1, 1, 1)]
-    [InlineData(2, 9, 2)]
-    [InlineData(3, 37, 4)]
-    public void TheFusedOpsComputeThePairs(int seed, int s, int blocks)
+    [InlineData(1, 1, 1, 1)]
+    [InlineData(2, 9, 9, 2)]
+    [InlineData(3, 37, 41, 4)]      // more keys than queries
+    public void TheFusedOpsComputeThePairs(int seed, int s, int t, int blocks)
     {
-        var g = Frontend.CompileText("e.palm", string.Format(CultureInfo.InvariantCulture, Dims, s)
+        var g = Frontend.CompileText("e.palm", string.Format(CultureInfo.InvariantCulture, Dims, s, t)
             + "input dout: f32[b, s, h, d]\ninput v: f32[b, t, d]\ninput y: f32[b, h, s, t]\n"
             + $"x = causal_einsum(q[b, s, h, d], k[b, t, d] -> [b, h, s, t], query=s, key=t, blocks={blocks})\n"
             + "p = causal_softmax(x, query=s, key=t)\n"
@@ -70,8 +70,8 @@ public sealed class AttentionEpiloguesTests
         using var scope = NewDisposeScope();
         var gen = new Generator((ulong)seed);
         // y is random, not zero above the diagonal: the fused gradient must match softmax_grad for any y.
-        Tensor[] inputs = [randn([2, s, 3, 4], generator: gen), randn([2, s, 4], generator: gen), randn([2, s, 3, 4], generator: gen),
-            randn([2, s, 4], generator: gen), randn([2, 3, s, s], generator: gen)];
+        Tensor[] inputs = [randn([2, s, 3, 4], generator: gen), randn([2, t, 4], generator: gen), randn([2, s, 3, 4], generator: gen),
+            randn([2, t, 4], generator: gen), randn([2, 3, s, t], generator: gen)];
         var expected = pairs.Forward([], inputs);
         var actual = one.Forward([], inputs);
         Assert.True(actual[0].eq(expected[0]).all().item<bool>(), "the probabilities differ");

@@ -122,12 +122,16 @@ internal static class ContractionOps
     /// the output keeping the split subscript (both, for the softmax forms, whose rows run along the key).</summary>
     private static ImmutableArray<TensorType> CausalInfer(InferContext c, string name, bool bothKept)
     {
-        var labels = c.Attr<DimListsAttr>("operands").Lists.SelectMany(l => l).ToHashSet();
+        // The two factors' subscripts: the softmax gradient's third operand (y, subscripted like the output) adds none.
+        var labels = c.Attr<DimListsAttr>("operands").Lists.Take(2).SelectMany(l => l).ToHashSet();
         var (q, k) = (c.DimNames("query"), c.DimNames("key"));
         if (q.Length != 1 || k.Length != 1 || !labels.Contains(q[0]) || !labels.Contains(k[0]) || q[0] == k[0])
             throw InferContext.Fail($"{name}: query and key must be two different subscripts of its operands");
         if (c.Int("blocks") < 1) throw InferContext.Fail($"{name}: blocks must be at least 1");
         var output = c.DimNames("output");
+        if (output.FirstOrDefault(l => !labels.Contains(l)) is { } stray)
+            throw InferContext.Fail($"{name}: output subscript '{stray}' is in neither factor");
+        if (bothKept) c.RequireFloat(0);
         if (bothKept ? !output.Contains(q[0]) || !output.Contains(k[0]) : !output.Contains(q[0]) && !output.Contains(k[0]))
             throw InferContext.Fail(bothKept
                 ? $"{name}: the output must keep both the query and the key subscripts (its rows run along the key)"
