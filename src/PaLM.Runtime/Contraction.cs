@@ -80,12 +80,7 @@ internal sealed class Contraction
         var xm = AsMatrix(x, _x, batch, left, contracted, B, M, K);                 // [B, M, K]
         var ym = AsMatrix(y, _y, batch, right, contracted, B, N, K).transpose(1, 2);   // [B, K, N]
         var product = Gemm.Matmul(xm, ym);                                          // [B, M, N], on the tuned kernel
-        // [B, M, N] → [batch..., left..., right...] → the output's order.
-        char[] order = [.. batch, .. left, .. right];
-        var result = product.view([.. order.Select(Size)]);
-        var perm = _out.Select(c => (long)Array.IndexOf(order, c)).ToArray();
-        if (!perm.Select((p, i) => p == i).All(b => b)) result = result.permute(perm);
-        return result.MoveToOuterDisposeScope();
+        return InOutputOrder(product, Size, batch, left, right).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -173,12 +168,17 @@ internal sealed class Contraction
         GC.KeepAlive(xm);
         GC.KeepAlive(ym);
         GC.KeepAlive(epilogue);
-        // [B, M, N] → [batch..., left..., right...] → the output's order.
+        return InOutputOrder(product, Size, batch, left, right).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The matrix product [B, M, N] seen as [batch..., left..., right...], then permuted to the output's order
+    /// (views only).</summary>
+    private Tensor InOutputOrder(Tensor product, Func<char, long> size, char[] batch, char[] left, char[] right)
+    {
         char[] order = [.. batch, .. left, .. right];
-        var result = product.view([.. order.Select(Size)]);
+        var result = product.view([.. order.Select(size)]);
         var perm = _out.Select(c => (long)Array.IndexOf(order, c)).ToArray();
-        if (!perm.Select((p, i) => p == i).All(b => b)) result = result.permute(perm);
-        return result.MoveToOuterDisposeScope();
+        return perm.Select((p, i) => p == i).All(b => b) ? result : result.permute(perm);
     }
 
     /// <summary><paramref name="m"/> ([B, R, C]) as it is when BLAS can read each matrix in place, else a contiguous copy.</summary>

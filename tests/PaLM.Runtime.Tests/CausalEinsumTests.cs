@@ -19,6 +19,14 @@ public sealed class CausalEinsumTests
         return (rng.Next(1, 3), rng.Next(1, 4), s, s + (seed % 2 == 0 ? 0 : rng.Next(1, 4)), rng.Next(2, 9));
     }
 
+    /// <summary>Rt ready, and the case's generator and sizes (batch, heads, keys, head size).</summary>
+    private static (Generator G, long B, long H, long T, long D) Start(int seed, long s)
+    {
+        Rt.Initialize();
+        var (b, h, _, t, d) = Sizes(seed, s);
+        return (new Generator((ulong)seed), b, h, t, d);
+    }
+
     /// <summary>Probabilities [b, h, s, t]: zero where key &gt; query, as causal_softmax makes them.</summary>
     private static Tensor Probs(Generator g, long b, long h, long s, long t) => Rt.CausalSoftmax(randn([b, h, s, t], generator: g), 2, 3);
 
@@ -29,10 +37,8 @@ public sealed class CausalEinsumTests
     [MemberData(nameof(Cases))]
     public void BothLabelsKeptMatchesOnTheCausalHalf(int seed, long s, long blocks)
     {
-        Rt.Initialize();
         using var scope = NewDisposeScope();
-        var g = new Generator((ulong)seed);
-        var (b, h, _, t, d) = Sizes(seed, s);
+        var (g, b, h, t, d) = Start(seed, s);
         var q = randn([b, s, h, d], generator: g);
         var k = randn([b, t, d], generator: g);
         const string spec = "abcd,aed->acbe";                        // scores [b, h, s, t]
@@ -47,10 +53,8 @@ public sealed class CausalEinsumTests
     [MemberData(nameof(Cases))]
     public void AZeroTriangleOperandGivesTheFullProduct(int seed, long s, long blocks)
     {
-        Rt.Initialize();
         using var scope = NewDisposeScope();
-        var g = new Generator((ulong)seed);
-        var (b, h, _, t, d) = Sizes(seed, s);
+        var (g, b, h, t, d) = Start(seed, s);
         var p = Probs(g, b, h, s, t);
         var v = randn([b, t, d], generator: g);
         var dOut = randn([b, s, h, d], generator: g);
@@ -74,10 +78,8 @@ public sealed class CausalEinsumTests
     [MemberData(nameof(Cases))]
     public void DirectBlocksMatchTheFullProductOnAttentionsLayouts(int seed, long s, long blocks)
     {
-        Rt.Initialize();
         using var scope = NewDisposeScope();
-        var g = new Generator((ulong)seed);
-        var (b, h, _, t, d) = Sizes(seed, s);
+        var (g, b, h, t, d) = Start(seed, s);
         var q = randn([b, s, h, d], generator: g);
         var k = randn([b, t, d], generator: g);
         var v = randn([b, t, 3 * d + 1], generator: g).narrow(2, d + 1, d);
@@ -124,10 +126,8 @@ public sealed class CausalEinsumTests
     [MemberData(nameof(Cases))]
     public void BlocksAlongTheColumnsMatchTheFullProduct(int seed, long s, long blocks)
     {
-        Rt.Initialize();
         using var scope = NewDisposeScope();
-        var g = new Generator((ulong)seed);
-        var (b, h, _, t, d) = Sizes(seed, s);
+        var (g, b, h, t, d) = Start(seed, s);
         var k = randn([b, t, d], generator: g);
         var q = randn([b, s, h, d], generator: g);
         const string spec = "aed,abcd->aebc";                        // [b, t, s, h]: keys on the rows
