@@ -312,6 +312,7 @@ public sealed class Emitter
                 slot.TryGetValue(v, out var s) ? s
                 : group.Constants.TryGetValue(v, out var k) ? Lit((float)k)
                 : v.Type.Rank == 0 ? ChunkCall("Scalar", group.Scalars.IndexOf(v))
+                : group.Leads.Contains(v) ? ChunkCall("Lead", group.Leads.IndexOf(v))
                 : ChunkCall("In", group.Inputs.IndexOf(v))).ToList();
             var result = m.Outputs[0];
             int output = group.Outputs.IndexOf(result);
@@ -353,7 +354,9 @@ public sealed class Emitter
             body.Add(Local(_joins[piece], Rt("Empty", Longs(t.Shape), DType(t.DType))));
         }
         for (int j = 0; j < donors.Length; j++) if (destinations[j] is not null) donors[j] = -1;
-        var loopArgs = new List<ExpressionSyntax> { IdentifierName(kernelName), Int(temps), Array("Tensor", group.Inputs.Select(Ref)), Array("Tensor", group.Scalars.Select(Ref)), Array("int", donors.Select(Int)) };
+        var loopArgs = new List<ExpressionSyntax> { IdentifierName(kernelName), Int(temps), Array("Tensor", group.Inputs.Select(Ref)), Array("Tensor", group.Scalars.Select(Ref)) };
+        if (group.Leads.Count > 0) loopArgs.Add(Array("Tensor", group.Leads.Select(Ref)));
+        loopArgs.Add(Array("int", donors.Select(Int)));
         if (destinations.Any(d => d is not null))
             loopArgs.Add(Array("Tensor?", destinations.Select(d => d is null
                 ? (ExpressionSyntax)LiteralExpression(SyntaxKind.NullLiteralExpression)

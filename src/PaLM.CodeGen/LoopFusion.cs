@@ -16,6 +16,10 @@ public sealed class FusionGroup
     public List<Node> Members { get; } = [];
     public List<Value> Inputs { get; } = [];
     public List<Value> Scalars { get; } = [];
+
+    /// <summary>Inputs over a leading part of <see cref="Type"/>'s dims (a per-layer factor of a stacked weight's
+    /// update, say): read once per chunk as the value at the chunk's index in those dims.</summary>
+    public List<Value> Leads { get; } = [];
     public List<Value> Outputs { get; } = [];
 
     /// <summary>Rank-0 inputs that are literal constants in the same block: emitted into the kernel as numbers.</summary>
@@ -54,7 +58,9 @@ public sealed class FusionPlan
 /// <summary>
 /// Loop fusion, XLA's loop fusion and TorchInductor's pointwise fusion for this runtime: maximal chains of elementwise
 /// ops (those with an <see cref="OpDef.LoopPrimitive"/>) over fp32 operands of one shape, plus rank-0 scalars, become
-/// one generated kernel (<c>PaLM.Runtime.FusedLoop</c>) that streams over memory once instead of once per op. On CPU
+/// one generated kernel (<c>PaLM.Runtime.FusedLoop</c>) that streams over memory once instead of once per op. An operand
+/// may also range over a leading part of the loop's dims (<see cref="LeadOf"/>; XLA fuses such broadcasts too): the
+/// Adafactor update divides and scales each stacked weight by per-layer factors. On CPU
 /// such chains are bound by memory bandwidth, and every unfused op also allocates (and on fresh memory page-faults)
 /// a full-size result: the optimizer's Adafactor update is a chain of about 17 of them per parameter.
 /// <para>
@@ -81,12 +87,17 @@ public static class LoopFusion
         foreach (var v in n.Inputs)
         {
             if (v.Type.DType != DType.F32) return false;
-            if (v.Type.Rank == 0) continue;
-            if (!v.Type.Equals(t)) return false;      // a broadcast or a re-laid-out operand: not a plain elementwise read
+            if (v.Type.Rank == 0 || LeadOf(v.Type, t)) continue;
+            if (!v.Type.Equals(t)) return false;      // another broadcast or a re-laid-out operand: not a plain elementwise read
             full = true;
         }
         return full;
     }
+
+    /// <summary>Whether <paramref name="operand"/> is <paramref name="loop"/>'s first few dims (names and sizes), at least
+    /// one and not all: broadcast over the rest, so one value of it holds for a whole run of the loop's elements.</summary>
+    public static bool LeadOf(TensorType operand, TensorType loop) =>
+        operand.Rank > 0 && operand.Rank < loop.Rank && operand.Dims.SequenceEqual(loop.Dims.Take(operand.Rank));
 
     public static FusionPlan Plan(Graph g)
     {
@@ -105,7 +116,7 @@ public static class LoopFusion
         var readers = new Dictionary<Value, List<FusionGroup>>(ReferenceEqualityComparer.Instance);
         void Reads(Node member, FusionGroup group)
         {
-            foreach (var v in member.Inputs.Where(v => v.Type.Rank > 0))
+            foreach (var v in member.Inputs.Where(v => v.Type.Equals(member.Outputs[0].Type)))
             {
                 if (!readers.TryGetValue(v, out var list)) readers[v] = list = [];
                 if (!list.Contains(group)) list.Add(group);
@@ -118,11 +129,11 @@ public static class LoopFusion
             foreach (var r in n.Regions) PlanBlock(r, result);
             if (Fusible(n))
             {
-                var joined = n.Inputs.Where(v => v.Type.Rank > 0 && groupOf.TryGetValue(v, out var g) && g.Open)
+                var joined = n.Inputs.Where(v => v.Type.Equals(n.Outputs[0].Type) && groupOf.TryGetValue(v, out var g) && g.Open)
                     .Select(v => groupOf[v]).Distinct().OrderBy(g => g.FirstIndex).ToList();
                 // Else a sibling: an open group of the same shape that reads one of n's operands, so the loop reads it
                 // once for both (XLA's sibling multi-output fusion; SwiGLU's two backward halves read one cotangent).
-                if (joined.Count == 0 && n.Inputs.Where(v => v.Type.Rank > 0).SelectMany(v => readers.GetValueOrDefault(v) ?? [])
+                if (joined.Count == 0 && n.Inputs.Where(v => v.Type.Equals(n.Outputs[0].Type)).SelectMany(v => readers.GetValueOrDefault(v) ?? [])
                         .Where(g => g.Open && g.Type.Equals(n.Outputs[0].Type)).OrderBy(g => g.FirstIndex).FirstOrDefault() is { } sibling)
                     joined.Add(sibling);
                 var group = joined.Count > 0 ? joined[0] : new FusionGroup(i);
@@ -160,7 +171,8 @@ public static class LoopFusion
                 foreach (var v in m.Inputs)
                 {
                     if (produced.Contains(v)) continue;
-                    if (v.Type.Rank > 0) { if (!group.Inputs.Contains(v)) group.Inputs.Add(v); }
+                    if (LeadOf(v.Type, group.Type)) { if (!group.Leads.Contains(v)) group.Leads.Add(v); }
+                    else if (v.Type.Rank > 0) { if (!group.Inputs.Contains(v)) group.Inputs.Add(v); }
                     else if (producers.TryGetValue(v, out var p) && p.Op.Name == "constant") group.Constants[v] = p.Attr<FloatAttr>("value").Value;
                     else if (!group.Scalars.Contains(v)) group.Scalars.Add(v);
                 }

@@ -27,10 +27,12 @@ public sealed unsafe class LoopChunk
     private readonly float*[] _out;
     private readonly float[] _scalars;
     private readonly float[][] _temps;
+    private readonly LeadRows? _leads;
+    private long _row;
 
-    internal LoopChunk(int inputs, int outputs, float[] scalars, int temps)
+    internal LoopChunk(int inputs, int outputs, float[] scalars, int temps, LeadRows? leads = null)
     {
-        (_in, _out, _scalars) = (new float*[inputs], new float*[outputs], scalars);
+        (_in, _out, _scalars, _leads) = (new float*[inputs], new float*[outputs], scalars, leads);
         _temps = new float[temps][];
         for (int i = 0; i < temps; i++) _temps[i] = new float[FusedLoop.ChunkElements];
     }
@@ -45,6 +47,7 @@ public sealed unsafe class LoopChunk
         for (int i = 0; i < _in.Length; i++) _in[i] = inputs[i].At(row, column);
         for (int i = 0; i < _out.Length; i++) _out[i] = outputs[i].At(row, column);
         Length = length;
+        _row = row;
     }
 
     /// <summary>Operand <paramref name="i"/>'s elements in this chunk.</summary>
@@ -56,8 +59,21 @@ public sealed unsafe class LoopChunk
     /// <summary>Rank-0 operand <paramref name="i"/>, read once per call.</summary>
     public float Scalar(int i) => _scalars[i];
 
+    /// <summary>Lead operand <paramref name="i"/> (over the loop's first few dims) at this chunk's index in those dims,
+    /// which is the same for all its elements.</summary>
+    public float Lead(int i) => _leads!.Value(i, _row);
+
     /// <summary>Scratch slot <paramref name="i"/> for an intermediate that no later op outside the kernel reads.</summary>
     public Span<float> Temp(int i) => _temps[i].AsSpan(0, Length);
+}
+
+/// <summary>
+/// The lead operands of a fused loop walked as rows of <c>Columns</c> elements in row-major order: lead i's value for
+/// loop row r is <c>Values[i][(RowOffset + r) / PerValue[i]]</c> (each of its values covers <c>PerValue[i]</c> rows).
+/// </summary>
+internal sealed record LeadRows(float[][] Values, long[] PerValue, long RowOffset)
+{
+    public float Value(int i, long row) => Values[i][(RowOffset + row) / PerValue[i]];
 }
 
 /// <summary>One operand of a fused loop as rows of contiguous elements: row r starts <c>r · RowStride</c> elements after
@@ -86,7 +102,8 @@ public static class FusedLoop
     public const int MinRowElements = 1024;
 
     // Each pointer must address at most int.MaxValue bytes through Tensor.bytes, so huge tensors run in segments.
-    private const long SegmentElements = 1L << 28;
+    // Settable only so tests can exercise the segmented walk without gigabyte tensors.
+    internal static long SegmentElements { get; set; } = 1L << 28;
 
     /// <summary>
     /// The kernel over every element of <paramref name="inputs"/> (all of one shape; fp32, CPU), with rank-0
@@ -101,7 +118,16 @@ public static class FusedLoop
     /// last dim); any other layout is copied into the loop's order first.
     /// </para>
     /// </summary>
-    public static Tensor[] Run(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, int[] donors, Tensor?[]? destinations = null)
+    public static Tensor[] Run(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, int[] donors, Tensor?[]? destinations = null) =>
+        Run(kernel, temps, inputs, scalars, [], donors, destinations);
+
+    /// <summary>
+    /// <see cref="Run(LoopKernel, int, Tensor[], Tensor[], int[], Tensor?[])"/> with <paramref name="leads"/>: operands
+    /// whose shape is the loop's first few dims, read by the kernel through <see cref="LoopChunk.Lead"/>. The loop then
+    /// walks its operands in row-major order (others are copied into it), in chunks that never cross from one lead
+    /// value to the next.
+    /// </summary>
+    public static Tensor[] Run(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, Tensor[] leads, int[] donors, Tensor?[]? destinations = null)
     {
         int outputs = donors.Length;
         if (inputs.Length == 0) throw new ArgumentException("a fused loop needs at least one full-size operand", nameof(inputs));
@@ -112,6 +138,10 @@ public static class FusedLoop
                 throw new NotSupportedException($"fused loop: operands must be float32 on the CPU, got {t.dtype} on {t.device_type}");
         foreach (var t in inputs)
             if (!t.shape.SequenceEqual(shape)) throw new ArgumentException($"fused loop: operand shapes differ: [{string.Join(", ", shape)}] and [{string.Join(", ", t.shape)}]");
+        foreach (var t in leads)
+            if (t.dtype != ScalarType.Float32 || t.device_type != DeviceType.CPU || t.dim() == 0 || t.dim() >= shape.Length || !t.shape.SequenceEqual(shape.Take((int)t.dim())))
+                throw new ArgumentException($"fused loop: a lead operand must be float32 on the CPU over the first dims of [{string.Join(", ", shape)}], got {t.dtype} [{string.Join(", ", t.shape)}]");
+        if (leads.Length > 0) return RunWithLeads(kernel, temps, inputs, scalars, leads, donors, destinations, shape, n);
 
         // Elementwise work is indifferent to order, so the loop walks memory in the order of the first operand laid out
         // densely (a permuted view, such as the attention scores einsum returns, counts): operands laid out alike are
@@ -145,6 +175,64 @@ public static class FusedLoop
                 Launch(kernel, temps, Segment(flatIn, start, length, owned), Segment(flatOut, start, length, owned), values, 1, length);
             }
             for (int i = 0; i < outputs; i++)
+                if (!ReferenceEquals(written[i], results[i])) results[i].copy_(written[i]);
+        }
+        finally
+        {
+            foreach (var t in owned) t.Dispose();
+        }
+        return results;
+    }
+
+    /// <summary>The loop with lead operands: every operand in row-major order (copied there when it is not), rows of
+    /// the finest lead's run of elements, each chunk within one row.</summary>
+    private static Tensor[] RunWithLeads(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, Tensor[] leads, int[] donors, Tensor?[]? destinations, long[] shape, long n)
+    {
+        long[] order = [.. Enumerable.Range(0, shape.Length).Select(d => (long)d)];
+        var results = new Tensor[donors.Length];
+        for (int i = 0; i < donors.Length; i++)
+            results[i] = destinations?[i] is { } d ? CheckDestination(d, shape)
+                : donors[i] >= 0 && InOrder(inputs[donors[i]], order) ? inputs[donors[i]] : torch.empty(shape, ScalarType.Float32);
+        if (n == 0) return results;
+        var values = scalars.Select(s => s.item<float>()).ToArray();
+        var leadValues = leads.Select(l =>
+        {
+            using var dense = l.contiguous();
+            return dense.data<float>().ToArray();
+        }).ToArray();
+        var runs = leadValues.Select(v => n / v.Length).ToArray();   // elements each lead value covers
+        long columns = runs.Min(), rows = n / columns;
+        var perValue = runs.Select(r => r / columns).ToArray();
+        var owned = new List<Tensor>();
+        try
+        {
+            var written = results.Select(t => InOrder(t, order) ? t : Own(torch.empty(shape, ScalarType.Float32), owned)).ToArray();
+            var flatIn = inputs.Select(t => Flat(t, order, owned)).ToArray();
+            var flatOut = written.Select(t => Flat(t, order, owned)).ToArray();
+            // Each launch addresses at most SegmentElements elements of an operand: whole rows, or a part of one long row.
+            RowOperand[] At(Tensor[] flat, long start, long length, long stride) =>
+                [.. flat.Select(t => new RowOperand(Native.TensorMemory.Address(Own(t.narrow(0, start, length), owned)), stride))];
+            if (columns <= SegmentElements)
+            {
+                long per = SegmentElements / columns;
+                for (long r = 0; r < rows; r += per)
+                {
+                    long count = Math.Min(per, rows - r);
+                    Launch(kernel, temps, At(flatIn, r * columns, count * columns, columns), At(flatOut, r * columns, count * columns, columns),
+                        values, count, columns, new LeadRows(leadValues, perValue, r));
+                }
+            }
+            else
+            {
+                for (long r = 0; r < rows; r++)
+                    for (long c = 0; c < columns; c += SegmentElements)
+                    {
+                        long length = Math.Min(SegmentElements, columns - c);
+                        Launch(kernel, temps, At(flatIn, r * columns + c, length, length), At(flatOut, r * columns + c, length, length),
+                            values, 1, length, new LeadRows(leadValues, perValue, r));
+                    }
+            }
+            for (int i = 0; i < results.Length; i++)
                 if (!ReferenceEquals(written[i], results[i])) results[i].copy_(written[i]);
         }
         finally
@@ -233,20 +321,20 @@ public static class FusedLoop
 
     /// <summary>Splits <paramref name="rows"/> × <paramref name="columns"/> elements into chunks of at most
     /// <see cref="ChunkElements"/> within a row and runs them on the op's threads.</summary>
-    private static void Launch(LoopKernel kernel, int temps, RowOperand[] ins, RowOperand[] outs, float[] scalars, long rows, long columns)
+    private static void Launch(LoopKernel kernel, int temps, RowOperand[] ins, RowOperand[] outs, float[] scalars, long rows, long columns, LeadRows? leads = null)
     {
         long perRow = (columns + ChunkElements - 1) / ChunkElements;
         long chunks = rows * perRow;
         int threads = Math.Min(OpenMpTeam.ThreadsFor(rows * columns, torch.get_num_threads()), (int)Math.Min(chunks, 256));
-        OpenMpTeam.Run(new Job(kernel, temps, ins, outs, scalars, columns, perRow, chunks), threads);
+        OpenMpTeam.Run(new Job(kernel, temps, ins, outs, scalars, columns, perRow, chunks, leads), threads);
     }
 
     /// <summary>One fused loop's chunks, split evenly over however many workers run it.</summary>
-    private sealed class Job(LoopKernel kernel, int temps, RowOperand[] ins, RowOperand[] outs, float[] scalars, long columns, long perRow, long chunks) : TeamWork
+    private sealed class Job(LoopKernel kernel, int temps, RowOperand[] ins, RowOperand[] outs, float[] scalars, long columns, long perRow, long chunks, LeadRows? leads) : TeamWork
     {
         protected override void Run(int worker, int workers)
         {
-            var chunk = new LoopChunk(ins.Length, outs.Length, scalars, temps);
+            var chunk = new LoopChunk(ins.Length, outs.Length, scalars, temps, leads);
             long first = chunks * worker / workers, last = chunks * (worker + 1) / workers;
             for (long c = first; c < last; c++)
             {

@@ -174,7 +174,7 @@ public static class Rt
         return ge.to_type(x.dtype);
     }
 
-    /// <summary>A fused elementwise loop (<see cref="FusedLoop.Run"/>): a tensor of the operands' shape per entry of
+    /// <summary>A fused elementwise loop (<see cref="FusedLoop.Run(LoopKernel, int, Tensor[], Tensor[], int[], Tensor?[])"/>): a tensor of the operands' shape per entry of
     /// <paramref name="donors"/> (the operand whose buffer it is written into, or -1 for a new one), computed chunk by
     /// chunk by <paramref name="kernel"/> with <paramref name="temps"/> scratch slots.</summary>
     public static Tensor[] Fused(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, int[] donors) =>
@@ -184,6 +184,11 @@ public static class Rt
     /// that tensor (a slice of a concatenation's buffer, <see cref="ConcatInto"/>), which is also what it returns for them.</summary>
     public static Tensor[] Fused(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, int[] donors, Tensor?[] destinations) =>
         FusedLoop.Run(kernel, temps, inputs, scalars, donors, destinations);
+
+    /// <summary>A fused loop with <paramref name="leads"/>: operands over the loop's first few dims, one value per run of
+    /// the others (<see cref="FusedLoop.Run(LoopKernel, int, Tensor[], Tensor[], Tensor[], int[], Tensor?[])"/>).</summary>
+    public static Tensor[] Fused(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, Tensor[] leads, int[] donors, Tensor?[]? destinations = null) =>
+        FusedLoop.Run(kernel, temps, inputs, scalars, leads, donors, destinations);
 
     /// <summary><paramref name="length"/> entries of <paramref name="axis"/> from <paramref name="start"/>: a view.</summary>
     public static Tensor Narrow(Tensor x, long axis, long start, long length) => x.narrow(axis, start, length);
@@ -419,12 +424,13 @@ public static class Rt
     public static Tensor Mean(Tensor x, long[] axes) => axes.Length == 0 ? x.alias() : x.mean(axes);
 
     /// <summary>
-    /// Sum of x² over <paramref name="axes"/> (dropped), without a full-size squared temporary: the reduced dims are
-    /// squared and summed in chunks of about 2^18 elements (1 MiB in fp32, reused from the heap and hot in cache), whose
-    /// sums are added up. On palm-cpu's 56 MB w_down: 3 ms, against 121 ms for <c>x.square().sum()</c> when the
-    /// temporary comes from fresh memory; error 1.4e-7 relative against an fp64 sum. (libtorch's CPU
-    /// <c>linalg.vector_norm</c> would need no temporary at all, but it is off by 1.2e-3 relative on the same tensor.)
-    /// No axes: x².
+    /// Sum of x² over <paramref name="axes"/> (dropped), without a full-size squared temporary. When the reduced dims are
+    /// x's innermost and x is dense fp32, <see cref="RowKernels.SumSquaresRows"/> reads x once (palm-cpu's 56 MB
+    /// w_down: 1.2 ms); otherwise the reduced dims are squared and summed in chunks of about 2^18 elements (1 MiB in
+    /// fp32, reused from the heap and hot in cache), whose sums are added up (3.6 ms; 121 ms for
+    /// <c>x.square().sum()</c> when the temporary comes from fresh memory; error 1.4e-7 relative against an fp64 sum).
+    /// (libtorch's CPU <c>linalg.vector_norm</c> needs no temporary either, but it is off by 1.2e-3 relative on the same
+    /// tensor.) No axes: x².
     /// </summary>
     public static Tensor SumSquares(Tensor x, long[] axes) => axes.Length == 0 ? Square(x) : WideSumSquares(x, axes, mean: false);
 
@@ -441,6 +447,14 @@ public static class Rt
         var kept = Enumerable.Range(0, (int)rank).Select(i => (long)i).Where(i => !reduced.Contains(i)).ToArray();
         long rows = kept.Aggregate(1L, (n, d) => n * x.shape[d]), cols = reduced.Aggregate(1L, (n, d) => n * x.shape[d]);
         var keptShape = kept.Select(d => x.shape[d]).ToArray();
+        if (cols > 0 && reduced.SequenceEqual(Enumerable.Range((int)rank - reduced.Length, reduced.Length).Select(i => (long)i))
+            && RowKernels.SumSquaresRows(x, rows, cols) is { } sums)
+        {
+            // The reduced dims are x's innermost: one read of x, each row's sum in fp64, rounded once to x's dtype.
+            var values = mean ? sums.Select(s => s / cols).ToArray() : sums;
+            using var wideResult = torch.tensor(values, ScalarType.Float64);
+            return wideResult.to_type(x.dtype).reshape(keptShape);
+        }
         using var scope = torch.NewDisposeScope();
         if (rows == 0 || cols == 0) return (mean ? Square(x).mean(reduced) : Square(x).sum(reduced)).MoveToOuterDisposeScope();
         var matrix = x.permute([.. kept, .. reduced]).reshape(rows, cols);     // a view when the reduced dims are innermost

@@ -91,6 +91,36 @@ public sealed class LoopFusionTests
     }
 
     [Fact]
+    public void OperandsOverTheLeadingDimsJoinTheLoop()
+    {
+        // Adafactor's shape: a stacked weight's update divided and scaled by per-layer factors ([l], and [l, d] here),
+        // which join the loop as lead operands; a factor over the trailing dims ([e]) is a broadcast the loop does not take.
+        var g = Compile($"""
+            dim l = 3, d = 4, e = {FusedLoop.ChunkElements / 3 + 7}
+            input u: f32[l, d, e]
+            input m: f32[l, d, e]
+            input den: f32[l]
+            input step: f32[l, d]
+            input col: f32[e]
+            clipped = u / den
+            m_new = m * 0.9 + clipped * 0.1
+            update = m_new * step
+            w_new = m - update
+            t = w_new * col
+            output m_new
+            output w_new
+            output t
+            """);
+        var group = Assert.Single(LoopFusion.Plan(g).Groups);
+        var names = group.Members.Select(n => n.Outputs[0].Name).ToHashSet();
+        Assert.Subset(names, new HashSet<string> { "clipped", "m_new", "update", "w_new" });
+        Assert.DoesNotContain("t", names);
+        Assert.Equal(["den", "step"], group.Leads.Select(v => v.Name));
+        Assert.Equal(["u", "m"], group.Inputs.Select(v => v.Name));
+        AssertSameResults(g, seed: 3);
+    }
+
+    [Fact]
     public void IndependentChainsMergeThroughTheNodeThatReadsBoth()
     {
         var g = Compile("""
