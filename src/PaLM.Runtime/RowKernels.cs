@@ -108,6 +108,46 @@ public static class RowKernels
     }
 
     /// <summary>
+    /// Rotary embedding over <paramref name="featureAxis"/> (see <see cref="Rt.Rope"/>), one pass per row of K features:
+    /// out[j] = x[j]·cos − x[j+K/2]·sin and out[j+K/2] = x[j+K/2]·cos + x[j]·sin at the row's position along
+    /// <paramref name="seqAxis"/> (sin negated for the inverse rotation). Null where it does not apply (fp32 CPU, the
+    /// feature dim contiguous, K even); the caller takes the composite form, with the same tables.
+    /// <para>
+    /// Why: the composite form is a multiply and two strided multiply-adds over halves, three passes and a temporary;
+    /// rope runs on every layer's queries, which are a strided slice of the fused projection's output.
+    /// </para>
+    /// </summary>
+    public static Tensor? Rope(Tensor x, long seqAxis, long featureAxis, bool inverse)
+    {
+        long k = x.shape[featureAxis];
+        if (k % 2 != 0 || seqAxis == featureAxis || ResultLike(x, featureAxis, x) is not { } y) return null;
+        var (cos, sin) = s_ropeRows.GetOrAdd((x.shape[seqAxis], k), key => new Lazy<(float[], float[])>(() => RopeRowTables(key.S, key.K))).Value;
+        Run(new RopeRows(Rows.Of(x, featureAxis), Rows.Of(y, featureAxis), (int)seqAxis, cos, sin, inverse), x, x);
+        return y;
+    }
+
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(long S, long K), Lazy<(float[] Cos, float[] Sin)>> s_ropeRows = new();
+
+    /// <summary>cos and sin of position·10000^(−2i/K) for i below K/2, [S, K/2] row-major: the angles and their
+    /// functions in fp64, rounded once, as <see cref="Rt.Rope"/>'s tables are.</summary>
+    private static (float[], float[]) RopeRowTables(long s, long k)
+    {
+        long half = k / 2;
+        var (cos, sin) = (new float[s * half], new float[s * half]);
+        for (long i = 0; i < half; i++)
+        {
+            double invFreq = Math.Exp(2 * i * (-Math.Log(10000.0) / k));
+            for (long p = 0; p < s; p++)
+            {
+                double angle = p * invFreq;
+                cos[p * half + i] = (float)Math.Cos(angle);
+                sin[p * half + i] = (float)Math.Sin(angle);
+            }
+        }
+        return (cos, sin);
+    }
+
+    /// <summary>
     /// A new tensor with <paramref name="like"/>'s shape and memory order (torch.empty_like keeps a dense permutation)
     /// when the kernels apply to <paramref name="operands"/> and the new tensor's row dim is contiguous too; else null,
     /// and the caller takes the composite form (a gappy <paramref name="like"/> gets a row-major copy, whose row dim
@@ -211,6 +251,36 @@ public static class RowKernels
             TensorPrimitives.Exp(live, live);
             TensorPrimitives.Divide(live, TensorPrimitives.Sum(live), live);
             ys[valid..].Clear();
+        }
+    }
+
+    private sealed unsafe class RopeRows(Rows x, Rows y, int seqAxis, float[] cos, float[] sin, bool inverse) : RowWork(x.Axis, x.Shape)
+    {
+        protected override void Row(long[] index)
+        {
+            int half = x.Length / 2;
+            var table = (int)index[seqAxis] * half;
+            var c = cos.AsSpan(table, half);
+            var sn = sin.AsSpan(table, half);
+            float* xp = At(x, index), yp = At(y, index);
+            var lo = new ReadOnlySpan<float>(xp, half);
+            var hi = new ReadOnlySpan<float>(xp + half, half);
+            var outLo = new Span<float>(yp, half);
+            var outHi = new Span<float>(yp + half, half);
+            // Forward: lo·cos − hi·sin, hi·cos + lo·sin; the inverse swaps the signs of the sines.
+            int i = 0, w = System.Numerics.Vector<float>.Count;
+            for (; i <= half - w; i += w)
+            {
+                var (vc, vs) = (new System.Numerics.Vector<float>(c[i..]), new System.Numerics.Vector<float>(sn[i..]));
+                var (vl, vh) = (new System.Numerics.Vector<float>(lo[i..]), new System.Numerics.Vector<float>(hi[i..]));
+                (inverse ? vl * vc + vh * vs : vl * vc - vh * vs).CopyTo(outLo[i..]);
+                (inverse ? vh * vc - vl * vs : vh * vc + vl * vs).CopyTo(outHi[i..]);
+            }
+            for (; i < half; i++)
+            {
+                outLo[i] = inverse ? lo[i] * c[i] + hi[i] * sn[i] : lo[i] * c[i] - hi[i] * sn[i];
+                outHi[i] = inverse ? hi[i] * c[i] - lo[i] * sn[i] : hi[i] * c[i] + lo[i] * sn[i];
+            }
         }
     }
 

@@ -503,15 +503,25 @@ public static class Rt
     /// <summary>
     /// Rotary position embedding. Positions 0..S-1 run along <paramref name="seqAxis"/>; the feature axis (size K, even)
     /// is rotated in halves: x·[cos,cos] + concat(-x₂, x₁)·[sin,sin], with angle(s, i) = s·10000^(-2i/K).
-    /// Computed as x·cos, then each half gains the other half times ∓sin in place (two passes over x instead of the
-    /// six of split, negate, concatenate, multiply, multiply, add); the tables depend only on S, K, the layout and the
-    /// dtype and are made once per process.
+    /// fp32 CPU tensors whose feature dim is contiguous take <see cref="RowKernels.Rope"/>'s one pass; others,
+    /// <see cref="RopeByTables"/>.
     /// </summary>
     public static Tensor Rope(Tensor x, long seqAxis, long featureAxis, long inverse = 0)
     {
-        long s = x.shape[seqAxis], k = x.shape[featureAxis];
+        long k = x.shape[featureAxis];
         if (k % 2 != 0)
             throw new ArgumentException($"Rope needs an even feature size, got {k}.", nameof(x));
+        return RowKernels.Rope(x, seqAxis, featureAxis, inverse != 0) ?? RopeByTables(x, seqAxis, featureAxis, inverse);
+    }
+
+    /// <summary>
+    /// <see cref="Rope"/> in TorchSharp ops: x·cos, then each half gains the other half times ∓sin in place (two passes
+    /// over x instead of the six of split, negate, concatenate, multiply, multiply, add); the tables depend only on S,
+    /// K, the layout and the dtype and are made once per process.
+    /// </summary>
+    internal static Tensor RopeByTables(Tensor x, long seqAxis, long featureAxis, long inverse = 0)
+    {
+        long s = x.shape[seqAxis], k = x.shape[featureAxis];
         var (cos, sinLo, sinHi) = s_ropeTables.GetOrAdd((s, k, x.dim(), seqAxis, featureAxis, inverse != 0, x.dtype),
             key => new Lazy<(Tensor, Tensor, Tensor)>(() => RopeTables(key))).Value;
         var result = x.mul(cos);

@@ -112,4 +112,37 @@ public sealed class RowKernelTests
         Assert.Equal(1, view.stride(1));
         Assert.True(RowKernels.SoftmaxGrad(dy, view, 1).allclose(view * (dy - (dy * view).sum(1, keepdim: true)), rtol: 1e-5, atol: 1e-6));
     }
+
+    /// <summary>Rope's row kernel against the TorchSharp form on the layouts it meets: the queries as a strided slice of
+    /// a fused projection's output ([b, s, h, d] with rows of the fused width), a contiguous [b, s, d], the sequence
+    /// after the features, and both rotations; K = 2 and a K whose half is no multiple of the vector width included.</summary>
+    [Theory]
+    [InlineData(1, 64, false, false)]
+    [InlineData(2, 64, true, false)]
+    [InlineData(3, 10, false, true)]
+    [InlineData(4, 2, true, true)]
+    public void RopeMatchesTheTableForm(int seed, long k, bool inverse, bool seqAfterFeatures)
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var g = new Generator((ulong)seed);
+        long b = 2, s = 9, h = 3;
+        var fused = randn([b, s, h * k + 40], generator: g);
+        var q = fused.narrow(2, 0, h * k).view(b, s, h, k);          // rows of K at the fused width's stride
+        var x = seqAfterFeatures ? randn([b, k, s], generator: g).transpose(1, 2).contiguous().transpose(1, 2) : randn([b, s, k], generator: g);
+        foreach (var (t, seqAxis, featureAxis) in new[] { (q, 1L, 3L), (x, 1L, 2L) })
+        {
+            var actual = RowKernels.Rope(t, seqAxis, featureAxis, inverse);
+            if (seqAfterFeatures && ReferenceEquals(t, x))
+            {
+                Assert.Null(actual);                                    // features not contiguous: the table form runs
+                continue;
+            }
+            Assert.NotNull(actual);
+            var expected = Rt.RopeByTables(t, seqAxis, featureAxis, inverse ? 1 : 0);
+            Assert.True(actual.allclose(expected, rtol: 1e-6, atol: 1e-6), $"max difference {(actual - expected).abs().max().item<float>()}");
+            // The inverse undoes the rotation.
+            Assert.True(RowKernels.Rope(actual, seqAxis, featureAxis, !inverse)!.allclose(t, rtol: 1e-5, atol: 1e-5));
+        }
+    }
 }
