@@ -42,6 +42,12 @@ public sealed record CodeGenOptions
     /// <see cref="ConcatDestinations"/>). On by default; off makes every concatenation copy all its pieces (to compare).
     /// </summary>
     public bool ConcatInPlace { get; init; } = true;
+
+    /// <summary>
+    /// Let a product over a concatenation along a dim its output keeps read the pieces where they lie, one product per
+    /// piece into its slice of the result (see <see cref="ProductsOverPieces"/>). On by default; off makes the join.
+    /// </summary>
+    public bool ProductsOverPieces { get; init; } = true;
 }
 
 /// <summary>The generated C# of one graph: its syntax tree and the name of the class implementing IGraphProgram.</summary>
@@ -73,6 +79,7 @@ public sealed class Emitter
     private readonly LayerStacks _stacks;
     private readonly ConcatDestinations _concatInto;
     private readonly Dictionary<Node, string> _joins = new(ReferenceEqualityComparer.Instance);
+    private readonly ProductsOverPieces _overPieces;
     private int _loopDepth;
 
     private Emitter(Graph graph, CodeGenOptions options)
@@ -84,6 +91,7 @@ public sealed class Emitter
             : (new Dictionary<Node, int>(), new Dictionary<FusionGroup, int[]>());
         _stacks = options.KeepLayerResults ? new LayerStacks(graph, _fusion, _inPlace, _loopDonors) : LayerStacks.None;
         _concatInto = options.ConcatInPlace ? new ConcatDestinations(graph, _fusion) : ConcatDestinations.None;
+        _overPieces = options.ProductsOverPieces ? new ProductsOverPieces(graph, _concatInto) : PaLM.CodeGen.ProductsOverPieces.None;
     }
 
     public static GeneratedSource Emit(Graph graph, string? sourceFileName = null, CodeGenOptions? options = null)
@@ -256,6 +264,8 @@ public sealed class Emitter
                 if (ReferenceEquals(n, group.Last)) EmitFusedLoop(group, body);
                 continue;
             }
+            // A join the product after it reads piece by piece is never made.
+            if (_overPieces.Absorbed(n)) continue;
             var comment = Comment("// " + CSharpNames.CommentText(
                 (n.Loc is { } l ? $"{Path.GetFileName(l.File)}:{l.Line}: " : "") + Printer.FormatNodeHead(n)));
             var start = body.Count;
@@ -268,6 +278,10 @@ public sealed class Emitter
             (int Site, string Local)? timer = lowering is RtCall && _options.Profile ? StartTimer(n, body) : null;
             switch (lowering)
             {
+                case RtCall { Method: "Einsum" } call when _overPieces.Of(n) is { } pieces:
+                    body.Add(Local(Bind(n.Outputs[0]), Rt("EinsumOverPieces", Arg(call.Args[0], n), Lit((long)pieces.Operand), Lit(pieces.Axis),
+                        Ref(n.Inputs[1 - pieces.Operand]), Array("Tensor", pieces.Concat.Inputs.Select(Ref)))));
+                    break;
                 case RtCall call when n.Outputs.Length == 1:
                     body.Add(Local(Bind(n.Outputs[0]), intoJoin ?? Call(call, n)));
                     break;

@@ -402,6 +402,19 @@ public static class Rt
 
     private static readonly bool s_torchEinsum = Environment.GetEnvironmentVariable("PALMC_EINSUM") == "torch";
 
+    /// <summary>
+    /// A two-operand einsum whose operand <paramref name="joined"/> is the concatenation of <paramref name="pieces"/>
+    /// along its dim <paramref name="axis"/>, a dim the output keeps: one product per piece, each written into its slice
+    /// of the result (<see cref="Contraction.RunOverPieces"/>), so the concatenation is never made. The other operand
+    /// is <paramref name="other"/>.
+    /// </summary>
+    public static Tensor EinsumOverPieces(string spec, long joined, long axis, Tensor other, Tensor[] pieces)
+    {
+        if (!s_torchEinsum && Contraction.TryParse(spec, out var c) && c.RunOverPieces((int)joined, axis, other, pieces) is { } result) return result;
+        using var whole = Concat(pieces, axis);
+        return joined == 0 ? Einsum(spec, whole, other) : Einsum(spec, other, whole);
+    }
+
     /// <summary>A two-operand einsum over causal attention's triangle (the IR's <c>causal_einsum</c>), computed in
     /// <paramref name="blocks"/> blocks (<see cref="CausalContraction"/>).</summary>
     public static Tensor CausalEinsum(string spec, string query, string key, long blocks, Tensor[] xs) =>

@@ -112,4 +112,40 @@ public sealed class ContractionTests
             }
         }
     }
+
+    /// <summary>A product over a join read piece by piece (<c>Rt.EinsumOverPieces</c>) against the product of the
+    /// made join, on layouts the emitter does not produce for palm-cpu: a batched product, the joined operand first,
+    /// the join's dim leading the result, a narrowed piece, and a destination whose dims do not merge into rows of unit
+    /// stride (each piece's product is then copied in).</summary>
+    [Theory]
+    [InlineData("bij,bjk->bik", 1, 2, true)]    // batched, joined along the result's last dim
+    [InlineData("ij,jk->ik", 0, 0, true)]       // the joined operand first, along the result's rows
+    [InlineData("ij,kj->ki", 1, 0, true)]       // the join's dim leads the result; operands read transposed
+    [InlineData("bij,bjk->kbi", 1, 2, true)]    // the join's dim leads, the batch inside it
+    [InlineData("bij,bjk->ikb", 1, 2, false)]   // the batch innermost: the slices' columns are not contiguous
+    public void ProductsOverPiecesMatchTheProductOfTheJoin(string spec, int joined, long axis, bool direct)
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var gen = new Generator(3);
+        var specs = spec.Split("->")[0].Split(',');
+        var sizes = new Dictionary<char, long> { ['b'] = 3, ['i'] = 37, ['j'] = 41, ['k'] = 17 };
+        Tensor Make(string s, long joinedLength, bool isJoined) =>
+            randn([.. s.Select((ch, d) => isJoined && d == axis ? joinedLength : sizes[ch])], generator: gen);
+        var other = Make(specs[1 - joined], 0, false);
+        // Three pieces; the middle one a narrowed view of a longer tensor.
+        long[] lengths = [29, 300, 5];
+        var pieces = lengths.Select((len, p) => p == 1 ? Make(specs[joined], 2 * len, true).narrow(axis, 0, len) : Make(specs[joined], len, true)).ToArray();
+        var whole = cat(pieces, axis);
+        var expected = joined == 0 ? Rt.Einsum(spec, whole, other) : Rt.Einsum(spec, other, whole);
+        var actual = Rt.EinsumOverPieces(spec, joined, axis, other, pieces);
+        Assert.Equal(expected.shape, actual.shape);
+        Assert.True(actual.allclose(expected, rtol: 1e-5, atol: 1e-4), $"max difference {(actual - expected).abs().max().item<float>()}");
+        // Whether BLAS writes each piece's product where it goes, or it is computed apart and copied in.
+        Assert.True(Contraction.TryParse(spec, out var c));
+        var outAxis = spec.Split("->")[1].IndexOf(specs[joined][(int)axis]);
+        using var slice = empty_like(actual).narrow(outAxis, 0, lengths[0]);
+        var (x, y) = joined == 0 ? (pieces[0], other) : (other, pieces[0]);
+        Assert.Equal(direct, c.TryRunInto(x, y, slice));
+    }
 }
