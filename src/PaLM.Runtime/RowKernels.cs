@@ -43,6 +43,78 @@ public static class RowKernels
     }
 
     /// <summary>
+    /// Layer norm's scale cotangent over the last axis (see <see cref="Rt.LayerNormDScale"/>): Σ over rows of dy · x̂, x̂
+    /// recomputed per row in cache, in one read of x and dy. Null where it does not apply (fp32 CPU operands of one shape
+    /// whose last dim is contiguous); the caller takes the composite form (layer_norm, multiply, sum: four passes).
+    /// <para>
+    /// Rows are taken in blocks of <see cref="ScaleBlockRows"/>, each summed in fp32 into a partial of its own; the
+    /// partials are added in fp64 in block order, so the result does not depend on the thread count.
+    /// </para>
+    /// </summary>
+    public static Tensor? LayerNormDScale(Tensor dy, Tensor x, double eps)
+    {
+        var axis = x.dim() - 1;
+        if (axis < 0 || !dy.shape.SequenceEqual(x.shape) || !Applies(axis, dy, x)) return null;
+        long length = x.shape[axis], rows = x.numel() / length;
+        // The partials come from the shared pool: at palm-cpu's size (32 blocks of 768) a new array each call would be a
+        // large-object allocation, on fresh pages every time.
+        long blocks = (rows + ScaleBlockRows - 1) / ScaleBlockRows;
+        var partial = System.Buffers.ArrayPool<float>.Shared.Rent(checked((int)(blocks * length)));
+        try
+        {
+            Array.Clear(partial, 0, (int)(blocks * length));
+            var work = new LayerNormDScaleBlocks(Rows.Of(dy, axis), Rows.Of(x, axis), rows, blocks, partial, (float)eps);
+            OpenMpTeam.Run(work, Math.Min(OpenMpTeam.ThreadsFor(x.numel(), torch.get_num_threads()), (int)Math.Min(blocks, 256)));
+            GC.KeepAlive(dy);
+            GC.KeepAlive(x);
+            var sums = new double[length];
+            for (long b = 0; b < blocks; b++)
+                for (int j = 0; j < length; j++) sums[j] += partial[b * length + j];
+            using var wide = torch.tensor(sums, ScalarType.Float64);
+            return wide.to_type(ScalarType.Float32);
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<float>.Shared.Return(partial);
+        }
+    }
+
+    /// <summary>Rows per fp32 partial of <see cref="LayerNormDScale"/>.</summary>
+    public const int ScaleBlockRows = 64;
+
+    private sealed unsafe class LayerNormDScaleBlocks(Rows dy, Rows x, long rows, long blocks, float[] partial, float eps) : TeamWork
+    {
+        protected override void Run(int worker, int workers)
+        {
+            int length = x.Length;
+            var xhat = new float[length];
+            var index = new long[x.Shape.Length];
+            long first = blocks * worker / workers, last = blocks * (worker + 1) / workers;
+            for (long b = first; b < last; b++)
+            {
+                var acc = partial.AsSpan((int)(b * length), length);
+                for (long r = b * ScaleBlockRows; r < Math.Min(rows, (b + 1) * ScaleBlockRows); r++)
+                {
+                    // Row r's index over the dims before the last.
+                    long rest = r;
+                    for (int d = x.Shape.Length - 2; d >= 0; d--)
+                    {
+                        index[d] = rest % x.Shape[d];
+                        rest /= x.Shape[d];
+                    }
+                    var xs = new ReadOnlySpan<float>(RowWork.AtIndex(x, index), length);
+                    var dys = new ReadOnlySpan<float>(RowWork.AtIndex(dy, index), length);
+                    float mean = TensorPrimitives.Sum(xs) / length;
+                    TensorPrimitives.Subtract(xs, mean, xhat);
+                    float rstd = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xhat) / length + eps);
+                    TensorPrimitives.Multiply(xhat, rstd, xhat);
+                    TensorPrimitives.MultiplyAdd(xhat, dys, acc, acc);             // acc += x̂ · dy
+                }
+            }
+        }
+    }
+
+    /// <summary>
     /// Σ x² over each of <paramref name="rows"/> rows of <paramref name="columns"/> contiguous elements of
     /// <paramref name="x"/> (a dense fp32 CPU tensor whose reduced dims are its innermost), in one read of x on the
     /// OpenMP team; null where that does not hold (the caller takes the chunked TorchSharp form).
@@ -231,7 +303,11 @@ public static class RowKernels
 
         protected abstract void Row(long[] index);
 
-        protected static unsafe float* At(in Rows t, long[] index)
+        protected static unsafe float* At(in Rows t, long[] index) => AtIndex(t, index);
+
+        /// <summary>The address of the row of <paramref name="t"/> at <paramref name="index"/> (the row dim's entry
+        /// ignored if 0).</summary>
+        public static unsafe float* AtIndex(in Rows t, long[] index)
         {
             long offset = 0;
             for (int d = 0; d < index.Length; d++) offset += index[d] * t.Strides[d];

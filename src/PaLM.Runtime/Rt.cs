@@ -258,6 +258,7 @@ public static class Rt
     /// <summary>Layer norm's scale cotangent: Σ dy · x̂ over every axis but the last.</summary>
     public static Tensor LayerNormDScale(Tensor dy, Tensor x, double eps)
     {
+        if (RowKernels.LayerNormDScale(dy, x, eps) is { } fast) return fast;
         using var scope = torch.NewDisposeScope();
         var d = x.shape[^1];
         var xhat = nn.functional.layer_norm(x, [d], eps: eps);

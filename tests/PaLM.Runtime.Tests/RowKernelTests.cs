@@ -145,4 +145,28 @@ public sealed class RowKernelTests
             Assert.True(RowKernels.Rope(actual, seqAxis, featureAxis, !inverse)!.allclose(t, rtol: 1e-5, atol: 1e-5));
         }
     }
+
+    /// <summary>Layer norm's scale cotangent against layer_norm, multiply, sum: rows in one block and in several (a
+    /// ragged last one), dy a strided slice, a single row; a bf16 input is declined.</summary>
+    [Theory]
+    [InlineData(1, new long[] { 3, 5, 70 }, false)]
+    [InlineData(2, new long[] { 2, 100, 48 }, true)]
+    [InlineData(3, new long[] { 333, 64 }, true)]
+    [InlineData(4, new long[] { 40 }, false)]
+    public void LayerNormDScaleMatchesTheComposite(int seed, long[] shape, bool stridedDy)
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var g = new Generator((ulong)seed);
+        var x = randn(shape, generator: g) * 2 + 0.5;
+        var d = shape[^1];
+        var dy = stridedDy ? randn([.. shape[..^1], d + 9], generator: g).narrow(-1, 3, d) : randn(shape, generator: g);
+        var axes = Enumerable.Range(0, shape.Length - 1).Select(i => (long)i).ToArray();
+        var prod = nn.functional.layer_norm(x, [d], eps: 1e-5) * dy;
+        var expected = axes.Length == 0 ? prod : prod.sum(axes);
+        var actual = RowKernels.LayerNormDScale(dy, x, 1e-5);
+        Assert.NotNull(actual);
+        Assert.True(actual.allclose(expected, rtol: 1e-5, atol: 1e-4), $"max difference {(actual - expected).abs().max().item<float>()}");
+        Assert.Null(RowKernels.LayerNormDScale(dy.to_type(ScalarType.BFloat16), x.to_type(ScalarType.BFloat16), 1e-5));
+    }
 }
