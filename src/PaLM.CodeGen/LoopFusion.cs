@@ -153,6 +153,10 @@ public static class LoopFusion
                 group.Members.Sort((a, b) => index[a].CompareTo(index[b]));
                 groupOf[n.Outputs[0]] = group;
                 Reads(n, group);
+                // A lead operand made by another open group (a per-layer factor's own loop) is read by this one: that
+                // group's loop must run before, so nothing may join it later and move it past this node.
+                foreach (var v in n.Inputs)
+                    if (!v.Type.Equals(n.Outputs[0].Type) && groupOf.TryGetValue(v, out var made) && !ReferenceEquals(made, group)) made.Open = false;
             }
             else
             {

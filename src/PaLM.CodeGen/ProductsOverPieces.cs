@@ -51,7 +51,12 @@ public sealed class ProductsOverPieces
                 // `along` names each piece's own dim; the join's dim (`as`) stands at the same position.
                 var along = c.Attr<DimsAttr>("along").Names[0];
                 var axis = c.Inputs[0].Type.Dims.ToList().FindIndex(d => d.Name == along);
-                if (axis < 0 || !n.Outputs[0].Type.Dims.Any(d => d.Name == c.Outputs[0].Type.Dims[axis].Name)) continue;
+                // The einsum's own subscript for the joined dim (subscripts may rename a dim): kept by the output and
+                // absent from the other operand (a batch subscript would pair each piece with all of it).
+                var subscripts = n.Attr<DimListsAttr>("operands").Lists;
+                if (axis < 0 || axis >= subscripts[operand].Length) continue;
+                var label = subscripts[operand][axis];
+                if (!n.Attr<DimsAttr>("output").Names.Contains(label) || subscripts[1 - operand].Contains(label)) continue;
                 if (c.Inputs.Any(p => p.Type.Shape[axis] < MinPiece)) continue;
                 _products[n] = new Join(c, operand, axis);
                 _absorbed.Add(c);

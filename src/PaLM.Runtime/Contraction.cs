@@ -100,7 +100,8 @@ internal sealed class Contraction
         char label = spec[(int)axis];
         int outAxis = _out.IndexOf(label);
         var otherSpec = joined == 0 ? _y : _x;
-        if (outAxis < 0 || pieces.Length == 0 || pieces.Any(p => p.dim() != spec.Length) || other.dim() != otherSpec.Length) return null;
+        // A label the other operand has too (a batch label) would pair each piece with all of it: not a join of products.
+        if (outAxis < 0 || otherSpec.Contains(label) || pieces.Length == 0 || pieces.Any(p => p.dim() != spec.Length) || other.dim() != otherSpec.Length) return null;
         long Size(char c) => c == label ? pieces.Sum(p => p.shape[axis])
             : otherSpec.IndexOf(c) is var i and >= 0 ? other.shape[i] : pieces[0].shape[spec.IndexOf(c)];
         var result = torch.empty([.. _out.Select(Size)], other.dtype, other.device);
@@ -131,6 +132,9 @@ internal sealed class Contraction
         if (!Native.Blas.Available || x.dim() != _x.Length || y.dim() != _y.Length || destination.dim() != _out.Length) return false;
         if (new[] { x, y, destination }.Any(t => t.dtype != ScalarType.Float32 || t.device_type != DeviceType.CPU)) return false;
         long Size(char c) => _x.IndexOf(c) is var i and >= 0 ? x.shape[i] : y.shape[_y.IndexOf(c)];
+        // BLAS writes the whole product: the destination must be exactly its shape, and every pointer within reach.
+        if (Enumerable.Range(0, _out.Length).Any(i => destination.shape[i] != Size(_out[i]))) return false;
+        if (new[] { x, y, destination }.Any(t => Native.TensorMemory.Extent(t) * sizeof(float) > int.MaxValue)) return false;
         var (batch, contracted, left, right) = Order(x, y);
         long B = batch.Aggregate(1L, (n, c) => n * Size(c)), M = left.Aggregate(1L, (n, c) => n * Size(c));
         long N = right.Aggregate(1L, (n, c) => n * Size(c)), K = contracted.Aggregate(1L, (n, c) => n * Size(c));
@@ -220,22 +224,6 @@ internal sealed class Contraction
         long xb = xm.stride(0), xr = xm.stride(1), xc = xm.stride(2), yb = ym.stride(0), yr = ym.stride(1), yc = ym.stride(2);
         // The epilogue's other operands, laid out as the product is ([B, M, N] in the same label order).
         if (epilogue is not null && !epilogue.Bind(t => Arrange(t, _out, batch, left, right).reshape(B, M, N))) return null;
-        if (epilogue is null && SmallBlocks(B, blocks, (sg == 0 ? M / blocks : M) * (sg == 1 ? N / blocks : N)))
-        {
-            RunBlocksOnTeam(new CausalBlocks(B, blocks, S, Q, Kk, splitQuery, sg, og, sInner, oInner, extent, xp, xb, xr, xc, yp, yb, yr, yc, cp, M, N));
-            for (long bi = 0; bi < blocks && og != 2; bi++)
-            {
-                long lo = S * bi / blocks, hi = S * (bi + 1) / blocks;
-                var (oLo, oHi) = splitQuery ? (0L, Math.Min(Kk, hi)) : (Math.Min(lo, Q), Q);
-                var rows = sg == 0 ? product.narrow(1, lo * sInner, (hi - lo) * sInner) : product.narrow(2, lo * sInner, (hi - lo) * sInner);
-                int od = og + 1;
-                if (oLo > 0) rows.narrow(od, 0, oLo * oInner).zero_();
-                if (oHi * oInner < extent[og]) rows.narrow(od, oHi * oInner, extent[og] - oHi * oInner).zero_();
-            }
-            GC.KeepAlive(xm);
-            GC.KeepAlive(ym);
-            return InOutputOrder(product, Size, batch, left, right).MoveToOuterDisposeScope();
-        }
         for (long bi = 0; bi < blocks; bi++)
         {
             long lo = S * bi / blocks, hi = S * (bi + 1) / blocks;
@@ -265,65 +253,6 @@ internal sealed class Contraction
         GC.KeepAlive(ym);
         GC.KeepAlive(epilogue);
         return InOutputOrder(product, Size, batch, left, right).MoveToOuterDisposeScope();
-    }
-
-    /// <summary>
-    /// Whether a causal plan's block products are too small for MKL to split well over the op's threads, so that the
-    /// team runs whole products side by side instead (each single-threaded). The attention's key and value gradients
-    /// are such: a 64-key block by head_dim 64, contracted over thousands of (query, head) pairs.
-    /// </summary>
-    private static bool SmallBlocks(long batches, long blocks, long blockOutput)
-    {
-        int threads = torch.get_num_threads();
-        return threads > 1 && batches * blocks >= 2L * threads && blockOutput <= SmallProductElements;
-    }
-
-    /// <summary>Output elements of one block product under which <see cref="SmallBlocks"/> holds: 128×128. Measured on
-    /// palm-cpu's layer (2 threads, 8 blocks, 4 batches): the keys' gradient 5.2 → 4.7 ms and the values' 8.5 → 8.1 ms
-    /// (64×64 blocks); the attention output's 768×64 blocks gained nothing.</summary>
-    internal const long SmallProductElements = 128 * 128;
-
-    private static void RunBlocksOnTeam(CausalBlocks work) =>
-        Native.OpenMpTeam.Run(work, Math.Min(torch.get_num_threads(), 256));
-
-    /// <summary>
-    /// The block products of <see cref="RunCausal"/> as independent jobs (batch, block), dealt to the team's workers
-    /// largest first (the causal range makes early key blocks or late query blocks longest), each an sgemm that runs on
-    /// its worker alone: MKL inside an OpenMP parallel region does not start threads of its own.
-    /// </summary>
-    private sealed unsafe class CausalBlocks(long B, long blocks, long S, long Q, long Kk, bool splitQuery, int sg, int og, long sInner, long oInner,
-        long[] extent, float* xp, long xb, long xr, long xc, float* yp, long yb, long yr, long yc, float* cp, long M, long N) : Native.TeamWork
-    {
-        protected override void Run(int worker, int workers)
-        {
-            // Jobs by decreasing size, dealt round-robin: each worker gets a share of the long and the short ones.
-            var jobs = Enumerable.Range(0, (int)(B * blocks)).Select(j => (Batch: j / blocks, Block: j % blocks)).OrderByDescending(j => Size(j.Block)).ToArray();
-            for (int j = worker; j < jobs.Length; j += workers)
-            {
-                var (b, bi) = jobs[j];
-                var (from, to) = Range(bi);
-                Native.Blas.Sgemm(to[0] - from[0], to[1] - from[1], to[2] - from[2],
-                    xp + b * xb + from[0] * xr + from[2] * xc, xr, xc,
-                    yp + b * yb + from[1] * yr + from[2] * yc, yr, yc,
-                    cp + (b * M + from[0]) * N + from[1], N);
-            }
-        }
-
-        private long Size(long bi)
-        {
-            var (from, to) = Range(bi);
-            return (to[0] - from[0]) * (to[1] - from[1]) * (to[2] - from[2]);
-        }
-
-        private (long[] From, long[] To) Range(long bi)
-        {
-            long lo = S * bi / blocks, hi = S * (bi + 1) / blocks;
-            var (oLo, oHi) = splitQuery ? (0L, Math.Min(Kk, hi)) : (Math.Min(lo, Q), Q);
-            long[] from = [0, 0, 0], to = [extent[0], extent[1], extent[2]];
-            (from[sg], to[sg]) = (lo * sInner, hi * sInner);
-            (from[og], to[og]) = (oLo * oInner, oHi * oInner);
-            return (from, to);
-        }
     }
 
     /// <summary>The matrix product [B, M, N] seen as [batch..., left..., right...], then permuted to the output's order

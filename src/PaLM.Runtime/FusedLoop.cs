@@ -212,9 +212,10 @@ public static class FusedLoop
             // Each launch addresses at most SegmentElements elements of an operand: whole rows, or a part of one long row.
             RowOperand[] At(Tensor[] flat, long start, long length, long stride) =>
                 [.. flat.Select(t => new RowOperand(Native.TensorMemory.Address(Own(t.narrow(0, start, length), owned)), stride))];
-            if (columns <= SegmentElements)
+            long segment = SegmentElements;
+            if (columns <= segment)
             {
-                long per = SegmentElements / columns;
+                long per = segment / columns;
                 for (long r = 0; r < rows; r += per)
                 {
                     long count = Math.Min(per, rows - r);
@@ -225,9 +226,9 @@ public static class FusedLoop
             else
             {
                 for (long r = 0; r < rows; r++)
-                    for (long c = 0; c < columns; c += SegmentElements)
+                    for (long c = 0; c < columns; c += segment)
                     {
-                        long length = Math.Min(SegmentElements, columns - c);
+                        long length = Math.Min(segment, columns - c);
                         Launch(kernel, temps, At(flatIn, r * columns + c, length, length), At(flatOut, r * columns + c, length, length),
                             values, 1, length, new LeadRows(leadValues, perValue, r));
                     }

@@ -128,7 +128,8 @@ public static class RowKernels
     /// </summary>
     public static double[]? SumSquaresRows(Tensor x, long rows, long columns)
     {
-        if (x.dtype != ScalarType.Float32 || x.device_type != DeviceType.CPU || !x.is_contiguous() || rows * columns != x.numel()) return null;
+        if (x.dtype != ScalarType.Float32 || x.device_type != DeviceType.CPU || !x.is_contiguous() || rows * columns != x.numel()
+            || x.numel() * sizeof(float) > int.MaxValue) return null;
         var sums = new double[rows];
         if (rows == 0 || columns == 0) return sums;
         var work = new SquaresWork(Native.TensorMemory.FirstElement(x), rows, columns);

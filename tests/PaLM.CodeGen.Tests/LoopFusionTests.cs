@@ -121,6 +121,27 @@ public sealed class LoopFusionTests
     }
 
     [Fact]
+    public void ALeadsOwnLoopRunsBeforeTheLoopThatReadsIt()
+    {
+        // f (a per-layer factor) is made by an open [l] group that g would join later; t reads f as a lead, so f's
+        // group must close there, or its loop would move past t and t would read f before it exists.
+        var g = Compile("""
+            dim l = 3, d = 4, e = 5
+            input u: f32[l, d, e]
+            input r: f32[l]
+            input s: f32[l]
+            f = exp(r)
+            t = u * f
+            h = t + u
+            q = f + s
+            output h
+            output q
+            """);
+        Assert.Equal([["t", "h"]], Groups(g));
+        AssertSameResults(g, seed: 4);
+    }
+
+    [Fact]
     public void IndependentChainsMergeThroughTheNodeThatReadsBoth()
     {
         var g = Compile("""

@@ -148,4 +148,20 @@ public sealed class ContractionTests
         var (x, y) = joined == 0 ? (pieces[0], other) : (other, pieces[0]);
         Assert.Equal(direct, c.TryRunInto(x, y, slice));
     }
+
+    /// <summary>A join along a label both operands have (a batch label) is no join of products: the runtime declines
+    /// the piecewise plan and the product of the made join runs.</summary>
+    [Fact]
+    public void AJoinAlongABatchLabelTakesTheJoinedProduct()
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var gen = new Generator(5);
+        var x = randn([34, 7, 9], generator: gen);
+        Tensor[] pieces = [randn([30, 9, 6], generator: gen), randn([4, 9, 6], generator: gen)];
+        Assert.True(Contraction.TryParse("bij,bjk->bik", out var c));
+        Assert.Null(c.RunOverPieces(1, 0, x, pieces));
+        var expected = Rt.Einsum("bij,bjk->bik", x, cat(pieces, 0));
+        Assert.True(Rt.EinsumOverPieces("bij,bjk->bik", 1, 0, x, pieces).allclose(expected, rtol: 1e-5, atol: 1e-5));
+    }
 }
