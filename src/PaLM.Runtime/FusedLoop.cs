@@ -129,7 +129,6 @@ public static class FusedLoop
     /// </summary>
     public static Tensor[] Run(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, Tensor[] leads, int[] donors, Tensor?[]? destinations = null)
     {
-        int outputs = donors.Length;
         if (inputs.Length == 0) throw new ArgumentException("a fused loop needs at least one full-size operand", nameof(inputs));
         var shape = inputs[0].shape;
         long n = inputs[0].numel();
@@ -147,10 +146,7 @@ public static class FusedLoop
         // densely (a permuted view, such as the attention scores einsum returns, counts): operands laid out alike are
         // read in place, others are read as strided rows or copied into that order, and new results are made in it.
         var order = MemoryOrder(inputs.FirstOrDefault(IsDense) ?? inputs[0]);
-        var results = new Tensor[outputs];
-        for (int i = 0; i < outputs; i++)
-            results[i] = destinations?[i] is { } d ? CheckDestination(d, shape)
-                : donors[i] >= 0 && InOrder(inputs[donors[i]], order) ? inputs[donors[i]] : EmptyInOrder(shape, order);
+        var results = Results(inputs, donors, destinations, shape, order);
         if (n == 0) return results;
         var values = scalars.Select(s => s.item<float>()).ToArray();
         var owned = new List<Tensor>();
@@ -174,7 +170,7 @@ public static class FusedLoop
                 long length = Math.Min(SegmentElements, n - start);
                 Launch(kernel, temps, Segment(flatIn, start, length, owned), Segment(flatOut, start, length, owned), values, 1, length);
             }
-            for (int i = 0; i < outputs; i++)
+            for (int i = 0; i < results.Length; i++)
                 if (!ReferenceEquals(written[i], results[i])) results[i].copy_(written[i]);
         }
         finally
@@ -189,10 +185,7 @@ public static class FusedLoop
     private static Tensor[] RunWithLeads(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, Tensor[] leads, int[] donors, Tensor?[]? destinations, long[] shape, long n)
     {
         long[] order = [.. Enumerable.Range(0, shape.Length).Select(d => (long)d)];
-        var results = new Tensor[donors.Length];
-        for (int i = 0; i < donors.Length; i++)
-            results[i] = destinations?[i] is { } d ? CheckDestination(d, shape)
-                : donors[i] >= 0 && InOrder(inputs[donors[i]], order) ? inputs[donors[i]] : torch.empty(shape, ScalarType.Float32);
+        var results = Results(inputs, donors, destinations, shape, order);
         if (n == 0) return results;
         var values = scalars.Select(s => s.item<float>()).ToArray();
         var leadValues = leads.Select(l =>
@@ -206,7 +199,7 @@ public static class FusedLoop
         var owned = new List<Tensor>();
         try
         {
-            var written = results.Select(t => InOrder(t, order) ? t : Own(torch.empty(shape, ScalarType.Float32), owned)).ToArray();
+            var written = results.Select(t => InOrder(t, order) ? t : Own(EmptyInOrder(shape, order), owned)).ToArray();
             var flatIn = inputs.Select(t => Flat(t, order, owned)).ToArray();
             var flatOut = written.Select(t => Flat(t, order, owned)).ToArray();
             // Each launch addresses at most SegmentElements elements of an operand: whole rows, or a part of one long row.
@@ -242,6 +235,12 @@ public static class FusedLoop
         }
         return results;
     }
+
+    /// <summary>Where each result goes: its destination (a slice of a join), else the donated operand when that is laid
+    /// out in the loop's order, else a new tensor in that order.</summary>
+    private static Tensor[] Results(Tensor[] inputs, int[] donors, Tensor?[]? destinations, long[] shape, long[] order) =>
+        [.. donors.Select((donor, i) => destinations?[i] is { } d ? CheckDestination(d, shape)
+            : donor >= 0 && InOrder(inputs[donor], order) ? inputs[donor] : EmptyInOrder(shape, order))];
 
     private static Tensor CheckDestination(Tensor d, long[] shape) =>
         d.dtype == ScalarType.Float32 && d.device_type == DeviceType.CPU && d.shape.SequenceEqual(shape) ? d

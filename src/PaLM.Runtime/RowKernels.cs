@@ -95,19 +95,10 @@ public static class RowKernels
                 var acc = partial.AsSpan((int)(b * length), length);
                 for (long r = b * ScaleBlockRows; r < Math.Min(rows, (b + 1) * ScaleBlockRows); r++)
                 {
-                    // Row r's index over the dims before the last.
-                    long rest = r;
-                    for (int d = x.Shape.Length - 2; d >= 0; d--)
-                    {
-                        index[d] = rest % x.Shape[d];
-                        rest /= x.Shape[d];
-                    }
+                    RowWork.Unravel(r, x.Shape, x.Axis, index);
                     var xs = new ReadOnlySpan<float>(RowWork.AtIndex(x, index), length);
                     var dys = new ReadOnlySpan<float>(RowWork.AtIndex(dy, index), length);
-                    float mean = TensorPrimitives.Sum(xs) / length;
-                    TensorPrimitives.Subtract(xs, mean, xhat);
-                    float rstd = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xhat) / length + eps);
-                    TensorPrimitives.Multiply(xhat, rstd, xhat);
+                    Normalize(xs, xhat, eps);
                     TensorPrimitives.MultiplyAdd(xhat, dys, acc, acc);             // acc += x̂ · dy
                 }
             }
@@ -283,13 +274,7 @@ public static class RowKernels
             long first = rows * worker / workers, last = rows * (worker + 1) / workers;
             // An odometer over the dims other than the row dim, started at row `first`.
             var index = new long[shape.Length];
-            long r = first;
-            for (int d = shape.Length - 1; d >= 0; d--)
-            {
-                if (d == Axis) continue;
-                index[d] = r % shape[d];
-                r /= shape[d];
-            }
+            Unravel(first, shape, Axis, index);
             for (long row = first; row < last; row++)
             {
                 Row(index);
@@ -303,6 +288,18 @@ public static class RowKernels
         }
 
         protected abstract void Row(long[] index);
+
+        /// <summary>Row number <paramref name="row"/>'s index over the dims of <paramref name="shape"/> other than
+        /// <paramref name="axis"/> (row-major), into <paramref name="index"/>.</summary>
+        public static void Unravel(long row, long[] shape, int axis, long[] index)
+        {
+            for (int d = shape.Length - 1; d >= 0; d--)
+            {
+                if (d == axis) continue;
+                index[d] = row % shape[d];
+                row /= shape[d];
+            }
+        }
 
         protected static unsafe float* At(in Rows t, long[] index) => AtIndex(t, index);
 
@@ -329,6 +326,18 @@ public static class RowKernels
             TensorPrimitives.Divide(live, TensorPrimitives.Sum(live), live);
             ys[valid..].Clear();
         }
+    }
+
+    /// <summary>x̂ = (x − mean) · rstd of one row into <paramref name="xhat"/>; returns rstd = 1/√(var + eps). Layer
+    /// norm's forward as both of its gradient kernels recompute it.</summary>
+    private static float Normalize(ReadOnlySpan<float> xs, Span<float> xhat, float eps)
+    {
+        int length = xs.Length;
+        float mean = TensorPrimitives.Sum(xs) / length;
+        TensorPrimitives.Subtract(xs, mean, xhat);
+        float rstd = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xhat) / length + eps);
+        TensorPrimitives.Multiply(xhat, rstd, xhat);
+        return rstd;
     }
 
     private sealed unsafe class RopeRows(Rows x, Rows y, int seqAxis, float[] cos, float[] sin, bool inverse) : RowWork(x.Axis, x.Shape)
@@ -374,10 +383,7 @@ public static class RowKernels
             var dxs = new Span<float>(At(dx, index), length);
             if (t_xhat is null || t_xhat.Length < length) t_xhat = new float[length];
             var xhat = t_xhat.AsSpan(0, length);
-            float mean = TensorPrimitives.Sum(xs) / length;
-            TensorPrimitives.Subtract(xs, mean, xhat);
-            float rstd = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xhat) / length + eps);
-            TensorPrimitives.Multiply(xhat, rstd, xhat);
+            float rstd = Normalize(xs, xhat, eps);
             TensorPrimitives.Multiply(dys, scales, dxs);                          // g
             float m1 = TensorPrimitives.Sum(dxs) / length, m2 = TensorPrimitives.Dot(dxs, xhat) / length;
             TensorPrimitives.MultiplyAdd(xhat, -m2, dxs, dxs);                      // g − x̂·m2
