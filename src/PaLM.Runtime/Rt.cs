@@ -45,6 +45,7 @@ public static class Rt
                 torch.InitializeDeviceType(DeviceType.CPU);
                 MklDispatch.Apply();      // before the first product: MKL fixes its kernels then
                 torch.set_num_threads(threads ?? Environment.ProcessorCount);
+                WarmVectorMath();
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
@@ -52,6 +53,26 @@ public static class Rt
             }
             s_initialized = true;
         }
+    }
+
+    /// <summary>
+    /// Runs MKL's vector math (VML: libtorch's fp32 exp, tanh, log, ...) once on this thread, so that its one-time setup
+    /// is done before any other thread can call it.
+    /// <para>
+    /// Why: that setup races. When several threads make the process's first VML call at once (the devices of an
+    /// <see cref="InProcessMesh"/> reaching their first layer norm or loss together), one of them can get a
+    /// low-accuracy exp for that call: relative error 1.5e-4 against 6e-8, on 16345 of 16384 elements. Measured on this
+    /// machine with MKL's vendor check answered (<see cref="MklDispatch"/>; as shipped, 0 of 60), eight threads racing a
+    /// first exp in fresh processes: 6 of 60 had a thread with the low-accuracy result; with this call made first, 0 of
+    /// 60, and also 0 of 60 when the call made first is a log (the setup is shared). In palmc it made one device's
+    /// step-1 cross-entropy on a data=2,model=2 mesh off by 3e-6 relative, in 4 of 120 runs, so the in-process loss
+    /// missed the same program's over MPI (MpiTests, tolerance 1e-6).
+    /// </para>
+    /// </summary>
+    private static void WarmVectorMath()
+    {
+        using var scope = torch.NewDisposeScope();
+        _ = torch.ones(64, 256).exp();
     }
 
     /// <summary>A CPU random generator with the given seed.</summary>
