@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime;
 using PaLM.CodeGen;
 using PaLM.Dsl;
 using PaLM.IR;
@@ -17,8 +18,27 @@ public sealed record BenchOptions
     /// <summary>Timed steps (each side, with <see cref="VsEager"/>).</summary>
     public int Steps { get; init; } = 10;
 
-    /// <summary>Untimed steps first (each side): JIT, first-touch of memory, libtorch's lazy initialization.</summary>
+    /// <summary>
+    /// Untimed steps first (each side): JIT, first-touch of memory, libtorch's lazy initialization. With
+    /// <see cref="SettleJit"/>, the least number of them.
+    /// </summary>
     public int Warmup { get; init; } = 2;
+
+    /// <summary>
+    /// Keep warming up past <see cref="Warmup"/> until .NET stops compiling methods (two steps, with their eager
+    /// peers', and at least a second without one), for at most <see cref="MaxWarmupSeconds"/>. .NET compiles the
+    /// runtime's kernels and the generated step unoptimized first and re-compiles them optimized after about 30 calls,
+    /// so a fixed short warm-up times some of them unoptimized: palm-tiny's generated step read 1.7x its settled time
+    /// after 5 warm-up steps.
+    /// </summary>
+    public bool SettleJit { get; init; }
+
+    /// <summary>
+    /// How long <see cref="SettleJit"/> may warm up before timing anyway (the report then says it did not settle):
+    /// palm-tiny settles after about 200 steps (3 s), while palm-cpu's 2-second steps never read quiet for long
+    /// (<c>docs/performance.md</c>), so the cap is in time, not steps.
+    /// </summary>
+    public double MaxWarmupSeconds { get; init; } = 30;
 
     /// <summary>Also run the eager TorchSharp training step, alternating with the generated one step by step.</summary>
     public bool VsEager { get; init; }
@@ -112,6 +132,13 @@ public sealed record BenchReport
     public OpProfile? Profile { get; init; }
     public required double WallSeconds { get; init; }
 
+    /// <summary>The warm-up steps run (each side), and whether .NET had stopped compiling methods by then (null: not asked).</summary>
+    public required int WarmupSteps { get; init; }
+    public bool? JitSettled { get; init; }
+
+    /// <summary>Methods .NET compiled during the timed steps (0 when the warm-up settled and stayed so).</summary>
+    public required long MethodsCompiledWhileTimed { get; init; }
+
     public double TokensPerSecond => TokensPerStep / Generated.Median;
 
     /// <summary>PaLM's MFU against the measured peak of the whole machine (null when model FLOPs are unknown).</summary>
@@ -125,7 +152,6 @@ public sealed record BenchReport
 
     public double? Ratio => Eager is null ? null : Generated.Median / Eager.Median;
 
-    /// <summary>Time that is not the timed steps: compiling and measuring the peak.</summary>
     /// <summary>What the run spent outside its steps: compiling and the peak (the full protocol, or the check of a stored one).</summary>
     public double OverheadSeconds => Compile.Total + (PeakSource?.SecondsThisRun ?? Peak.Seconds);
 }
@@ -141,6 +167,18 @@ public sealed record BenchProgress(string Phase, double Fraction, string? Line =
 /// </summary>
 public static class StepBench
 {
+    /// <summary>
+    /// A settled warm-up has compiled nothing for this many steps and this long. One quiet step is not enough: .NET
+    /// waits until no new method has been compiled for 100 ms before it counts calls, then re-compiles hot methods on a
+    /// background thread, so short steps read quiet in that pause (palm-tiny: 1411 methods compiled after a quiet 4th
+    /// step).
+    /// </summary>
+    private const int QuietSteps = 2;
+
+    /// <summary>The trainer's bound on a <see cref="BenchOptions.SettleJit"/> run, which ends by itself long before.</summary>
+    private const long MaxSteps = 1_000_000;
+    private static readonly TimeSpan s_quietTime = TimeSpan.FromSeconds(1);
+
     /// <summary>Parses <paramref name="path"/>, compiles its training step for <paramref name="mesh"/> and benchmarks it.</summary>
     public static BenchReport Run(string path, Mesh? mesh, TrainingConfig config, BenchOptions options, Action<BenchProgress>? progress = null)
     {
@@ -178,29 +216,59 @@ public static class StepBench
         torch.set_num_threads(callerThreads);
 
         var corpus = options.Corpus ?? ByteCorpus.Default();
-        var total = options.Warmup + options.Steps;
+        if (options.SettleJit && !(options.MaxWarmupSeconds >= 0))
+            throw new ArgumentOutOfRangeException(nameof(options), "the longest warm-up cannot be negative");
+        // With SettleJit the trainer stops after the timed steps (StopAfter below); this only bounds it.
+        long total = options.SettleJit ? MaxSteps : options.Warmup + options.Steps;
         var eager = options.VsEager ? CreateEager(program, options.Seed) : null;
         var eagerTimes = new List<double>();
         var eagerLosses = new List<double>();
         var resident = new List<long>();
         var tokensSpec = program.Inputs.First(i => i.Name == "tokens");
+        // The last warm-up step: fixed, or (SettleJit) the first from options.Warmup on that ends a quiet stretch (see
+        // QuietSteps) or the longest warm-up. All of this runs on device 0's thread between steps while the others wait.
+        long warmupEnd = options.SettleJit ? -1 : options.Warmup;
+        bool? settled = options.SettleJit ? false : null;
+        long compiledBefore = JitInfo.GetCompiledMethodCount(), compiledAtWarmupEnd = compiledBefore, compiledAtLastStep = compiledBefore;
+        var profile = options.Profile ? new OpProfile(program.ProfileSites) : null;
+        var sinceCompile = Stopwatch.StartNew();
+        var warming = Stopwatch.StartNew();
+        int quietSteps = 0;
         try
         {
-            progress?.Invoke(new BenchProgress("steps", 0));
+            progress?.Invoke(new BenchProgress(options.SettleJit ? "warming up" : "steps", 0));
             var result = Trainer.Run(program, new TrainerOptions
             {
                 Steps = total, Corpus = corpus, Seed = options.Seed, DataSeed = options.DataSeed,
-                ProfileFromStep = options.Profile ? options.Warmup + 1 : null,
+                ProfileFromStep = options.Profile ? (options.SettleJit ? 1 : options.Warmup + 1) : null, Profile = profile,
                 BetweenSteps = step =>
                 {
                     resident.Add(ResidentMemory.Current());
-                    if (eager is null) return;
-                    var (seconds, loss) = EagerStep(eager, corpus, options.DataSeed, step, tokensSpec.Shape[0], tokensSpec.Shape[1]);
-                    if (step > options.Warmup) eagerTimes.Add(seconds);
-                    eagerLosses.Add(loss);
+                    if (eager is not null)
+                    {
+                        var (seconds, loss) = EagerStep(eager, corpus, options.DataSeed, step, tokensSpec.Shape[0], tokensSpec.Shape[1]);
+                        if (warmupEnd >= 0 && step > warmupEnd) eagerTimes.Add(seconds);
+                        eagerLosses.Add(loss);
+                    }
+                    long compiled = JitInfo.GetCompiledMethodCount();
+                    if (compiled != compiledBefore) sinceCompile.Restart();
+                    quietSteps = compiled == compiledBefore ? quietSteps + 1 : 0;
+                    bool quiet = quietSteps >= QuietSteps && sinceCompile.Elapsed >= s_quietTime;
+                    if (warmupEnd < 0 && step >= options.Warmup && (quiet || warming.Elapsed.TotalSeconds >= options.MaxWarmupSeconds))
+                    {
+                        warmupEnd = step;
+                        settled = quiet;
+                        profile?.Reset();   // the profile, like the timings, covers the timed steps only
+                    }
+                    if (step == warmupEnd) compiledAtWarmupEnd = compiled;
+                    compiledAtLastStep = compiled;
+                    compiledBefore = compiled;
                 },
-            }, s => progress?.Invoke(new BenchProgress("steps", (double)s.Step / total, s.Format())));
-            var timed = result.Steps.Where(s => s.Step > options.Warmup).Select(s => s.Seconds).ToList();
+                StopAfter = step => warmupEnd >= 0 && step >= warmupEnd + options.Steps,
+            }, s => progress?.Invoke(warmupEnd < 0 || s.Step <= warmupEnd
+                ? new BenchProgress("warming up", options.SettleJit ? Math.Min(1, warming.Elapsed.TotalSeconds / Math.Max(1e-3, options.MaxWarmupSeconds)) : (double)s.Step / Math.Max(1, options.Warmup), s.Format())
+                : new BenchProgress("steps", (double)(s.Step - warmupEnd) / options.Steps, s.Format())));
+            var timed = result.Steps.Where(s => s.Step > warmupEnd).Select(s => s.Seconds).ToList();
             var ratios = eager is null ? null : timed.Zip(eagerTimes, (g, e) => g / e).ToList();
             return new BenchReport
             {
@@ -211,6 +279,7 @@ public static class StepBench
                 Losses = result.Steps.Select(s => s.Loss).ToList(), EagerLosses = eager is null ? null : eagerLosses,
                 ResidentAfterStep = resident, PeakResidentBytes = Math.Max(ResidentMemory.Peak(), resident.DefaultIfEmpty().Max()), PlannedMemory = memory,
                 Profile = result.Profile, WallSeconds = wall.Elapsed.TotalSeconds,
+                WarmupSteps = (int)warmupEnd, JitSettled = settled, MethodsCompiledWhileTimed = compiledAtLastStep - compiledAtWarmupEnd,
             };
         }
         finally

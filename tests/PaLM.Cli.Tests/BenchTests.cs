@@ -31,6 +31,20 @@ public sealed class BenchTests
         Assert.Equal(4, j.GetProperty("step_seconds").GetArrayLength());
         Assert.Equal("measured", j.GetProperty("peak_source").GetString());
         Assert.Equal(JsonValueKind.Null, j.GetProperty("nominal_peak_flops").ValueKind);
+        Assert.Equal(1, j.GetProperty("warmup_steps").GetInt32());
+        Assert.Equal(JsonValueKind.Null, j.GetProperty("jit_settled").ValueKind);      // a fixed warm-up does not wait
+    }
+
+    [Fact]
+    public async Task DefaultWarmupWaitsForTheJitUpToTheLongestWarmup()
+    {
+        var r = (await Proc.Palmc("bench", "graphs/palm-tiny.palm", "--steps", "2", "--max-warmup", "3",
+            "--peak-sizes", "96", "--peak-reps", "2", "--json")).Expect(0);
+        var j = Json(r);
+        Assert.True(j.GetProperty("warmup_steps").GetInt32() >= 2);                  // auto's least
+        Assert.Contains(j.GetProperty("jit_settled").ValueKind, new[] { JsonValueKind.True, JsonValueKind.False });
+        Assert.Equal(2, j.GetProperty("step_seconds").GetArrayLength());
+        Assert.True(j.GetProperty("methods_compiled_while_timed").GetInt64() >= 0);
     }
 
     [Fact]
@@ -86,6 +100,7 @@ public sealed class BenchTests
         Assert.Contains("remat full", r.Stdout);
         Assert.Contains("nominal peak: unknown", r.Stdout);
         Assert.Contains("profile (device 0, 2 steps)", r.Stdout);
+        Assert.Contains("warm-up: 1 step (fixed)", r.Stdout);
         Assert.Contains("einsum", r.Stdout);
     }
 
@@ -103,6 +118,7 @@ public sealed class BenchTests
     [InlineData("--steps", "0", "--steps must be at least 1")]
     [InlineData("--peak-sizes", "big", "--peak-sizes: 'big'")]
     [InlineData("--peak-reps", "0", "--peak-reps must be at least 1")]
+    [InlineData("--warmup", "soon", "--warmup: 'soon' is neither a number of steps (0 or more) nor 'auto'")]
     public async Task BadOptionsAreCleanErrors(string option, string value, string message)
     {
         var r = (await Proc.Palmc("bench", "graphs/palm-tiny.palm", option, value)).Expect(1);

@@ -60,6 +60,45 @@ public sealed class PartitionedTrainingTests
         }
     }
 
+    /// <summary>
+    /// A stop decided on device 0 mid-run (how `palmc bench` ends its warm-up) reaches every device of the mesh: they all
+    /// stop after that step, the result says so, and the last step is checkpointed with the same parameters as a run
+    /// of exactly that many steps.
+    /// </summary>
+    [Fact]
+    public void StopAfterEndsEveryDeviceAtTheSameStep()
+    {
+        var compiled = TrainingCompiler.Compile(s_tiny.Value, Mesh.Parse("data=2,model=2"), new TrainingConfig());
+        var program = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local));
+        var corpus = ByteCorpus.FromBytes("test", System.Text.Encoding.UTF8.GetBytes(string.Concat(Enumerable.Repeat("the quick brown fox jumps over the lazy dog. ", 40))));
+        var stopped = Directory.CreateTempSubdirectory("palm-stop-");
+        var exact = Directory.CreateTempSubdirectory("palm-stop-");
+        try
+        {
+            var asked = new List<long>();
+            var result = Trainer.Run(program, new TrainerOptions
+            {
+                Steps = 50, Corpus = corpus, Seed = 3, CheckpointDir = stopped.FullName, CheckpointEvery = 100,
+                StopAfter = step => { asked.Add(step); return step == 3; },
+            });
+            Assert.Equal([1L, 2, 3], asked);
+            Assert.Equal(3, result.LastStep);
+            Assert.Equal([1L, 2, 3], result.Steps.Select(s => s.Step));
+            Trainer.Run(program, new TrainerOptions { Steps = 3, Corpus = corpus, Seed = 3, CheckpointDir = exact.FullName, CheckpointEvery = 100 });
+            var a = Checkpoint.LoadLatest(stopped.FullName)!;
+            var b = Checkpoint.LoadLatest(exact.FullName)!;
+            Assert.Equal(3, a.Step);
+            for (int rank = 0; rank < 4; rank++)
+                foreach (var ((name, x), (_, y)) in a.Devices[rank].Zip(b.Devices[rank]))
+                    Assert.True(x.shape.SequenceEqual(y.shape) && x.eq(y).all().item<bool>(), $"device {rank}: {name} differs");
+        }
+        finally
+        {
+            stopped.Delete(true);
+            exact.Delete(true);
+        }
+    }
+
     internal static (Dictionary<string, Tensor> Params, double[] Losses) Train(Mesh? mesh, RematPolicy remat, bool fuse, AutoRemat.Choice? auto = null)
     {
         var compiled = TrainingCompiler.Compile(s_tiny.Value, mesh, new TrainingConfig { Remat = remat, Fuse = fuse, Auto = auto });

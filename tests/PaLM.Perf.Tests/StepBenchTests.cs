@@ -33,6 +33,32 @@ public sealed class StepBenchTests
         Assert.True(r.PeakResidentBytes >= r.ResidentAfterStep.Max());
     }
 
+    /// <summary>
+    /// --warmup auto: at least the least warm-up, ended when .NET stops compiling methods or by the longest warm-up;
+    /// then exactly the timed steps on both sides, and a profile of the timed steps only.
+    /// </summary>
+    [Fact]
+    public void SettledWarmupThenExactlyTheTimedSteps()
+    {
+        var r = StepBench.Run(TestPaths.Graph("palm-tiny"), null, new TrainingConfig(),
+            new BenchOptions { Steps = 3, Warmup = 2, SettleJit = true, MaxWarmupSeconds = 10, VsEager = true, Profile = true, PeakSizes = [128], PeakRepetitions = 1 });
+        Assert.True(r.WarmupSteps >= 2);
+        Assert.NotNull(r.JitSettled);     // either way: other tests compile methods in this process too
+        Assert.Equal(r.WarmupSteps + 3, r.Losses.Count);
+        Assert.Equal(r.WarmupSteps + 3, r.EagerLosses!.Count);
+        Assert.Equal(3, r.Generated.Samples.Count);
+        Assert.Equal(3, r.Eager!.Samples.Count);
+        Assert.Contains(r.Profile!.Sites, s => !s.InLoop && r.Profile.Calls(s.Id) == 3);
+        Assert.All(r.Profile.Sites, s => Assert.True(r.Profile.Calls(s.Id) % 3 == 0, $"{s.Op} {s.Name}: {r.Profile.Calls(s.Id)} calls over 3 steps"));
+
+        // The longest warm-up bounds it: with none allowed, it is the least.
+        var fixedLength = StepBench.Run(TestPaths.Graph("palm-tiny"), null, new TrainingConfig(),
+            new BenchOptions { Steps = 2, Warmup = 1, SettleJit = true, MaxWarmupSeconds = 0, PeakSizes = [128], PeakRepetitions = 1 });
+        Assert.Equal(1, fixedLength.WarmupSteps);
+        Assert.False(fixedLength.JitSettled);
+        Assert.Equal(3, fixedLength.Losses.Count);
+    }
+
     [Fact]
     public void ProfileTimesEveryOpOfTheGeneratedStep()
     {

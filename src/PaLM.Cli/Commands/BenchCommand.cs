@@ -11,7 +11,7 @@ using Spectre.Console;
 namespace PaLM.Cli.Commands;
 
 /// <summary>
-/// <c>palmc bench FILE [--mesh ...] [--remat ...] [--steps N] [--warmup W] [--vs-eager] [--profile] [--json]</c>: compiles
+/// <c>palmc bench FILE [--mesh ...] [--remat ...] [--steps N] [--warmup W|auto] [--vs-eager] [--profile] [--json]</c>: compiles
 /// the training step, measures the matmul peak in the same process, runs warm-up then timed steps, and reports step
 /// time (median and spread), tokens/s, MFU and HFU (PaLM appendix B), the FLOP breakdown, compile time per phase and
 /// memory; with --vs-eager the eager TorchSharp step runs alternately in the same process and the ratio is reported.
@@ -28,7 +28,12 @@ internal static class BenchCommand
         var mpiSizes = new Option<string>("--sizes") { Description = "with --backend mpi: all-reduce message sizes", DefaultValueFactory = _ => "1MiB,16MiB,64MiB" };
         var mesh = Common.MeshOption();
         var steps = new Option<int>("--steps") { Description = "timed steps", DefaultValueFactory = _ => 10 };
-        var warmup = new Option<int>("--warmup") { Description = "untimed warm-up steps", DefaultValueFactory = _ => 2 };
+        var warmup = new Option<string>("--warmup")
+        {
+            Description = "untimed warm-up steps: N, or auto (at least 2, then until .NET stops compiling methods, for at most --max-warmup seconds)",
+            DefaultValueFactory = _ => "auto",
+        };
+        var maxWarmup = new Option<double>("--max-warmup") { Description = "with --warmup auto: the most seconds of warm-up before timing anyway", DefaultValueFactory = _ => 30 };
         var vsEager = new Option<bool>("--vs-eager") { Description = "also run the hand-written eager TorchSharp step, alternating, and report generated/eager" };
         var profile = new Option<bool>("--profile") { Description = "time every op of the generated step and list the costliest" };
         var noDonate = new Option<bool>("--no-donate") { Description = "compile the step without donated parameters and optimizer state (each update allocates new tensors)" };
@@ -40,15 +45,16 @@ internal static class BenchCommand
         var json = new Option<bool>("--json") { Description = "print the report as JSON" };
         var training = new TrainingOptions();
         var cmd = new Command("bench", "Benchmark the compiled training step: step time, tokens/s, MFU and HFU against the measured peak.")
-            { file, mesh, steps, warmup, vsEager, profile, noDonate, top, peakReps, peakSizes, freshPeak, data, json, backend, mpiSizes, verify };
+            { file, mesh, steps, warmup, maxWarmup, vsEager, profile, noDonate, top, peakReps, peakSizes, freshPeak, data, json, backend, mpiSizes, verify };
         training.AddTo(cmd);
         cmd.SetAction(r => Common.Guard(() =>
         {
             if (r.GetValue(steps) < 1) throw new UserError("error: --steps must be at least 1");
-            if (r.GetValue(warmup) < 0) throw new UserError("error: --warmup cannot be negative");
+            var (leastWarmup, settle) = ParseWarmup(r.GetValue(warmup)!);
+            if (!(r.GetValue(maxWarmup) >= 0)) throw new UserError("error: --max-warmup cannot be negative");
             using (var mpi = MpiSession.Start(r.GetValue(backend)))
                 if (mpi is not null)
-                    return r.GetValue(verify) is { } dir ? MpiCollectivesCheck.Run(mpi, dir, cases: 48, seed: 7) : MpiBench.Run(mpi, r.GetValue(file), r.GetValue(mpiSizes)!, r.GetValue(steps), r.GetValue(warmup), r.GetValue(json));
+                    return r.GetValue(verify) is { } dir ? MpiCollectivesCheck.Run(mpi, dir, cases: 48, seed: 7) : MpiBench.Run(mpi, r.GetValue(file), r.GetValue(mpiSizes)!, r.GetValue(steps), leastWarmup, r.GetValue(json));
             if (r.GetValue(file) is null) throw new UserError("error: palmc bench needs FILE (the graph whose training step to time)");
             if (r.GetValue(peakReps) < 1) throw new UserError("error: --peak-reps must be at least 1");
             var sizes = ParseSizes(r.GetValue(peakSizes)!);
@@ -59,7 +65,7 @@ internal static class BenchCommand
             var compiled = training.Compile(r, g, r.GetValue(mesh));
             var options = new BenchOptions
             {
-                Steps = r.GetValue(steps), Warmup = r.GetValue(warmup), VsEager = r.GetValue(vsEager), Profile = r.GetValue(profile), Donate = !r.GetValue(noDonate),
+                Steps = r.GetValue(steps), Warmup = leastWarmup, SettleJit = settle, MaxWarmupSeconds = r.GetValue(maxWarmup), VsEager = r.GetValue(vsEager), Profile = r.GetValue(profile), Donate = !r.GetValue(noDonate),
                 PeakRepetitions = r.GetValue(peakReps), PeakSizes = sizes, Corpus = corpus,
                 PeakCache = r.GetValue(freshPeak) ? null : PeakCache.Default,
             };
@@ -75,6 +81,14 @@ internal static class BenchCommand
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>--warmup: "auto" (at least 2 steps, then until the JIT settles) or a fixed count.</summary>
+    private static (int Least, bool Settle) ParseWarmup(string text)
+    {
+        if (text.Trim().Equals("auto", StringComparison.OrdinalIgnoreCase)) return (2, true);
+        if (int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out int n)) return (n, false);
+        throw new UserError($"error: --warmup: '{text}' is neither a number of steps (0 or more) nor 'auto'");
     }
 
     private static long[] ParseSizes(string text)
@@ -132,6 +146,12 @@ internal static class BenchCommand
         Console.WriteLine();
         var g = r.Generated;
         Console.WriteLine(F($"generated step: median {g.Median * 1e3:F1} ms (min {g.Min * 1e3:F1}, max {g.Max * 1e3:F1}, IQR {g.RelativeSpread * 100:F1}% of median) over {g.Samples.Count} steps"));
+        Console.WriteLine(r.JitSettled switch
+        {
+            true => F($"warm-up: {r.WarmupSteps} step{(r.WarmupSteps == 1 ? "" : "s")}, until .NET stopped compiling methods (none for 2 steps and 1 s); {r.MethodsCompiledWhileTimed} compiled while timed"),
+            false => F($"warm-up: {r.WarmupSteps} step{(r.WarmupSteps == 1 ? "" : "s")}, and .NET was still compiling methods at --max-warmup; {r.MethodsCompiledWhileTimed} compiled while timed"),
+            null => F($"warm-up: {r.WarmupSteps} step{(r.WarmupSteps == 1 ? "" : "s")} (fixed); {r.MethodsCompiledWhileTimed} methods compiled while timed{(r.MethodsCompiledWhileTimed > 0 ? " (--warmup auto waits for that to stop)" : "")}"),
+        });
         Console.WriteLine(F($"tokens/s: {r.TokensPerSecond:F0}"));
         Console.WriteLine(F($"MFU: {Pct(r.Mfu)} of the measured peak{(r.MfuNominal is { } mn ? F($", {mn * 100:F1}% of nominal") : "")}   HFU: {Pct(r.Hfu)}"));
         if (r.Eager is { } e)
@@ -195,6 +215,7 @@ internal static class BenchCommand
             ["device"] = r.Device, ["tokens_per_step"] = r.TokensPerStep,
             ["step_seconds_median"] = r.Generated.Median, ["step_seconds_min"] = r.Generated.Min, ["step_seconds_max"] = r.Generated.Max,
             ["step_seconds_iqr_relative"] = r.Generated.RelativeSpread, ["step_seconds"] = new JsonArray([.. r.Generated.Samples.Select(s => (JsonNode)s)]),
+            ["warmup_steps"] = r.WarmupSteps, ["jit_settled"] = r.JitSettled, ["methods_compiled_while_timed"] = r.MethodsCompiledWhileTimed,
             ["tokens_per_second"] = r.TokensPerSecond, ["mfu"] = r.Mfu, ["hfu"] = r.Hfu, ["mfu_nominal"] = r.MfuNominal,
             ["peak_flops"] = r.Peak.Flops, ["peak_source"] = r.PeakSource is { FromCache: true } ? "stored" : "measured",
             ["peak_measured_at"] = (r.PeakSource?.MeasuredAt)?.ToString("o", CultureInfo.InvariantCulture),

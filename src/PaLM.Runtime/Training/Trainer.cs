@@ -34,11 +34,22 @@ public sealed record TrainerOptions
     /// </summary>
     public long? ProfileFromStep { get; init; }
 
+    /// <summary>Where <see cref="ProfileFromStep"/> records (null: a new profile), for a caller that resets it mid-run.</summary>
+    public OpProfile? Profile { get; init; }
+
     /// <summary>
     /// Runs on device 0's thread after each step while every other device waits at a barrier, so nothing else runs
     /// meanwhile: how a benchmark interleaves a peer's step (the eager reference) with the generated one.
     /// </summary>
     public Action<long>? BetweenSteps { get; init; }
+
+    /// <summary>
+    /// Asked on device 0 after each step (after <see cref="BetweenSteps"/>): true stops every device after this step,
+    /// before <see cref="Steps"/>. Device 0's answer reaches the others through a one-element all-reduce, so the devices
+    /// of a mesh agree on their last step in process and over MPI alike: how a benchmark ends a warm-up it could not
+    /// size in advance.
+    /// </summary>
+    public Func<long, bool>? StopAfter { get; init; }
 
     /// <summary>
     /// Where the devices run (null: <see cref="InProcessBackend"/>, every device in this process). With one device per
@@ -87,25 +98,26 @@ public static class Trainer
         var reports = new List<StepReport>();
         if (options.ProfileFromStep is not null && program.ProfileSites.Count == 0)
             throw new InvalidOperationException($"program '{program.Name}' was not compiled with profiling on");
-        var profile = options.ProfileFromStep is null ? null : new OpProfile(program.ProfileSites);
+        var profile = options.ProfileFromStep is null ? null : options.Profile ?? new OpProfile(program.ProfileSites);
 
         if (backend.InProcess)
         {
             // Every device here: load the whole checkpoint once; device 0 saves every device's shards.
             var resume = LoadResume(program, options, null, log);
-            long first = (resume?.Step ?? 0) + 1;
+            long first = (resume?.Step ?? 0) + 1, last = options.Steps;
             var shared = new IReadOnlyList<(string, Tensor)>[program.Mesh.DeviceCount];
             backend.Run(program.Mesh, device =>
             {
                 var persistent = resume is null ? program.InitParameters(device, options.Seed) : Restore(program, resume.Devices[device.Rank]);
-                RunSteps(program, layout, options, device, persistent, first, reports, onStep, profile,
+                var ran = RunSteps(program, layout, options, device, persistent, first, reports, onStep, profile,
                     step => SaveCheckpoint(program, device, persistent, shared, options.CheckpointDir!, step, options));
+                if (device.Rank == 0) last = ran;   // every device stopped after the same step
             }, options.ThreadsPerDevice);
-            return new TrainResult(first, options.Steps, reports, resume?.Step) { Profile = profile };
+            return new TrainResult(first, last, reports, resume?.Step) { Profile = profile };
         }
 
         // One device per process: each loads only its own shard, and the devices agree on the step before training.
-        long firstStep = 1;
+        long firstStep = 1, lastStep = options.Steps;
         long? resumedFrom = null;
         backend.Run(program.Mesh, device =>
         {
@@ -116,10 +128,10 @@ public static class Trainer
             var persistent = resume is null ? program.InitParameters(device, options.Seed) : Restore(program, resume.Devices[device.Rank]);
             if (resume is not null)
                 foreach (var (_, t) in resume.Devices[device.Rank]) t.Dispose();
-            RunSteps(program, layout, options, device, persistent, firstStep, reports, onStep, profile,
+            lastStep = RunSteps(program, layout, options, device, persistent, firstStep, reports, onStep, profile,
                 step => SaveCheckpointSharded(program, device, persistent, options.CheckpointDir!, step, options));
         }, options.ThreadsPerDevice);
-        return new TrainResult(firstStep, options.Steps, reports, resumedFrom) { Profile = profile };
+        return new TrainResult(firstStep, lastStep, reports, resumedFrom) { Profile = profile };
     }
 
     /// <summary>The newest complete checkpoint in the options' folder (all devices, or only <paramref name="device"/>'s shard), checked against the program.</summary>
@@ -158,9 +170,10 @@ public static class Trainer
     }
 
     /// <summary>One device's training loop: steps <paramref name="first"/>..Steps, checkpoints through <paramref name="save"/>.</summary>
-    private static void RunSteps(IGraphProgram program, Layout layout, TrainerOptions options, DeviceContext device, Tensor[] persistent,
+    private static long RunSteps(IGraphProgram program, Layout layout, TrainerOptions options, DeviceContext device, Tensor[] persistent,
         long first, List<StepReport> reports, Action<StepReport>? onStep, OpProfile? profile, Action<long> save)
     {
+        long last = first - 1;
         try
         {
             for (long step = first; step <= options.Steps; step++)
@@ -192,20 +205,32 @@ public static class Trainer
                         onStep?.Invoke(report);
                     }
                 }
-                if (options.CheckpointDir is not null && (step % options.CheckpointEvery == 0 || step == options.Steps))
-                    save(step);
                 if (options.BetweenSteps is { } between)
                 {
                     device.Comm.Barrier();
                     if (device.Rank == 0) between(step);
                     device.Comm.Barrier();
                 }
+                last = step;
+                bool stopping = options.StopAfter is { } stop && AgreeToStop(device, device.Rank == 0 && stop(step));
+                if (options.CheckpointDir is not null && (step % options.CheckpointEvery == 0 || step == options.Steps || stopping))
+                    save(step);
+                if (stopping) break;
             }
         }
         finally
         {
             foreach (var t in persistent) t.Dispose();
         }
+        return last;
+    }
+
+    /// <summary>Whether any device voted to stop (only device 0 votes): the same answer on every device.</summary>
+    private static bool AgreeToStop(DeviceContext device, bool vote)
+    {
+        using var scope = NewDisposeScope();
+        var votes = device.Comm.AllReduce(tensor(new[] { vote ? 1f : 0f }), device.Mesh.AxisNames);
+        return votes.item<float>() > 0;
     }
 
     /// <summary>Every device hands its shards to device 0, which writes one checkpoint while the others wait.</summary>
