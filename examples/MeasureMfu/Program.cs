@@ -2,10 +2,10 @@
 //
 //   dotnet run -c Release --project examples/MeasureMfu [-- path/to/graph.palm [steps]]
 //
-// Compiles the graph's training step (autodiff, Adafactor, fusion), measures the matmul peak in this process, runs a
-// few warm-up and timed steps, and prints MFU = model FLOPs per token × tokens/s ÷ peak. Without an argument it uses
-// graphs/palm-tiny.palm from the repository (the folder holding PaLM.Compiler.sln, found upward from the current
-// directory, then from the program's own folder).
+// Compiles the graph's training step (autodiff, Adafactor, fusion), measures the matmul peak in this process, runs
+// warm-up steps until the JIT settles, then timed steps, and prints MFU = model FLOPs per token × tokens/s ÷ peak.
+// Without an argument it uses graphs/palm-tiny.palm from the repository (the folder holding PaLM.Compiler.sln, found
+// upward from the current directory, then from the program's own folder).
 
 using System.Globalization;
 using PaLM.Dsl;
@@ -26,7 +26,8 @@ try
 {
     // Parse, compile the training step for the graph's own mesh, measure the peak, then time the steps.
     report = StepBench.Run(path, mesh: null, new TrainingConfig { Remat = RematPolicy.None },
-        new BenchOptions { Steps = steps, Warmup = 2, PeakSizes = [1024, 2048], PeakRepetitions = 20 });
+        // Warm up until .NET stops re-compiling the step's methods (as `palmc bench` does by default), 10 s at most.
+        new BenchOptions { Steps = steps, Warmup = 2, SettleJit = true, MaxWarmupSeconds = 10, PeakSizes = [1024, 2048], PeakRepetitions = 20 });
 }
 catch (DslException e)
 {
@@ -38,7 +39,7 @@ var f = report.Flops;
 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
     $"{report.Graph}: {f.ModelFlopsPerToken:N0} model FLOPs/token (6N + 12·L·H·Q·T), {report.TokensPerStep} tokens/step"));
 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-    $"step {report.Generated.Median * 1e3:F1} ms (median of {report.Generated.Samples.Count}), {report.TokensPerSecond:F0} tokens/s"));
+    $"step {report.Generated.Median * 1e3:F1} ms (median of {report.Generated.Samples.Count} after {report.WarmupSteps} warm-up steps{(report.JitSettled == true ? ", the JIT settled" : "")}), {report.TokensPerSecond:F0} tokens/s"));
 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
     $"peak {report.Peak.Flops / 1e9:F1} GFLOP/s (measured, best of {report.Peak.Samples[0].Repetitions} per size)"));
 Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"MFU = {report.Mfu * 100:F1}%"));
