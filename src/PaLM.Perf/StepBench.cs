@@ -229,11 +229,18 @@ public static class StepBench
         // QuietSteps) or the longest warm-up. All of this runs on device 0's thread between steps while the others wait.
         long warmupEnd = options.SettleJit ? -1 : options.Warmup;
         bool? settled = options.SettleJit ? false : null;
-        long compiledBefore = JitInfo.GetCompiledMethodCount(), compiledAtWarmupEnd = compiledBefore, compiledAtLastStep = compiledBefore;
+        long compiledBefore = JitInfo.GetCompiledMethodCount(), compiledAtWarmupEnd = compiledBefore;
         var profile = options.Profile ? new OpProfile(program.ProfileSites) : null;
         var sinceCompile = Stopwatch.StartNew();
         var warming = Stopwatch.StartNew();
         int quietSteps = 0;
+        BenchProgress Progress(StepReport s)
+        {
+            if (warmupEnd >= 0 && s.Step > warmupEnd)
+                return new BenchProgress("steps", (double)(s.Step - warmupEnd) / options.Steps, s.Format());
+            var warmed = options.SettleJit ? warming.Elapsed.TotalSeconds / Math.Max(1e-3, options.MaxWarmupSeconds) : (double)s.Step / Math.Max(1, options.Warmup);
+            return new BenchProgress("warming up", Math.Min(1, warmed), s.Format());
+        }
         try
         {
             progress?.Invoke(new BenchProgress(options.SettleJit ? "warming up" : "steps", 0));
@@ -261,13 +268,11 @@ public static class StepBench
                         profile?.Reset();   // the profile, like the timings, covers the timed steps only
                     }
                     if (step == warmupEnd) compiledAtWarmupEnd = compiled;
-                    compiledAtLastStep = compiled;
                     compiledBefore = compiled;
                 },
-                StopAfter = step => warmupEnd >= 0 && step >= warmupEnd + options.Steps,
-            }, s => progress?.Invoke(warmupEnd < 0 || s.Step <= warmupEnd
-                ? new BenchProgress("warming up", options.SettleJit ? Math.Min(1, warming.Elapsed.TotalSeconds / Math.Max(1e-3, options.MaxWarmupSeconds)) : (double)s.Step / Math.Max(1, options.Warmup), s.Format())
-                : new BenchProgress("steps", (double)(s.Step - warmupEnd) / options.Steps, s.Format())));
+                // A fixed warm-up's length is known up front (total); only a settling one decides as it goes.
+                StopAfter = options.SettleJit ? step => warmupEnd >= 0 && step >= warmupEnd + options.Steps : null,
+            }, s => progress?.Invoke(Progress(s)));
             var timed = result.Steps.Where(s => s.Step > warmupEnd).Select(s => s.Seconds).ToList();
             var ratios = eager is null ? null : timed.Zip(eagerTimes, (g, e) => g / e).ToList();
             return new BenchReport
@@ -279,7 +284,7 @@ public static class StepBench
                 Losses = result.Steps.Select(s => s.Loss).ToList(), EagerLosses = eager is null ? null : eagerLosses,
                 ResidentAfterStep = resident, PeakResidentBytes = Math.Max(ResidentMemory.Peak(), resident.DefaultIfEmpty().Max()), PlannedMemory = memory,
                 Profile = result.Profile, WallSeconds = wall.Elapsed.TotalSeconds,
-                WarmupSteps = (int)warmupEnd, JitSettled = settled, MethodsCompiledWhileTimed = compiledAtLastStep - compiledAtWarmupEnd,
+                WarmupSteps = (int)warmupEnd, JitSettled = settled, MethodsCompiledWhileTimed = compiledBefore - compiledAtWarmupEnd,
             };
         }
         finally

@@ -30,7 +30,12 @@ public sealed class VectorMathRaceTests
             var stdout = child.StandardOutput.ReadToEndAsync();
             var stderr = child.StandardError.ReadToEndAsync();
             using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
-            await child.WaitForExitAsync(timeout.Token);
+            try { await child.WaitForExitAsync(timeout.Token); }
+            catch (OperationCanceledException)
+            {
+                child.Kill(entireProcessTree: true);
+                Assert.Fail($"run {run}: no exit within 2 minutes\n{await stdout}");
+            }
             Assert.True(child.ExitCode == 0, $"run {run}: exit {child.ExitCode}\n{await stdout}\n{await stderr}");
         }
     }
