@@ -41,13 +41,15 @@ public sealed class VectorMathRaceTests
     }
 }
 
-/// <summary>The child process's side of <see cref="VectorMathRaceTests"/> (the test project's entry point).</summary>
+/// <summary>The child process's side of <see cref="VectorMathRaceTests"/> and <see cref="HugePageTests"/> (the test
+/// project's entry point).</summary>
 public static class FirstCalls
 {
     public const string Command = "first-vector-math-calls";
 
     public static int Main(string[] args)
     {
+        if (args is [HugePageTests.Command]) return HugePageTests.Child();
         if (args.Length != 2 || args[0] != Command || !int.TryParse(args[1], out int n))
         {
             Console.Error.WriteLine($"usage: PaLM.Runtime.Tests {Command} THREADS (run the tests with 'dotnet test')");
