@@ -25,6 +25,12 @@ public sealed record CodeGenOptions
     public bool FuseLoops { get; init; } = true;
 
     /// <summary>
+    /// Give a fused loop whose ops all have a vector form (<c>PaLM.Runtime.Ev</c>) a single-pass vector loop over each
+    /// chunk, the span primitives finishing the ragged end. On by default; the results are the same bits either way.
+    /// </summary>
+    public bool VectorizeLoops { get; init; } = true;
+
+    /// <summary>
     /// Let a training step update its parameters and optimizer state in place (JAX's <c>donate_argnums</c>): the
     /// caller hands the old tensors over and must treat them as consumed (the trainer does). Off by default, since a
     /// caller that runs the step twice on the same parameters would see them change.
@@ -347,6 +353,7 @@ public sealed class Emitter
             foreach (var v in m.Inputs.Distinct())
                 if (lastUse[v] == i && tempOf.TryGetValue(v, out var t)) free.Add(t);
         }
+        if (_options.VectorizeLoops && VectorLoop(group) is { } vector) statements.InsertRange(0, vector);
         _kernels.Add(MethodDeclaration(PredefinedType(Token(SyntaxKind.VoidKeyword)), kernelName)
             .AddModifiers(Token(SyntaxKind.PrivateKeyword), Token(SyntaxKind.StaticKeyword))
             .AddParameterListParameters(Parameter(Identifier("c")).WithType(ParseTypeName("LoopChunk")))
@@ -379,6 +386,43 @@ public sealed class Emitter
         BindParts(call, group.Outputs, group.Last.Outputs[0].Name + "_loop", body);
         if (timer is var (site, local)) body.Add(StopTimer(site, local));
         body[start] = body[start].WithLeadingTrivia(comment);
+    }
+
+    /// <summary>
+    /// The vector loop a fused kernel starts with, when every member's primitive has a vector form in
+    /// <see cref="PaLM.Runtime.Ev"/> (else null): under <c>Ev.Accelerated</c>, whole vectors of the chunk, each input
+    /// loaded once, each member's result a local, results stored as they are made; then <c>c.Skip(i)</c> hands the
+    /// rest (fewer than a vector's elements) to the span statements that follow. Every name in it is made here.
+    /// </summary>
+    private static List<StatementSyntax>? VectorLoop(FusionGroup group)
+    {
+        var local = new Dictionary<Value, string>(ReferenceEqualityComparer.Instance);
+        for (int k = 0; k < group.Inputs.Count; k++) local[group.Inputs[k]] = $"x{k}";
+        for (int k = 0; k < group.Scalars.Count; k++) local[group.Scalars[k]] = $"s{k}";
+        for (int k = 0; k < group.Leads.Count; k++) local[group.Leads[k]] = $"l{k}";
+        var loop = new System.Text.StringBuilder();
+        for (int k = 0; k < group.Inputs.Count; k++) loop.Append($"var x{k} = Ev.Load(in{k}, i);\n");
+        for (int i = 0; i < group.Members.Count; i++)
+        {
+            var m = group.Members[i];
+            // A rank-0 operand (scalar, lead or constant) is a float; anything else a vector.
+            bool IsFloat(Value v) => !local.ContainsKey(v) || group.Scalars.Contains(v) || group.Leads.Contains(v);
+            var kinds = m.Inputs.Select(v => IsFloat(v) ? typeof(float) : typeof(System.Runtime.Intrinsics.Vector512<float>)).ToArray();
+            if (m.Op.LoopPrimitive is not { } name || typeof(PaLM.Runtime.Ev).GetMethod(name, kinds) is null) return null;
+            var args = m.Inputs.Select(v => local.TryGetValue(v, out var n) ? n
+                : group.Constants.TryGetValue(v, out var c) ? ((float)c).ToString("R", System.Globalization.CultureInfo.InvariantCulture) + "F"
+                : throw new InvalidOperationException($"fused loop {group.Id}: {v.Name} has no place in the kernel"));
+            var result = local[m.Outputs[0]] = $"v{i}";
+            loop.Append($"var {result} = Ev.{name}({string.Join(", ", args)});\n");
+            if (group.Outputs.IndexOf(m.Outputs[0]) is var o and >= 0) loop.Append($"Ev.Store({result}, out{o}, i);\n");
+        }
+        var text = new System.Text.StringBuilder("if (Ev.Accelerated)\n{\n");
+        for (int k = 0; k < group.Inputs.Count; k++) text.Append($"var in{k} = c.In({k});\n");
+        for (int k = 0; k < group.Outputs.Count; k++) text.Append($"var out{k} = c.Out({k});\n");
+        for (int k = 0; k < group.Scalars.Count; k++) text.Append($"var s{k} = c.Scalar({k});\n");
+        for (int k = 0; k < group.Leads.Count; k++) text.Append($"var l{k} = c.Lead({k});\n");
+        text.Append($"for (; i <= c.Length - Ev.Width; i += Ev.Width)\n{{\n{loop}}}\nif (i == c.Length) return;\nc.Skip(i);\n}}\n");
+        return [ParseStatement("int i = 0;\n"), ParseStatement(text.ToString())];
     }
 
     /// <summary><c>var tuple = call;</c> then <c>var v_i = tuple[i];</c> for each of <paramref name="values"/>: a call that

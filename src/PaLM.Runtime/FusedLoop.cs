@@ -1,4 +1,7 @@
 using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using TensorPrimitives = System.Numerics.Tensors.TensorPrimitives;
 using PaLM.Runtime.Native;
 using TorchSharp;
@@ -29,6 +32,7 @@ public sealed unsafe class LoopChunk
     private readonly float[][] _temps;
     private readonly LeadRows? _leads;
     private long _row;
+    private int _tempOffset;
 
     internal LoopChunk(int inputs, int outputs, float[] scalars, int temps, LeadRows? leads = null)
     {
@@ -48,6 +52,18 @@ public sealed unsafe class LoopChunk
         for (int i = 0; i < _out.Length; i++) _out[i] = outputs[i].At(row, column);
         Length = length;
         _row = row;
+        _tempOffset = 0;
+    }
+
+    /// <summary>Drops this chunk's first <paramref name="count"/> elements from every operand, result and scratch
+    /// slot: a generated kernel's vector loop has done them, and its span primitives finish the rest.</summary>
+    public void Skip(int count)
+    {
+        if ((uint)count > (uint)Length) throw new ArgumentOutOfRangeException(nameof(count));
+        for (int i = 0; i < _in.Length; i++) _in[i] += count;
+        for (int i = 0; i < _out.Length; i++) _out[i] += count;
+        _tempOffset += count;
+        Length -= count;
     }
 
     /// <summary>Operand <paramref name="i"/>'s elements in this chunk.</summary>
@@ -64,7 +80,7 @@ public sealed unsafe class LoopChunk
     public float Lead(int i) => _leads!.Value(i, _row);
 
     /// <summary>Scratch slot <paramref name="i"/> for an intermediate that no later op outside the kernel reads.</summary>
-    public Span<float> Temp(int i) => _temps[i].AsSpan(0, Length);
+    public Span<float> Temp(int i) => _temps[i].AsSpan(_tempOffset, Length);
 }
 
 /// <summary>
@@ -403,5 +419,67 @@ public static class Ew
             (new Vector<float>(dy[i..]) * s * (one + new Vector<float>(x[i..]) * (one - s))).CopyTo(d[i..]);
         }
         for (; i < d.Length; i++) d[i] = dy[i] * d[i] * (1 + x[i] * (1 - d[i]));
+    }
+}
+
+/// <summary>
+/// Vector forms of the <see cref="Ew"/> primitives whose span form is one IEEE operation per element: a generated
+/// kernel whose ops all have one here runs its chunk as a single pass over 16-float vectors (each operand loaded once,
+/// every intermediate in a register) and leaves only the ragged end to the span primitives. Each form rounds exactly as
+/// its span primitive does on whole vectors, so a kernel's results are the same bits either way, but for exp-based ops
+/// in a row's last few elements, where a span call shorter than a vector takes TensorPrimitives' scalar path
+/// (LoopVectorizationTests).
+/// <para>
+/// Why: the span primitives make a pass over the chunk per op, through the L2 cache; a chain of eight (the Adafactor
+/// update's) ran 2-2.6x slower that way than as one pass on 14M elements (docs/performance.md). Ops whose span form
+/// is its own approximation (log, tanh) or has its own NaN rules (maximum, minimum) have no form here, and kernels that
+/// use them keep the span path; exp, sigmoid and silu are here because TensorPrimitives computes them with the same
+/// vector operations.
+/// </para>
+/// </summary>
+public static class Ev
+{
+    /// <summary>Whether the vector loop runs (a JIT-time constant): only where 512-bit vectors are hardware.</summary>
+    public static bool Accelerated => Vector512.IsHardwareAccelerated;
+
+    /// <summary>Floats per vector.</summary>
+    public static int Width => Vector512<float>.Count;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Load(ReadOnlySpan<float> s, int i) => Vector512.LoadUnsafe(ref MemoryMarshal.GetReference(s), (nuint)i);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Store(Vector512<float> v, Span<float> s, int i) => v.StoreUnsafe(ref MemoryMarshal.GetReference(s), (nuint)i);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Add(Vector512<float> a, Vector512<float> b) => a + b;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Add(Vector512<float> a, float b) => a + Vector512.Create(b);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Add(float a, Vector512<float> b) => b + Vector512.Create(a);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Sub(Vector512<float> a, Vector512<float> b) => a - b;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Sub(Vector512<float> a, float b) => a - Vector512.Create(b);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Sub(float a, Vector512<float> b) => Vector512.Create(a) - b;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Mul(Vector512<float> a, Vector512<float> b) => a * b;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Mul(Vector512<float> a, float b) => a * b;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Mul(float a, Vector512<float> b) => b * a;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Div(Vector512<float> a, Vector512<float> b) => a / b;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Div(Vector512<float> a, float b) => a / Vector512.Create(b);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Div(float a, Vector512<float> b) => Vector512.Create(a) / b;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Neg(Vector512<float> x) => -x;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Square(Vector512<float> x) => x * x;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Sqrt(Vector512<float> x) => Vector512.Sqrt(x);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Rsqrt(Vector512<float> x) => Vector512<float>.One / Vector512.Sqrt(x);
+
+    // TensorPrimitives computes Exp and Sigmoid with these same vector operations (checked bit for bit).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Exp(Vector512<float> x) => Vector512.Exp(x);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Sigmoid(Vector512<float> x) => Vector512<float>.One / (Vector512<float>.One + Vector512.Exp(-x));
+
+    /// <summary><see cref="Ew.Silu"/>: sigmoid(x)·x.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Silu(Vector512<float> x) => Sigmoid(x) * x;
+
+    /// <summary><see cref="Ew.SiluGrad"/>: dy·s·(1 + x·(1 − s)), s = sigmoid(x), in its order of operations.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> SiluGrad(Vector512<float> dy, Vector512<float> x)
+    {
+        var s = Sigmoid(x);
+        return dy * s * (Vector512<float>.One + x * (Vector512<float>.One - s));
     }
 }
