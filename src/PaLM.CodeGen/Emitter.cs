@@ -410,7 +410,7 @@ public sealed class Emitter
             var kinds = m.Inputs.Select(v => IsFloat(v) ? typeof(float) : typeof(System.Runtime.Intrinsics.Vector512<float>)).ToArray();
             if (m.Op.LoopPrimitive is not { } name || typeof(PaLM.Runtime.Ev).GetMethod(name, kinds) is null) return null;
             var args = m.Inputs.Select(v => local.TryGetValue(v, out var n) ? n
-                : group.Constants.TryGetValue(v, out var c) ? ((float)c).ToString("R", System.Globalization.CultureInfo.InvariantCulture) + "F"
+                : group.Constants.TryGetValue(v, out var c) ? Lit((float)c).ToFullString()
                 : throw new InvalidOperationException($"fused loop {group.Id}: {v.Name} has no place in the kernel"));
             var result = local[m.Outputs[0]] = $"v{i}";
             loop.Append($"var {result} = Ev.{name}({string.Join(", ", args)});\n");
