@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using PaLM.Runtime.Native;
 using static TorchSharp.torch;
 
@@ -32,22 +31,12 @@ public sealed class HugePageTests
 
     private static async Task<(bool Advised, long Reserved, string Line)> RunChild(string? thp)
     {
-        var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } p && File.Exists(p) ? p : "dotnet";
-        var psi = new ProcessStartInfo(dotnet) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { "exec", typeof(HugePageTests).Assembly.Location, Command }) psi.ArgumentList.Add(a);
-        if (thp is null) psi.Environment.Remove("PALMC_THP"); else psi.Environment["PALMC_THP"] = thp;
-        using var child = Process.Start(psi)!;
-        var stdout = child.StandardOutput.ReadToEndAsync();
-        var stderr = child.StandardError.ReadToEndAsync();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
-        try { await child.WaitForExitAsync(timeout.Token); }
-        catch (OperationCanceledException)
+        var (exit, stdout, stderr) = await ChildProcess.Run([Command], configure: psi =>
         {
-            child.Kill(entireProcessTree: true);
-            Assert.Fail($"no exit within 2 minutes\n{await stdout}");
-        }
-        var line = (await stdout).Trim();
-        Assert.True(child.ExitCode == 0, $"exit {child.ExitCode}\n{line}\n{await stderr}");
+            if (thp is null) psi.Environment.Remove("PALMC_THP"); else psi.Environment["PALMC_THP"] = thp;
+        });
+        var line = stdout.Trim();
+        Assert.True(exit == 0, $"exit {exit}\n{line}\n{stderr}");
         var fields = line.Split(' ').Select(f => f.Split('=')).ToDictionary(f => f[0], f => f[1]);
         return (fields["advised"] == "1", long.Parse(fields["reserved"]), line);
     }

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using static TorchSharp.torch;
 
 namespace PaLM.Runtime.Tests;
@@ -20,23 +19,10 @@ public sealed class VectorMathRaceTests
     [Fact]
     public async Task FirstVectorMathCallsOnManyThreadsAreAccurate()
     {
-        var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } p && File.Exists(p) ? p : "dotnet";
-        var dll = typeof(VectorMathRaceTests).Assembly.Location;
         for (int run = 0; run < 20; run++)
         {
-            var psi = new ProcessStartInfo(dotnet) { RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var a in new[] { "exec", dll, FirstCalls.Command, "8" }) psi.ArgumentList.Add(a);
-            using var child = Process.Start(psi)!;
-            var stdout = child.StandardOutput.ReadToEndAsync();
-            var stderr = child.StandardError.ReadToEndAsync();
-            using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
-            try { await child.WaitForExitAsync(timeout.Token); }
-            catch (OperationCanceledException)
-            {
-                child.Kill(entireProcessTree: true);
-                Assert.Fail($"run {run}: no exit within 2 minutes\n{await stdout}");
-            }
-            Assert.True(child.ExitCode == 0, $"run {run}: exit {child.ExitCode}\n{await stdout}\n{await stderr}");
+            var (exit, stdout, stderr) = await ChildProcess.Run([FirstCalls.Command, "8"], $"run {run}: ");
+            Assert.True(exit == 0, $"run {run}: exit {exit}\n{stdout}\n{stderr}");
         }
     }
 }
