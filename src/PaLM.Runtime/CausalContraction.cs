@@ -124,36 +124,23 @@ internal static class CausalContraction
 
 /// <summary>
 /// A row operation fused into the blocks of a causal product (<see cref="Contraction.RunCausal"/>): it runs over a
-/// block's rows right after the block's products are written, on the op's threads, and owns each row whole: the
-/// block's columns hold the products, the rest of the row (past the block's last key) is its to write.
+/// block's rows right after the block's product is written, on the thread that wrote it, and owns each row whole:
+/// the block's columns hold the products, the rest of the row (past the block's last key) is its to write.
 /// </summary>
-internal abstract unsafe class CausalEpilogue : TeamWork
+internal abstract unsafe class CausalEpilogue
 {
-    private float* _c;
-    private long _batches, _batchStride, _first, _last, _rowInner, _computed, _length;
-
     /// <summary>Lays out what the epilogue reads besides the product as the product is laid out ([B, M, N], through
     /// <paramref name="asProduct"/>); false when a row of it is not contiguous (the plan then declines).</summary>
     public virtual bool Bind(Func<Tensor, Tensor> asProduct) => true;
 
-    /// <summary>Runs over rows [<paramref name="first"/>, <paramref name="last"/>) of each of <paramref name="batches"/>
-    /// row-major products (<paramref name="length"/> per row, <paramref name="batchStride"/> apart), whose columns
-    /// [0, <paramref name="computed"/>) the block has written; row r's query is r / <paramref name="rowInner"/>.</summary>
-    public void Block(float* c, long batches, long batchStride, long first, long last, long rowInner, long computed, long length)
+    /// <summary>Runs over rows [<paramref name="first"/>, <paramref name="last"/>) of product <paramref name="batch"/>
+    /// (row-major, <paramref name="length"/> per row, <paramref name="batchStride"/> after product 0 at
+    /// <paramref name="c"/>), whose columns [0, <paramref name="computed"/>) the block has written; row r's query is
+    /// r / <paramref name="rowInner"/>. Rows are independent: blocks may run on several threads at once.</summary>
+    public void Rows(float* c, long batch, long batchStride, long first, long last, long rowInner, long computed, long length)
     {
-        _c = c;
-        (_batches, _batchStride, _first, _last, _rowInner, _computed, _length) = (batches, batchStride, first, last, rowInner, computed, length);
-        OpenMpTeam.Run(this, OpenMpTeam.ThreadsFor(batches * (last - first) * length, torch.get_num_threads()));
-    }
-
-    protected override void Run(int worker, int workers)
-    {
-        long per = _last - _first, rows = _batches * per;
-        for (long i = rows * worker / workers, end = rows * (worker + 1) / workers; i < end; i++)
-        {
-            long b = i / per, r = _first + i % per;
-            Row(b, r, r / _rowInner, new Span<float>(_c + b * _batchStride + r * _length, checked((int)_length)), (int)_computed);
-        }
+        for (long r = first; r < last; r++)
+            Row(batch, r, r / rowInner, new Span<float>(c + batch * batchStride + r * length, checked((int)length)), (int)computed);
     }
 
     /// <summary>Row <paramref name="row"/> of product <paramref name="batch"/>, for query <paramref name="query"/>.</summary>

@@ -174,6 +174,55 @@ public sealed class CausalEinsumTests
         Assert.True(probs.eq(Rt.CausalEinsumSoftmax(spec, "b", "e", blocks, 2, 3, [q, k])).all().item<bool>());
     }
 
+    /// <summary>
+    /// The direct plan shares its blocks out between the op's threads, one single-threaded BLAS call each
+    /// (<see cref="CausalBlockProducts"/>): all six of attention's products and both epilogues must give the same bits
+    /// on one thread as on two, and the two-thread result must not depend on the run.
+    /// </summary>
+    [Fact]
+    public void BlocksGiveTheSameBitsOnOneThreadAsOnTwo()
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var g = new Generator(11);
+        const long b = 2, s = 70, h = 3, d = 16, blocks = 5;
+        var q = randn([b, s, h, d], generator: g);
+        var k = randn([b, s, d], generator: g);
+        var v = randn([b, s, 3 * d], generator: g).narrow(2, d, d);
+        var dOut = randn([b, s, h * d + 5], generator: g).narrow(2, 0, h * d).view(b, s, h, d);
+        var y = Rt.CausalSoftmax(randn([b, h, s, s], generator: g), 2, 3);
+        Tensor[] All() =>
+        [
+            Rt.CausalEinsumSoftmax("abcd,aed->acbe", "b", "e", blocks, 2, 3, [q, k]),
+            Rt.CausalEinsumSoftmaxGrad("abcd,aed,acbe->acbe", "b", "e", blocks, 3, [dOut, v, y]),
+            Rt.CausalEinsum("abcd,aed->acbe", "b", "e", blocks, [q, k]),
+            Rt.CausalEinsum("abcd,ade->acbe", "c", "d", blocks, [y, v]),
+            Rt.CausalEinsum("abcd,acbe->aed", "b", "e", blocks, [dOut, y]),
+            Rt.CausalEinsum("abcd,acbe->ade", "c", "d", blocks, [y, q]),
+            Rt.CausalEinsum("aed,abcd->aebc", "b", "e", blocks, [k, q]),
+        ];
+        // Each on a thread of its own: set_num_threads is per thread, as the in-process mesh's device threads set it.
+        Tensor[] On(int threads)
+        {
+            Tensor[] result = [];
+            var thread = new Thread(() =>
+            {
+                set_num_threads(threads);
+                result = All();
+            });
+            thread.Start();
+            thread.Join();
+            return result;
+        }
+        var (two, again, one) = (On(2), On(2), On(1));
+        for (int i = 0; i < two.Length; i++)
+        {
+            Assert.True(two[i].eq(again[i]).all().item<bool>(), $"product {i}: two runs on two threads differ");
+            Assert.True(two[i].eq(one[i]).all().item<bool>(), $"product {i}: one thread and two differ by {(two[i] - one[i]).abs().max().item<float>()}");
+        }
+        foreach (var t in two.Concat(again).Concat(one)) t.Dispose();
+    }
+
     private static Tensor Direct(string spec, char q, char k, long blocks, Tensor x, Tensor y)
     {
         Assert.True(Contraction.TryParse(spec, out var plan));

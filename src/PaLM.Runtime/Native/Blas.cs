@@ -19,6 +19,20 @@ internal static unsafe class Blas
         LoadedLibraries.TryFind(f => f.StartsWith("libtorch_cpu", StringComparison.Ordinal), out var lib)
         && System.Runtime.InteropServices.NativeLibrary.TryGetExport(lib, "sgemm_", out var f) ? f : 0);
 
+    private static readonly Lazy<nint> s_localThreads = new(() =>
+        LoadedLibraries.TryFind(f => f.StartsWith("libtorch_cpu", StringComparison.Ordinal), out var lib)
+        && System.Runtime.InteropServices.NativeLibrary.TryGetExport(lib, "MKL_Set_Num_Threads_Local", out var f) ? f : 0);
+
+    /// <summary>
+    /// MKL's thread count for calls from this thread (<c>MKL_Set_Num_Threads_Local</c>, the C entry: the lower-case names are the Fortran one, taking a pointer; 0 goes back to the global
+    /// count); returns the previous local count (0: none was set), or -1 where MKL does not export it (nothing changes).
+    /// </summary>
+    public static int SetLocalThreads(int threads)
+    {
+        var f = s_localThreads.Value;
+        return f == 0 ? -1 : ((delegate* unmanaged<int, int>)f)(threads);
+    }
+
     /// <summary>Whether <see cref="Sgemm"/> can run (libtorch_cpu is loaded and exports the Fortran sgemm).</summary>
     public static bool Available => s_sgemm.Value != 0;
 
