@@ -15,16 +15,18 @@ namespace PaLM.Runtime.Native;
 /// </summary>
 internal static unsafe class Blas
 {
-    private static readonly Lazy<nint> s_sgemm = new(() =>
-        LoadedLibraries.TryFind(f => f.StartsWith("libtorch_cpu", StringComparison.Ordinal), out var lib)
-        && System.Runtime.InteropServices.NativeLibrary.TryGetExport(lib, "sgemm_", out var f) ? f : 0);
+    private static readonly Lazy<nint> s_sgemm = new(() => TorchCpuExport("sgemm_"));
 
-    private static readonly Lazy<nint> s_localThreads = new(() =>
+    // The C entry point: the lower-case names are MKL's Fortran one, which takes a pointer.
+    private static readonly Lazy<nint> s_localThreads = new(() => TorchCpuExport("MKL_Set_Num_Threads_Local"));
+
+    /// <summary>The address of <paramref name="name"/> in the loaded libtorch_cpu, or 0.</summary>
+    private static nint TorchCpuExport(string name) =>
         LoadedLibraries.TryFind(f => f.StartsWith("libtorch_cpu", StringComparison.Ordinal), out var lib)
-        && System.Runtime.InteropServices.NativeLibrary.TryGetExport(lib, "MKL_Set_Num_Threads_Local", out var f) ? f : 0);
+        && System.Runtime.InteropServices.NativeLibrary.TryGetExport(lib, name, out var f) ? f : 0;
 
     /// <summary>
-    /// MKL's thread count for calls from this thread (<c>MKL_Set_Num_Threads_Local</c>, the C entry: the lower-case names are the Fortran one, taking a pointer; 0 goes back to the global
+    /// MKL's thread count for calls from this thread (<c>MKL_Set_Num_Threads_Local</c>; 0 goes back to the global
     /// count); returns the previous local count (0: none was set), or -1 where MKL does not export it (nothing changes).
     /// </summary>
     public static int SetLocalThreads(int threads)
