@@ -180,7 +180,8 @@ internal sealed class Contraction
     /// operands where they lie and writes its rows of the result in place. Where the output keeps both labels, the
     /// rest of each block's rows is written as zeros. In attention's layouts ([b, s, h, ·] activations, [b, t, d] keys
     /// and values) all six products qualify: heads ride along inside the query's group, so the heads-and-queries
-    /// contraction of the keys' and values' gradients is one product per block instead of one per head.
+    /// contraction of the keys' and values' gradients is one product per block instead of one per head. The calls are
+    /// dealt whole to the op's threads, one thread each (<see cref="CausalBlockProducts"/>).
     /// </para>
     /// </summary>
     /// <param name="x">The spec's first operand.</param>
