@@ -37,8 +37,18 @@ public sealed unsafe class LoopChunk
     internal LoopChunk(int inputs, int outputs, float[] scalars, int temps, LeadRows? leads = null)
     {
         (_in, _out, _scalars, _leads) = (new float*[inputs], new float*[outputs], scalars, leads);
-        _temps = new float[temps][];
-        for (int i = 0; i < temps; i++) _temps[i] = new float[FusedLoop.ChunkElements];
+        _temps = Scratch(temps);
+    }
+
+    // Scratch slots kept per thread (a team worker runs one chunk at a time, and kernels never start another loop):
+    // a new 64 KiB array per slot per call was zeroed on every call, most of a small loop's time.
+    [ThreadStatic] private static List<float[]>? t_scratch;
+
+    private static float[][] Scratch(int count)
+    {
+        var pool = t_scratch ??= [];
+        while (pool.Count < count) pool.Add(new float[FusedLoop.ChunkElements]);
+        return pool.GetRange(0, count).ToArray();
     }
 
     /// <summary>Elements in this chunk.</summary>
@@ -161,20 +171,36 @@ public static class FusedLoop
         // Elementwise work is indifferent to order, so the loop walks memory in the order of the first operand laid out
         // densely (a permuted view, such as the attention scores einsum returns, counts): operands laid out alike are
         // read in place, others are read as strided rows or copied into that order, and new results are made in it.
-        var order = MemoryOrder(inputs.FirstOrDefault(IsDense) ?? inputs[0]);
-        var results = Results(inputs, donors, destinations, shape, order);
+        // Layouts are judged from each tensor's strides, fetched once: at palm-tiny's sizes a loop's own work is a few
+        // microseconds, and a view made per check cost more than that.
+        var inputStrides = inputs.Select(t => t.stride()).ToArray();
+        var order = MemoryOrder(inputStrides.FirstOrDefault(st => InOrder(shape, st, MemoryOrder(st))) ?? inputStrides[0]);
+        var results = Results(inputs, inputStrides, donors, destinations, shape, order);
         if (n == 0) return results;
         var values = scalars.Select(s => s.item<float>()).ToArray();
+        var all = inputs.Concat(results).ToArray();
+        var strides = inputStrides.Concat(results.Select(t => t.stride())).ToArray();
+        if (strides.All(st => InOrder(shape, st, order)))
+        {
+            // Every operand and result dense in the loop's order: element i of each lies i floats after its first.
+            var bases = all.Select(Native.TensorMemory.FirstElement).ToArray();
+            for (long start = 0; start < n; start += SegmentElements)
+            {
+                RowOperand[] At(int from, int count) => [.. bases.Skip(from).Take(count).Select(b => new RowOperand(b + (nint)(start * sizeof(float)), 0))];
+                Launch(kernel, temps, At(0, inputs.Length), At(inputs.Length, results.Length), values, 1, Math.Min(SegmentElements, n - start));
+            }
+            GC.KeepAlive(all);
+            return results;
+        }
         var owned = new List<Tensor>();
         try
         {
-            if (!inputs.Concat(results).All(t => InOrder(t, order)) && RowLayout(inputs.Concat(results), order) is { Columns: >= MinRowElements } layout)
+            if (RowLayout(shape, strides, order) is { Columns: >= MinRowElements } layout)
             {
-                var (rows, columns, strides) = layout;
-                var operands = inputs.Concat(results).Select((t, i) => new RowOperand(Native.TensorMemory.FirstElement(t), strides[i])).ToArray();
+                var (rows, columns, rowStrides) = layout;
+                var operands = all.Select((t, i) => new RowOperand(Native.TensorMemory.FirstElement(t), rowStrides[i])).ToArray();
                 Launch(kernel, temps, operands[..inputs.Length], operands[inputs.Length..], values, rows, columns);
-                GC.KeepAlive(inputs);
-                GC.KeepAlive(results);
+                GC.KeepAlive(all);
                 return results;
             }
             // A destination the loop cannot walk in place gets the result of a loop into a new buffer copied in.
@@ -201,7 +227,7 @@ public static class FusedLoop
     private static Tensor[] RunWithLeads(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, Tensor[] leads, int[] donors, Tensor?[]? destinations, long[] shape, long n)
     {
         long[] order = [.. Enumerable.Range(0, shape.Length).Select(d => (long)d)];
-        var results = Results(inputs, donors, destinations, shape, order);
+        var results = Results(inputs, [.. inputs.Select(t => t.stride())], donors, destinations, shape, order);
         if (n == 0) return results;
         var values = scalars.Select(s => s.item<float>()).ToArray();
         var leadValues = leads.Select(l =>
@@ -254,62 +280,69 @@ public static class FusedLoop
 
     /// <summary>Where each result goes: its destination (a slice of a join), else the donated operand when that is laid
     /// out in the loop's order, else a new tensor in that order.</summary>
-    private static Tensor[] Results(Tensor[] inputs, int[] donors, Tensor?[]? destinations, long[] shape, long[] order) =>
+    private static Tensor[] Results(Tensor[] inputs, long[][] strides, int[] donors, Tensor?[]? destinations, long[] shape, long[] order) =>
         [.. donors.Select((donor, i) => destinations?[i] is { } d ? CheckDestination(d, shape)
-            : donor >= 0 && InOrder(inputs[donor], order) ? inputs[donor] : EmptyInOrder(shape, order))];
+            : donor >= 0 && InOrder(shape, strides[donor], order) ? inputs[donor] : EmptyInOrder(shape, order))];
 
     private static Tensor CheckDestination(Tensor d, long[] shape) =>
         d.dtype == ScalarType.Float32 && d.device_type == DeviceType.CPU && d.shape.SequenceEqual(shape) ? d
             : throw new ArgumentException($"fused loop: a destination must be float32 on the CPU of shape [{string.Join(", ", shape)}], got {d.dtype} [{string.Join(", ", d.shape)}]");
 
     /// <summary>
-    /// The tensors (all of one shape) as <c>rows</c> rows of <c>columns</c> contiguous elements in the loop's order, with
-    /// a row stride each; null when some tensor's layout is not of that form (or spans more than one pointer may).
+    /// The tensors (all of <paramref name="shape"/>, with these <paramref name="strides"/>) as <c>rows</c> rows of
+    /// <c>columns</c> contiguous elements in the loop's order, with a row stride each; null when some tensor's layout is
+    /// not of that form (or spans more than one pointer may).
     /// </summary>
-    private static (long Rows, long Columns, long[] Strides)? RowLayout(IEnumerable<Tensor> tensors, long[] order)
+    private static (long Rows, long Columns, long[] Strides)? RowLayout(long[] shape, long[][] strides, long[] order)
     {
-        var all = tensors.ToArray();
         // Size-1 dims have arbitrary strides and do not change the walk: leave them out.
-        var dims = order.Where(d => all[0].shape[d] != 1).Select(d => (int)d).ToArray();
+        var dims = order.Where(d => shape[d] != 1).Select(d => (int)d).ToArray();
         if (dims.Length == 0) return null;
-        var size = dims.Select(d => all[0].shape[d]).ToArray();
+        var size = dims.Select(d => shape[d]).ToArray();
         // The longest run of trailing dims every tensor has contiguous (dims inner.. of each): one row.
         int inner = 0;
-        foreach (var t in all)
+        foreach (var st in strides)
         {
             long expected = 1;
             int k = dims.Length;
-            while (k > 0 && t.stride(dims[k - 1]) == expected) expected *= size[--k];
+            while (k > 0 && st[dims[k - 1]] == expected) expected *= size[--k];
             inner = Math.Max(inner, k);
         }
         if (inner == dims.Length) return null;
         long columns = size[inner..].Aggregate(1L, (a, b) => a * b);
         long rows = size[..inner].Aggregate(1L, (a, b) => a * b);
-        var strides = new long[all.Length];
-        for (int i = 0; i < all.Length; i++)
+        var rowStrides = new long[strides.Length];
+        for (int i = 0; i < strides.Length; i++)
         {
             // The outer dims must fold into one: each steps over exactly the one inside it.
             for (int d = 0; d < inner - 1; d++)
-                if (all[i].stride(dims[d]) != all[i].stride(dims[d + 1]) * size[d + 1]) return null;
-            strides[i] = inner == 0 ? columns : all[i].stride(dims[inner - 1]);
-            if (Native.TensorMemory.Extent(all[i]) > int.MaxValue / sizeof(float)) return null;
+                if (strides[i][dims[d]] != strides[i][dims[d + 1]] * size[d + 1]) return null;
+            rowStrides[i] = inner == 0 ? columns : strides[i][dims[inner - 1]];
+            if (Native.TensorMemory.Extent(shape, strides[i]) > int.MaxValue / sizeof(float)) return null;
         }
-        return (rows, columns, strides);
+        return (rows, columns, rowStrides);
     }
 
-    /// <summary>The dims of <paramref name="t"/> from the largest stride to the smallest (ties keep dim order).</summary>
-    private static long[] MemoryOrder(Tensor t) =>
-        [.. Enumerable.Range(0, (int)t.dim()).OrderByDescending(d => t.stride(d)).ThenBy(d => d).Select(d => (long)d)];
+    /// <summary>The dims from the largest stride to the smallest (ties keep dim order).</summary>
+    private static long[] MemoryOrder(long[] strides) =>
+        [.. Enumerable.Range(0, strides.Length).OrderByDescending(d => strides[d]).ThenBy(d => d).Select(d => (long)d)];
 
-    /// <summary>Whether <paramref name="t"/> fills its memory without gaps or overlaps in some dim order.</summary>
-    private static bool IsDense(Tensor t) => InOrder(t, MemoryOrder(t));
-
-    private static bool InOrder(Tensor t, long[] order)
+    /// <summary>Whether a tensor of <paramref name="shape"/> with <paramref name="strides"/>, its dims taken in
+    /// <paramref name="order"/>, is contiguous (size-1 dims ignored), as <c>t.permute(order).is_contiguous()</c>.</summary>
+    private static bool InOrder(long[] shape, long[] strides, long[] order)
     {
-        using var p = t.permute(order);
-        return p.is_contiguous();
+        long expected = 1;
+        for (int i = order.Length - 1; i >= 0; i--)
+        {
+            long d = order[i];
+            if (shape[d] == 1) continue;
+            if (strides[d] != expected) return false;
+            expected *= shape[d];
+        }
+        return true;
     }
 
+    private static bool InOrder(Tensor t, long[] order) => InOrder(t.shape, t.stride(), order);
     private static Tensor EmptyInOrder(long[] shape, long[] order)
     {
         var inverse = new long[order.Length];

@@ -16,15 +16,23 @@ internal static class TensorMemory
         return span.IsEmpty ? 0 : (nint)Unsafe.AsPointer(ref MemoryMarshal.GetReference(span));
     }
 
-    /// <summary>The address of any fp32 CPU tensor's first element, strided views included: the lowest address it
-    /// touches, since no stride is negative in torch. The span from it must start at the tensor's storage offset
-    /// (TorchSharp's as_strided defaults to offset 0) and is at most int.MaxValue bytes (<see cref="Extent"/>).</summary>
-    public static nint FirstElement(torch.Tensor t)
-    {
-        using var storage = t.as_strided([Extent(t)], [1], t.storage_offset());
-        return Address(storage);
-    }
+    /// <summary>The address of any CPU tensor's first element, strided views included: the lowest address it touches,
+    /// since no stride is negative in torch (0 when it is empty). One native call (at::Tensor::data_ptr, which adds
+    /// the storage offset): a fused loop asks for it per operand per call, where making a view to read its bytes cost
+    /// several calls and a finalizable handle.</summary>
+    public static nint FirstElement(torch.Tensor t) => t.numel() == 0 ? 0 : THSTensor_data(t.Handle);
+
+    [DllImport("LibTorchSharp")]
+    private static extern nint THSTensor_data(nint handle);
 
     /// <summary>Elements from the tensor's first to its last, gaps included (a strided view spans more than its numel).</summary>
-    public static long Extent(torch.Tensor t) => 1 + Enumerable.Range(0, (int)t.dim()).Sum(d => (t.shape[d] - 1) * t.stride(d));
+    public static long Extent(torch.Tensor t) => Extent(t.shape, t.stride());
+
+    /// <summary><see cref="Extent(torch.Tensor)"/> from a shape and its strides.</summary>
+    public static long Extent(long[] shape, long[] strides)
+    {
+        long extent = 1;
+        for (int d = 0; d < shape.Length; d++) extent += (shape[d] - 1) * strides[d];
+        return extent;
+    }
 }
