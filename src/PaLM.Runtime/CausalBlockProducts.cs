@@ -34,31 +34,43 @@ internal sealed unsafe class CausalBlockProducts : TeamWork
     private readonly long _xb, _xr, _xc, _yb, _yr, _yc, _m, _n, _rowInner;
     private readonly ZeroFill _zeros;
     private readonly CausalEpilogue? _epilogue;
-    private int[] _owner = [];
+    private readonly int[] _owner;
 
-    public CausalBlockProducts(List<Item> items, float* x, long xb, long xr, long xc, float* y, long yb, long yr, long yc,
-        float* c, long m, long n, ZeroFill zeros, CausalEpilogue? epilogue, long rowInner)
+    private CausalBlockProducts(List<Item> items, float* x, long xb, long xr, long xc, float* y, long yb, long yr, long yc,
+        float* c, long m, long n, ZeroFill zeros, CausalEpilogue? epilogue, long rowInner, int threads)
     {
         _x = x;
         _y = y;
         _c = c;
         (_items, _xb, _xr, _xc, _yb, _yr, _yc, _m, _n) = (items, xb, xr, xc, yb, yr, yc, m, n);
         (_zeros, _epilogue, _rowInner) = (zeros, epilogue, rowInner);
+        _owner = Deal(items, threads);
     }
 
-    /// <summary>Assigns the blocks to at most <paramref name="threads"/> threads; returns how many get work.</summary>
-    public int Plan(int threads)
+    /// <summary>
+    /// Runs the <paramref name="items"/> (products of [B, M, N] results at <paramref name="c"/>, each batch
+    /// <c>M·N</c> after the last; A's element [b, i, p] at <c>x + b·xb + i·xr + p·xc</c>, the second operand's [b, j, p]
+    /// likewise) on up to <paramref name="threads"/> of the op's threads.
+    /// </summary>
+    public static void Run(List<Item> items, float* x, long xb, long xr, long xc, float* y, long yb, long yr, long yc,
+        float* c, long m, long n, ZeroFill zeros, CausalEpilogue? epilogue, long rowInner, int threads)
     {
-        threads = Math.Clamp(Math.Min(threads, _items.Count), 1, 256);
+        threads = Math.Clamp(Math.Min(threads, items.Count), 1, 256);
+        OpenMpTeam.Run(new CausalBlockProducts(items, x, xb, xr, xc, y, yb, yr, yc, c, m, n, zeros, epilogue, rowInner, threads), threads);
+    }
+
+    /// <summary>Each item's thread of <paramref name="threads"/>: longest first, to the least loaded.</summary>
+    private static int[] Deal(List<Item> items, int threads)
+    {
         var load = new long[threads];
-        _owner = new int[_items.Count];
-        foreach (var i in Enumerable.Range(0, _items.Count).OrderByDescending(i => _items[i].Cost).ThenBy(i => i))
+        var owner = new int[items.Count];
+        foreach (var i in Enumerable.Range(0, items.Count).OrderByDescending(i => items[i].Cost).ThenBy(i => i))
         {
             int least = Array.IndexOf(load, load.Min());
-            _owner[i] = least;
-            load[least] += _items[i].Cost;
+            owner[i] = least;
+            load[least] += items[i].Cost;
         }
-        return threads;
+        return owner;
     }
 
     protected override void Run(int worker, int workers)

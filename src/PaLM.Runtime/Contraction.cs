@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using PaLM.Runtime.Native;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -240,8 +239,7 @@ internal sealed class Contraction
         // Where the output keeps both labels, the rest of each block's rows (or columns) holds the products it skipped:
         // zeros, unless the epilogue writes them.
         var zeros = epilogue is not null || og == 2 ? CausalBlockProducts.ZeroFill.None : sg == 0 ? CausalBlockProducts.ZeroFill.Columns : CausalBlockProducts.ZeroFill.Rows;
-        var work = new CausalBlockProducts(items, xp, xb, xr, xc, yp, yb, yr, yc, cp, M, N, zeros, epilogue, sInner);
-        OpenMpTeam.Run(work, work.Plan(torch.get_num_threads()));
+        CausalBlockProducts.Run(items, xp, xb, xr, xc, yp, yb, yr, yc, cp, M, N, zeros, epilogue, sInner, torch.get_num_threads());
         GC.KeepAlive(xm);
         GC.KeepAlive(ym);
         GC.KeepAlive(epilogue);

@@ -182,14 +182,7 @@ public static class FusedLoop
         var strides = inputStrides.Concat(results.Select(t => t.stride())).ToArray();
         if (strides.All(st => InOrder(shape, st, order)))
         {
-            // Every operand and result dense in the loop's order: element i of each lies i floats after its first.
-            var bases = all.Select(Native.TensorMemory.FirstElement).ToArray();
-            for (long start = 0; start < n; start += SegmentElements)
-            {
-                RowOperand[] At(int from, int count) => [.. bases.Skip(from).Take(count).Select(b => new RowOperand(b + (nint)(start * sizeof(float)), 0))];
-                Launch(kernel, temps, At(0, inputs.Length), At(inputs.Length, results.Length), values, 1, Math.Min(SegmentElements, n - start));
-            }
-            GC.KeepAlive(all);
+            LaunchDense(kernel, temps, inputs, results, values, n);
             return results;
         }
         var owned = new List<Tensor>();
@@ -203,15 +196,11 @@ public static class FusedLoop
                 GC.KeepAlive(all);
                 return results;
             }
-            // A destination the loop cannot walk in place gets the result of a loop into a new buffer copied in.
-            var written = results.Select(t => InOrder(t, order) ? t : Own(EmptyInOrder(shape, order), owned)).ToArray();
-            var flatIn = inputs.Select(t => Flat(t, order, owned)).ToArray();
-            var flatOut = written.Select(t => Flat(t, order, owned)).ToArray();
-            for (long start = 0; start < n; start += SegmentElements)
-            {
-                long length = Math.Min(SegmentElements, n - start);
-                Launch(kernel, temps, Segment(flatIn, start, length, owned), Segment(flatOut, start, length, owned), values, 1, length);
-            }
+            // Operands the loop cannot walk in place are copied into its order; a destination it cannot walk in place
+            // gets the result of a loop into a new buffer, copied in.
+            var dense = inputs.Select((t, i) => InOrder(shape, strides[i], order) ? t : Own(t.permute(order).contiguous(), owned)).ToArray();
+            var written = results.Select((t, i) => InOrder(shape, strides[inputs.Length + i], order) ? t : Own(EmptyInOrder(shape, order), owned)).ToArray();
+            LaunchDense(kernel, temps, dense, written, values, n);
             for (int i = 0; i < results.Length; i++)
                 if (!ReferenceEquals(written[i], results[i])) results[i].copy_(written[i]);
         }
@@ -220,6 +209,21 @@ public static class FusedLoop
             foreach (var t in owned) t.Dispose();
         }
         return results;
+    }
+
+    /// <summary>The loop over <paramref name="n"/> elements of operands and results that are all dense in the loop's
+    /// order (element i of each lies i floats after its first), in segments of at most <see cref="SegmentElements"/>.</summary>
+    private static void LaunchDense(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] results, float[] values, long n)
+    {
+        var ins = inputs.Select(Native.TensorMemory.FirstElement).ToArray();
+        var outs = results.Select(Native.TensorMemory.FirstElement).ToArray();
+        for (long start = 0; start < n; start += SegmentElements)
+        {
+            RowOperand[] At(nint[] bases) => [.. bases.Select(b => new RowOperand(b + (nint)(start * sizeof(float)), 0))];
+            Launch(kernel, temps, At(ins), At(outs), values, 1, Math.Min(SegmentElements, n - start));
+        }
+        GC.KeepAlive(inputs);
+        GC.KeepAlive(results);
     }
 
     /// <summary>The loop with lead operands: every operand in row-major order (copied there when it is not), rows of
@@ -364,9 +368,6 @@ public static class FusedLoop
         owned.Add(t);
         return t;
     }
-
-    private static RowOperand[] Segment(Tensor[] flat, long start, long length, List<Tensor> owned) =>
-        [.. flat.Select(t => new RowOperand(Native.TensorMemory.Address(Own(t.narrow(0, start, length), owned)), 0))];
 
     /// <summary>Splits <paramref name="rows"/> × <paramref name="columns"/> elements into chunks of at most
     /// <see cref="ChunkElements"/> within a row and runs them on the op's threads.</summary>
