@@ -195,13 +195,13 @@ internal static class BenchCommand
     {
         var total = p.TotalSeconds;
         Console.WriteLine();
-        Console.WriteLine(F($"profile (device 0, {steps} steps): {total / steps * 1e3:F1} ms/step inside ops"));
-        Console.WriteLine("  ms/step   share  calls   GFLOP/s  page faults  op                   value                          source");
+        Console.WriteLine(F($"profile (device 0, {steps} steps): {total / steps * 1e3:F1} ms/step inside ops, {p.TotalManagedBytes / 1024.0 / steps:F0} KB of managed objects allocated in them a step"));
+        Console.WriteLine("  ms/step   share  calls   GFLOP/s  page faults  KB managed  op                   value                          source");
         foreach (var s in p.Sites.OrderByDescending(s => p.Seconds(s.Id)).Take(top))
         {
             var sec = p.Seconds(s.Id);
             var rate = s.Flops == 0 ? "-" : F($"{s.Flops * p.Calls(s.Id) / sec / 1e9:F1}");
-            Console.WriteLine(F($"{sec / steps * 1e3,9:F2} {sec / total * 100,6:F1}% {p.Calls(s.Id) / steps,6} {rate,9} {p.PageFaults(s.Id) / steps,12}  {s.Op,-20} {s.Name,-30} {s.Location}"));
+            Console.WriteLine(F($"{sec / steps * 1e3,9:F2} {sec / total * 100,6:F1}% {p.Calls(s.Id) / steps,6} {rate,9} {p.PageFaults(s.Id) / steps,12} {p.ManagedBytes(s.Id) / 1024.0 / steps,11:F1}  {s.Op,-20} {s.Name,-30} {s.Location}"));
         }
     }
 
@@ -270,6 +270,7 @@ internal static class BenchCommand
             {
                 ["op"] = s.Op, ["value"] = s.Name, ["source"] = s.Location, ["seconds_per_step"] = p.Seconds(s.Id) / steps,
                 ["calls_per_step"] = p.Calls(s.Id) / steps, ["flops_per_call"] = s.Flops, ["page_faults_per_step"] = p.PageFaults(s.Id) / steps,
+                ["managed_bytes_per_step"] = p.ManagedBytes(s.Id) / steps,
             })]);
         }
         return o;

@@ -19,7 +19,8 @@ public sealed class OpProfile
     private readonly long[] _ticks;
     private readonly long[] _calls;
     private readonly long[] _faults;
-    private long _faultsAtStart;
+    private readonly long[] _allocated;
+    private long _faultsAtStart, _allocatedAtStart;
 
     public OpProfile(IReadOnlyList<OpSite> sites)
     {
@@ -27,14 +28,17 @@ public sealed class OpProfile
         _ticks = new long[sites.Count];
         _calls = new long[sites.Count];
         _faults = new long[sites.Count];
+        _allocated = new long[sites.Count];
     }
 
     public IReadOnlyList<OpSite> Sites { get; }
 
-    /// <summary>A timestamp to pass to <see cref="Stop"/>; also notes the process's page faults so far.</summary>
+    /// <summary>A timestamp to pass to <see cref="Stop"/>; also notes the process's page faults and this thread's managed
+    /// allocations so far.</summary>
     public long Start()
     {
         _faultsAtStart = MinorFaults();
+        _allocatedAtStart = GC.GetAllocatedBytesForCurrentThread();
         return Stopwatch.GetTimestamp();
     }
 
@@ -44,6 +48,7 @@ public sealed class OpProfile
         _ticks[site] += Stopwatch.GetTimestamp() - start;
         _calls[site]++;
         _faults[site] += MinorFaults() - _faultsAtStart;
+        _allocated[site] += GC.GetAllocatedBytesForCurrentThread() - _allocatedAtStart;
     }
 
     public void Reset()
@@ -51,6 +56,7 @@ public sealed class OpProfile
         Array.Clear(_ticks);
         Array.Clear(_calls);
         Array.Clear(_faults);
+        Array.Clear(_allocated);
     }
 
     /// <summary>
@@ -58,6 +64,13 @@ public sealed class OpProfile
     /// count means the op's output came from memory the allocator had just obtained from the kernel.
     /// </summary>
     public long PageFaults(int site) => _faults[site];
+
+    /// <summary>
+    /// Managed bytes the device's thread allocated while <paramref name="site"/> ran (TorchSharp's handles, shape arrays,
+    /// the runtime's own bookkeeping; not tensor storage, which is native). Small ops are bound by this churn rather than
+    /// their FLOPs, and it is what the garbage collector later pauses for. The op's worker threads are not counted.
+    /// </summary>
+    public long ManagedBytes(int site) => _allocated[site];
 
     // getrusage(RUSAGE_SELF).ru_minflt: Linux only (0 elsewhere). struct rusage: two timevals, then longs; ru_minflt is the 5th.
     [StructLayout(LayoutKind.Sequential)]
@@ -82,4 +95,7 @@ public sealed class OpProfile
 
     /// <summary>Seconds over all sites.</summary>
     public double TotalSeconds => (double)_ticks.Sum() / Stopwatch.Frequency;
+
+    /// <summary>Managed bytes allocated inside ops, over all sites.</summary>
+    public long TotalManagedBytes => _allocated.Sum();
 }
