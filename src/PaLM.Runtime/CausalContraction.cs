@@ -39,17 +39,23 @@ internal static class CausalContraction
     /// </summary>
     public static Tensor RunSoftmaxGrad(string spec, char q, char k, long blocks, long keyAxis, Tensor[] operands)
     {
-        var arrow = spec.Split("->");
-        var ins = arrow[0].Split(',');
-        if (operands.Length != 3 || ins.Length != 3 || ins[2] != arrow[1])
+        var product = s_productOfGrad.GetOrAdd(spec, static spec =>
+        {
+            var arrow = spec.Split("->");
+            var ins = arrow[0].Split(',');
+            return arrow.Length == 2 && ins.Length == 3 && ins[2] == arrow[1] ? $"{ins[0]},{ins[1]}->{arrow[1]}" : null;
+        });
+        if (operands.Length != 3 || product is null)
             throw new ArgumentException($"causal_einsum_softmax_grad: expected two factors and y with the output's subscripts, got '{spec}'");
-        var product = $"{ins[0]},{ins[1]}->{arrow[1]}";
         if (!General && Contraction.TryParse(product, out var plan)
             && plan.RunCausal(operands[0], operands[1], q, k, blocks, new SoftmaxGradEpilogue(operands[2])) is { } direct)
             return direct;
         using var dy = Run(product, q, k, blocks, [operands[0], operands[1]]);
         return RowKernels.SoftmaxGrad(dy, operands[2], keyAxis);
     }
+
+    /// <summary>The two factors' product spec of each softmax-gradient spec seen (parsed once, not per call).</summary>
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, string?> s_productOfGrad = new(StringComparer.Ordinal);
 
     /// <summary>
     /// A two-operand einsum over causal attention's triangle (the IR's <c>causal_einsum</c>), in

@@ -71,17 +71,50 @@ internal sealed class Contraction
     {
         if (_swapped is not null) return _swapped.Run(y, x);
         if (x.dim() != _x.Length || y.dim() != _y.Length) return torch.einsum($"{_x},{_y}->{_out}", x, y);
-        long Size(char c) => _x.IndexOf(c) is var i and >= 0 ? x.shape[i] : y.shape[_y.IndexOf(c)];
-        var (batch, contracted, left, right) = Order(x, y);
-        long B = batch.Aggregate(1L, (n, c) => n * Size(c)), M = left.Aggregate(1L, (n, c) => n * Size(c));
-        long N = right.Aggregate(1L, (n, c) => n * Size(c)), K = contracted.Aggregate(1L, (n, c) => n * Size(c));
+        var size = Sizes(x, y);
+        var (batch, contracted, left, right) = Order(size);
+        long B = size.Product(batch), M = size.Product(left), N = size.Product(right), K = size.Product(contracted);
 
         using var scope = NewDisposeScope();
-        var xm = AsMatrix(x, _x, batch, left, contracted, B, M, K);                 // [B, M, K]
-        var ym = AsMatrix(y, _y, batch, right, contracted, B, N, K).transpose(1, 2);   // [B, K, N]
+        var xm = AsMatrix(x, size.X, _x, batch, left, contracted, B, M, K);                 // [B, M, K]
+        var ym = AsMatrix(y, size.Y, _y, batch, right, contracted, B, N, K).transpose(1, 2);   // [B, K, N]
         var product = Gemm.Matmul(xm, ym);                                          // [B, M, N], on the tuned kernel
-        return InOutputOrder(product, Size, batch, left, right).MoveToOuterDisposeScope();
+        return InOutputOrder(product, size, batch, left, right).MoveToOuterDisposeScope();
     }
+
+    // Shapes and strides are fetched once per call into plain arrays, and the plan's steps are loops: at palm-tiny's
+    // sizes an einsum's managed garbage (7.8 KB a call through Tensor.shape and LINQ) cost more than its product.
+
+    /// <summary>Both operands' shapes and strides, with their subscripts: what a plan reads of its operands.</summary>
+    private readonly record struct Operand(string Spec, long[] Shape, long[] Strides)
+    {
+        public Operand(string spec, Tensor t) : this(spec, Native.TensorMemory.Shape(t), Native.TensorMemory.Strides(t)) { }
+
+        public long Numel
+        {
+            get
+            {
+                long n = 1;
+                foreach (var d in Shape) n *= d;
+                return n;
+            }
+        }
+    }
+
+    /// <summary>Label sizes of one call, read from its operands.</summary>
+    private readonly record struct LabelSizes(Operand X, Operand Y)
+    {
+        public long Of(char c) => X.Spec.IndexOf(c) is var i and >= 0 ? X.Shape[i] : Y.Shape[Y.Spec.IndexOf(c)];
+
+        public long Product(char[] labels)
+        {
+            long n = 1;
+            foreach (var c in labels) n *= Of(c);
+            return n;
+        }
+    }
+
+    private LabelSizes Sizes(Tensor x, Tensor y) => new(new Operand(_x, x), new Operand(_y, y));
 
     /// <summary>
     /// The product with operand <paramref name="joined"/> given as <paramref name="pieces"/> joined along its dim
@@ -102,13 +135,13 @@ internal sealed class Contraction
         var otherSpec = joined == 0 ? _y : _x;
         // A label the other operand has too (a batch label) would pair each piece with all of it: not a join of products.
         if (outAxis < 0 || otherSpec.Contains(label) || pieces.Length == 0 || pieces.Any(p => p.dim() != spec.Length) || other.dim() != otherSpec.Length) return null;
-        long Size(char c) => c == label ? pieces.Sum(p => p.shape[axis])
-            : otherSpec.IndexOf(c) is var i and >= 0 ? other.shape[i] : pieces[0].shape[spec.IndexOf(c)];
+        long Size(char c) => c == label ? pieces.Sum(p => p.size((int)axis))
+            : otherSpec.IndexOf(c) is var i and >= 0 ? other.size(i) : pieces[0].size(spec.IndexOf(c));
         var result = torch.empty([.. _out.Select(Size)], other.dtype, other.device);
         long offset = 0;
         foreach (var piece in pieces)
         {
-            long length = piece.shape[axis];
+            long length = piece.size((int)axis);
             using var slice = result.narrow(outAxis, offset, length);
             var (x, y) = joined == 0 ? (piece, other) : (other, piece);
             if (!TryRunInto(x, y, slice))
@@ -130,21 +163,22 @@ internal sealed class Contraction
     {
         if (_swapped is not null) return _swapped.TryRunInto(y, x, destination);
         if (!Native.Blas.Available || x.dim() != _x.Length || y.dim() != _y.Length || destination.dim() != _out.Length) return false;
-        if (new[] { x, y, destination }.Any(t => t.dtype != ScalarType.Float32 || t.device_type != DeviceType.CPU)) return false;
-        long Size(char c) => _x.IndexOf(c) is var i and >= 0 ? x.shape[i] : y.shape[_y.IndexOf(c)];
+        if (!Fp32OnCpu(x) || !Fp32OnCpu(y) || !Fp32OnCpu(destination)) return false;
+        var size = Sizes(x, y);
         // BLAS writes the whole product: the destination must be exactly its shape, and every pointer within reach.
-        if (Enumerable.Range(0, _out.Length).Any(i => destination.shape[i] != Size(_out[i]))) return false;
-        if (new[] { x, y, destination }.Any(t => Native.TensorMemory.Extent(t) * sizeof(float) > int.MaxValue)) return false;
-        var (batch, contracted, left, right) = Order(x, y);
-        long B = batch.Aggregate(1L, (n, c) => n * Size(c)), M = left.Aggregate(1L, (n, c) => n * Size(c));
-        long N = right.Aggregate(1L, (n, c) => n * Size(c)), K = contracted.Aggregate(1L, (n, c) => n * Size(c));
+        for (int i = 0; i < _out.Length; i++) if (destination.size(i) != size.Of(_out[i])) return false;
+        if (Native.TensorMemory.Extent(x) * sizeof(float) > int.MaxValue || Native.TensorMemory.Extent(y) * sizeof(float) > int.MaxValue
+            || Native.TensorMemory.Extent(destination) * sizeof(float) > int.MaxValue) return false;
+        var (batch, contracted, left, right) = Order(size);
+        long B = size.Product(batch), M = size.Product(left), N = size.Product(right), K = size.Product(contracted);
         if (B == 0 || M == 0 || N == 0 || K == 0) return false;
-        using var arranged = Arrange(destination, _out, batch, left, right);
-        if (MergedStride(arranged, 0, batch.Length) is not { } db || MergedStride(arranged, batch.Length, left.Length) is not { } dm
-            || MergedStride(arranged, batch.Length + left.Length, right.Length) is not { } dn || dn != 1 && N > 1 || dm < N && M > 1) return false;
+        var dest = new Operand(_out, destination);
+        var dims = Dims(_out, batch, left, right);
+        if (MergedStride(dest, dims, 0, batch.Length) is not { } db || MergedStride(dest, dims, batch.Length, left.Length) is not { } dm
+            || MergedStride(dest, dims, batch.Length + left.Length, right.Length) is not { } dn || dn != 1 && N > 1 || dm < N && M > 1) return false;
         using var scope = NewDisposeScope();
-        var xm = Readable(AsMatrix(x, _x, batch, left, contracted, B, M, K));   // [B, M, K]
-        var ym = Readable(AsMatrix(y, _y, batch, right, contracted, B, N, K));  // [B, N, K]
+        var xm = Readable(AsMatrix(x, size.X, _x, batch, left, contracted, B, M, K));   // [B, M, K]
+        var ym = Readable(AsMatrix(y, size.Y, _y, batch, right, contracted, B, N, K));  // [B, N, K]
         float* xp = (float*)Native.TensorMemory.FirstElement(xm), yp = (float*)Native.TensorMemory.FirstElement(ym);
         float* dp = (float*)Native.TensorMemory.FirstElement(destination);
         for (long b = 0; b < B; b++)
@@ -156,15 +190,23 @@ internal sealed class Contraction
         return true;
     }
 
-    /// <summary>The stride of dims [from, from + count) of <paramref name="t"/> merged into one (size-1 dims ignored; 1
-    /// for none), or null when they do not merge: each must step over exactly the next one's extent.</summary>
-    private static long? MergedStride(Tensor t, int from, int count)
+    private static bool Fp32OnCpu(Tensor t) => t.dtype == ScalarType.Float32 && t.device_type == DeviceType.CPU;
+
+    /// <summary>The stride of dims <c>dims[from..from + count]</c> of <paramref name="t"/> merged into one (size-1 dims
+    /// ignored; 1 for none), or null when they do not merge: each must step over exactly the next one's extent.</summary>
+    private static long? MergedStride(Operand t, long[] dims, int from, int count)
     {
-        var dims = Enumerable.Range(from, count).Where(d => t.shape[d] != 1).ToArray();
-        if (dims.Length == 0) return 1;
-        for (int i = 0; i + 1 < dims.Length; i++)
-            if (t.stride(dims[i]) != t.stride(dims[i + 1]) * t.shape[dims[i + 1]]) return null;
-        return t.stride(dims[^1]);
+        long? merged = null;
+        long inner = 0;
+        for (int i = from + count - 1; i >= from; i--)
+        {
+            long d = dims[i];
+            if (t.Shape[d] == 1) continue;
+            if (merged is null) merged = t.Strides[d];
+            else if (t.Strides[d] != inner) return null;
+            inner = t.Strides[d] * t.Shape[d];
+        }
+        return merged ?? 1;
     }
 
     /// <summary>
@@ -195,37 +237,33 @@ internal sealed class Contraction
     {
         if (_swapped is not null) return _swapped.RunCausal(y, x, q, k, blocks, epilogue);
         if (x.dim() != _x.Length || y.dim() != _y.Length || !Native.Blas.Available) return null;
-        if (x.dtype != ScalarType.Float32 || y.dtype != ScalarType.Float32 || x.device_type != DeviceType.CPU || y.device_type != DeviceType.CPU) return null;
-        long Size(char c) => _x.IndexOf(c) is var i and >= 0 ? x.shape[i] : y.shape[_y.IndexOf(c)];
-        var (batch, contracted, left, right) = Order(x, y);
+        if (!Fp32OnCpu(x) || !Fp32OnCpu(y)) return null;
+        var size = Sizes(x, y);
+        var (batch, contracted, left, right) = Order(size);
         bool splitQuery = _out.Contains(q);
         char split = splitQuery ? q : k, other = splitQuery ? k : q;
-        // Where each label sits: 0 rows (left), 1 columns (right), 2 contracted. Each must lead its group, but for labels
-        // of size 1 before it (they add nothing to an index; ties in the memory order can put them first).
-        bool Leads(char[] g, char c) => Array.IndexOf(g, c) is var i and >= 0 && g.Take(i).All(l => Size(l) == 1);
-        int Group(char c) => Leads(left, c) ? 0 : Leads(right, c) ? 1 : Leads(contracted, c) ? 2 : -1;
-        int sg = Group(split), og = Group(other);
+        // Where each label sits: 0 rows (left), 1 columns (right), 2 contracted.
+        int sg = Group(size, split, left, right, contracted), og = Group(size, other, left, right, contracted);
         if (sg is not (0 or 1) || og < 0 || og == sg) return null;
 
-        long Prod(char[] g) => g.Aggregate(1L, (n, c) => n * Size(c));
-        long B = Prod(batch), M = Prod(left), N = Prod(right), K = Prod(contracted);
-        long Q = Size(q), Kk = Size(k), S = Size(split);
+        long B = size.Product(batch), M = size.Product(left), N = size.Product(right), K = size.Product(contracted);
+        long Q = size.Of(q), Kk = size.Of(k), S = size.Of(split);
         if (B == 0 || M == 0 || N == 0 || K == 0) return null;     // nothing to multiply: the general path's zeros
         long[] extent = [M, N, K];
-        long sInner = extent[sg] / S, oInner = extent[og] / Size(other);
+        long sInner = extent[sg] / S, oInner = extent[og] / size.Of(other);
         blocks = Math.Clamp(blocks, 1, S);
         if (epilogue is not null && !(splitQuery && sg == 0 && og == 1 && oInner == 1)) return null;
 
         using var scope = NewDisposeScope();
-        var xm = Readable(AsMatrix(x, _x, batch, left, contracted, B, M, K));   // [B, M, K]
-        var ym = Readable(AsMatrix(y, _y, batch, right, contracted, B, N, K));  // [B, N, K]
+        var xm = Readable(AsMatrix(x, size.X, _x, batch, left, contracted, B, M, K));   // [B, M, K]
+        var ym = Readable(AsMatrix(y, size.Y, _y, batch, right, contracted, B, N, K));  // [B, N, K]
         var product = torch.empty([B, M, N], ScalarType.Float32);
         float* xp = (float*)Native.TensorMemory.FirstElement(xm), yp = (float*)Native.TensorMemory.FirstElement(ym);
         float* cp = (float*)Native.TensorMemory.Address(product);
         long xb = xm.stride(0), xr = xm.stride(1), xc = xm.stride(2), yb = ym.stride(0), yr = ym.stride(1), yc = ym.stride(2);
         // The epilogue's other operands, laid out as the product is ([B, M, N] in the same label order).
-        if (epilogue is not null && !epilogue.Bind(t => Arrange(t, _out, batch, left, right).reshape(B, M, N))) return null;
-        var items = new List<CausalBlockProducts.Item>();
+        if (epilogue is not null && !epilogue.Bind(t => t.permute(Dims(_out, batch, left, right)).reshape(B, M, N))) return null;
+        var items = new List<CausalBlockProducts.Item>((int)Math.Min(blocks * B, 1 << 16));
         for (long bi = 0; bi < blocks; bi++)
         {
             long lo = S * bi / blocks, hi = S * (bi + 1) / blocks;
@@ -243,22 +281,52 @@ internal sealed class Contraction
         GC.KeepAlive(xm);
         GC.KeepAlive(ym);
         GC.KeepAlive(epilogue);
-        return InOutputOrder(product, Size, batch, left, right).MoveToOuterDisposeScope();
+        return InOutputOrder(product, size, batch, left, right).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Where <paramref name="c"/> leads a group of the matrix product: 0 rows (left), 1 columns (right), 2
+    /// contracted, -1 none. Labels of size 1 may come before it (they add nothing to an index; ties in the memory order
+    /// can put them first).</summary>
+    private static int Group(LabelSizes size, char c, char[] left, char[] right, char[] contracted)
+    {
+        static bool Leads(LabelSizes size, char[] g, char c)
+        {
+            foreach (var l in g)
+            {
+                if (l == c) return true;
+                if (size.Of(l) != 1) return false;
+            }
+            return false;
+        }
+        return Leads(size, left, c) ? 0 : Leads(size, right, c) ? 1 : Leads(size, contracted, c) ? 2 : -1;
     }
 
     /// <summary>The matrix product [B, M, N] seen as [batch..., left..., right...], then permuted to the output's order
     /// (views only).</summary>
-    private Tensor InOutputOrder(Tensor product, Func<char, long> size, char[] batch, char[] left, char[] right)
+    private Tensor InOutputOrder(Tensor product, LabelSizes size, char[] batch, char[] left, char[] right)
     {
-        char[] order = [.. batch, .. left, .. right];
-        var result = product.view([.. order.Select(size)]);
-        var perm = _out.Select(c => (long)Array.IndexOf(order, c)).ToArray();
-        return perm.Select((p, i) => p == i).All(b => b) ? result : result.permute(perm);
+        var shape = new long[_out.Length];
+        var perm = new long[_out.Length];
+        int at = 0;
+        foreach (var g in (ReadOnlySpan<char[]>)[batch, left, right])
+            foreach (var c in g) shape[at++] = size.Of(c);
+        bool identity = true;
+        for (int i = 0; i < _out.Length; i++)
+        {
+            char c = _out[i];
+            int j = Array.IndexOf(batch, c);
+            if (j < 0 && (j = Array.IndexOf(left, c)) >= 0) j += batch.Length;
+            else if (j < 0) j = batch.Length + left.Length + Array.IndexOf(right, c);
+            perm[i] = j;
+            identity &= j == i;
+        }
+        var result = product.view(shape);
+        return identity ? result : result.permute(perm);
     }
 
     /// <summary><paramref name="m"/> ([B, R, C]) as it is when BLAS can read each matrix in place, else a contiguous copy.</summary>
     private static Tensor Readable(Tensor m) =>
-        Native.Blas.Readable(m.shape[1], m.shape[2], m.stride(1), m.stride(2)) ? m : m.contiguous();
+        Native.Blas.Readable(m.size(1), m.size(2), m.stride(1), m.stride(2)) ? m : m.contiguous();
 
     /// <summary>
     /// <paramref name="t"/> as [B, F, K] (rows: its free dims, columns: the contracted ones): a view when each group's
@@ -268,64 +336,86 @@ internal sealed class Contraction
     /// slice of the output projections' input gradient, [b, s, h, d] at row stride 3840, as [b, d, s·h]: transposing
     /// it took 7.8 ms a layer on palm-cpu, against 4.9 for the whole product from a dense copy.)
     /// </summary>
-    private static Tensor AsMatrix(Tensor t, string spec, char[] batch, char[] free, char[] contracted, long B, long F, long K)
+    private static Tensor AsMatrix(Tensor t, Operand o, string spec, char[] batch, char[] free, char[] contracted, long B, long F, long K)
     {
-        var arranged = Arrange(t, spec, batch, free, contracted);
-        int nb = batch.Length, nf = free.Length, rank = (int)arranged.dim();
-        if (Mergeable(arranged, [nb, nf, contracted.Length])) return arranged.reshape(B, F, K);
-        var dims = Enumerable.Range(0, rank).Where(d => arranged.shape[d] != 1).ToArray();
-        if (dims.Length == 0) return arranged.reshape(B, F, K);
-        var inner = dims.MinBy(d => arranged.stride(d));
+        var dims = Dims(spec, batch, free, contracted);
+        int nb = batch.Length, nf = free.Length, rank = dims.Length;
+        bool identity = true;
+        for (int i = 0; i < rank; i++) identity &= dims[i] == i;
+        var arranged = identity ? t : t.permute(dims);
+        if (Mergeable(o, dims, [nb, nf, contracted.Length])) return arranged.reshape(B, F, K);
+        // The innermost dim (smallest stride, of size > 1) decides how a copy is laid out.
+        int inner = -1;
+        for (int i = 0; i < rank; i++)
+            if (o.Shape[dims[i]] != 1 && (inner < 0 || o.Strides[dims[i]] < o.Strides[dims[inner]])) inner = i;
         if (inner < nb || inner >= nb + nf) return arranged.reshape(B, F, K);
-        long[] freeLast = [.. Enumerable.Range(0, nb), .. Enumerable.Range(nb + nf, rank - nb - nf), .. Enumerable.Range(nb, nf)];
+        var freeLast = new long[rank];
+        int at = 0;
+        for (int i = 0; i < nb; i++) freeLast[at++] = i;
+        for (int i = nb + nf; i < rank; i++) freeLast[at++] = i;
+        for (int i = nb; i < nb + nf; i++) freeLast[at++] = i;
         return arranged.permute(freeLast).contiguous().reshape(B, K, F).transpose(1, 2);
     }
 
-    private static Tensor Arrange(Tensor t, string spec, char[] batch, char[] free, char[] contracted)
+    /// <summary>The dims of an operand with subscripts <paramref name="spec"/> in the order of the groups given.</summary>
+    private static long[] Dims(string spec, char[] first, char[] second, char[] third)
     {
-        long[] Dims(IEnumerable<char> labels) => [.. labels.Select(c => (long)spec.IndexOf(c))];
-        return t.permute([.. Dims(batch), .. Dims(free), .. Dims(contracted)]);
+        var dims = new long[first.Length + second.Length + third.Length];
+        int at = 0;
+        foreach (var c in first) dims[at++] = spec.IndexOf(c);
+        foreach (var c in second) dims[at++] = spec.IndexOf(c);
+        foreach (var c in third) dims[at++] = spec.IndexOf(c);
+        return dims;
     }
 
     /// <summary>
     /// Each group in memory order: batch and contracted dims as the larger operand lays them out (its copy would cost
     /// more), free dims as their own operand does.
     /// </summary>
-    private (char[] Batch, char[] Contracted, char[] Left, char[] Right) Order(Tensor x, Tensor y)
+    private (char[] Batch, char[] Contracted, char[] Left, char[] Right) Order(LabelSizes size)
     {
-        var (big, bigSpec) = x.numel() >= y.numel() ? (x, _x) : (y, _y);
-        return (ByMemory(_batch, big, bigSpec), ByMemory(_contracted, big, bigSpec), ByMemory(_left, x, _x), ByMemory(_right, y, _y));
+        var big = size.X.Numel >= size.Y.Numel ? size.X : size.Y;
+        return (ByMemory(_batch, big), ByMemory(_contracted, big), ByMemory(_left, size.X), ByMemory(_right, size.Y));
     }
 
     /// <summary>Whether <see cref="Run"/> reads both operands in place (no copy to rearrange either): for tests.</summary>
     internal bool ReadsInPlace(Tensor x, Tensor y)
     {
         if (_swapped is not null) return _swapped.ReadsInPlace(y, x);
-        var (batch, contracted, left, right) = Order(x, y);
-        int[] Runs(char[] free) => [batch.Length, free.Length, contracted.Length];
-        return Mergeable(Arrange(x, _x, batch, left, contracted), Runs(left))
-            && Mergeable(Arrange(y, _y, batch, right, contracted), Runs(right));
+        var size = Sizes(x, y);
+        var (batch, contracted, left, right) = Order(size);
+        return Mergeable(size.X, Dims(_x, batch, left, contracted), [batch.Length, left.Length, contracted.Length])
+            && Mergeable(size.Y, Dims(_y, batch, right, contracted), [batch.Length, right.Length, contracted.Length]);
     }
 
-    /// <summary>Whether each consecutive run of dims (of the given lengths) can merge into one dim as a view.</summary>
-    private static bool Mergeable(Tensor t, int[] runs)
+    /// <summary>Whether each consecutive run of <paramref name="dims"/> (of the given lengths) can merge into one dim as
+    /// a view of <paramref name="t"/>.</summary>
+    private static bool Mergeable(Operand t, long[] dims, ReadOnlySpan<int> runs)
     {
-        var shape = t.shape;
-        var strides = t.stride();
         int d = 0;
         foreach (var run in runs)
         {
-            for (int i = d; i < d + run - 1; i++)
-                if (shape[i] != 1 && shape[i + 1] != 1 && strides[i] != strides[i + 1] * shape[i + 1]) return false;
+            if (MergedStride(t, dims, d, run) is null) return false;
             d += run;
         }
         return true;
     }
 
-    /// <summary><paramref name="labels"/> sorted by decreasing stride in <paramref name="t"/> (its memory order).</summary>
-    private static char[] ByMemory(char[] labels, Tensor t, string spec)
+    /// <summary><paramref name="labels"/> sorted by decreasing stride in <paramref name="t"/> (its memory order; labels it
+    /// lacks count as stride 0; ties keep the labels' order).</summary>
+    private static char[] ByMemory(char[] labels, Operand t)
     {
-        var strides = t.stride();
-        return [.. labels.OrderByDescending(c => spec.IndexOf(c) is var i and >= 0 ? strides[i] : 0).ThenBy(c => Array.IndexOf(labels, c))];
+        if (labels.Length == 0) return labels;
+        long Stride(char c) => t.Spec.IndexOf(c) is var i and >= 0 ? t.Strides[i] : 0;
+        var sorted = (char[])labels.Clone();
+        for (int i = 1; i < sorted.Length; i++)
+        {
+            char c = sorted[i];
+            long s = Stride(c);
+            int j = i;
+            for (; j > 0 && Stride(sorted[j - 1]) < s; j--) sorted[j] = sorted[j - 1];
+            sorted[j] = c;
+        }
+        return sorted;
     }
 }

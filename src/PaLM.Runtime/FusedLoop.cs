@@ -26,29 +26,31 @@ public delegate void LoopKernel(LoopChunk chunk);
 /// </summary>
 public sealed unsafe class LoopChunk
 {
-    private readonly float*[] _in;
-    private readonly float*[] _out;
-    private readonly float[] _scalars;
-    private readonly float[][] _temps;
-    private readonly LeadRows? _leads;
+    private float*[] _in = [];
+    private float*[] _out = [];
+    private int _inputs, _outputs;
+    private float[] _scalars = [];
+    private List<float[]> _temps = [];
+    private LeadRows? _leads;
     private long _row;
     private int _tempOffset;
 
-    internal LoopChunk(int inputs, int outputs, float[] scalars, int temps, LeadRows? leads = null)
-    {
-        (_in, _out, _scalars, _leads) = (new float*[inputs], new float*[outputs], scalars, leads);
-        _temps = Scratch(temps);
-    }
+    private LoopChunk() { }
 
-    // Scratch slots kept per thread (a team worker runs one chunk at a time, and kernels never start another loop):
-    // a new 64 KiB array per slot per call was zeroed on every call, most of a small loop's time.
-    [ThreadStatic] private static List<float[]>? t_scratch;
+    // One chunk object per thread, its pointer arrays and scratch slots kept between loops (a team worker runs one
+    // chunk at a time, and kernels never start another loop): a new 64 KiB array per slot per call was zeroed on every
+    // call, most of a small loop's time, and the rest was managed garbage.
+    [ThreadStatic] private static LoopChunk? t_chunk;
 
-    private static float[][] Scratch(int count)
+    /// <summary>This thread's chunk, set up for a loop with these operands, results, scalars, scratch slots and leads.</summary>
+    internal static LoopChunk ForThread(int inputs, int outputs, float[] scalars, int temps, LeadRows? leads = null)
     {
-        var pool = t_scratch ??= [];
-        while (pool.Count < count) pool.Add(new float[FusedLoop.ChunkElements]);
-        return pool.GetRange(0, count).ToArray();
+        var c = t_chunk ??= new LoopChunk();
+        if (c._in.Length < inputs) c._in = new float*[inputs];
+        if (c._out.Length < outputs) c._out = new float*[outputs];
+        while (c._temps.Count < temps) c._temps.Add(new float[FusedLoop.ChunkElements]);
+        (c._inputs, c._outputs, c._scalars, c._leads) = (inputs, outputs, scalars, leads);
+        return c;
     }
 
     /// <summary>Elements in this chunk.</summary>
@@ -58,8 +60,8 @@ public sealed unsafe class LoopChunk
     /// its own rows (<see cref="FusedLoop"/>'s row layout), for <paramref name="length"/> elements.</summary>
     internal void MoveTo(RowOperand[] inputs, RowOperand[] outputs, long row, long column, int length)
     {
-        for (int i = 0; i < _in.Length; i++) _in[i] = inputs[i].At(row, column);
-        for (int i = 0; i < _out.Length; i++) _out[i] = outputs[i].At(row, column);
+        for (int i = 0; i < _inputs; i++) _in[i] = inputs[i].At(row, column);
+        for (int i = 0; i < _outputs; i++) _out[i] = outputs[i].At(row, column);
         Length = length;
         _row = row;
         _tempOffset = 0;
@@ -70,8 +72,8 @@ public sealed unsafe class LoopChunk
     public void Skip(int count)
     {
         if ((uint)count > (uint)Length) throw new ArgumentOutOfRangeException(nameof(count));
-        for (int i = 0; i < _in.Length; i++) _in[i] += count;
-        for (int i = 0; i < _out.Length; i++) _out[i] += count;
+        for (int i = 0; i < _inputs; i++) _in[i] += count;
+        for (int i = 0; i < _outputs; i++) _out[i] += count;
         _tempOffset += count;
         Length -= count;
     }
@@ -156,15 +158,16 @@ public static class FusedLoop
     public static Tensor[] Run(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, Tensor[] leads, int[] donors, Tensor?[]? destinations = null)
     {
         if (inputs.Length == 0) throw new ArgumentException("a fused loop needs at least one full-size operand", nameof(inputs));
-        var shape = inputs[0].shape;
+        // Plain loops, no LINQ and no Tensor.shape here: at palm-tiny's sizes the managed garbage of this set-up (4.7 KB a
+        // call before) cost more than the loop, and set the garbage collector's pace for the whole step.
+        var shape = TensorMemory.Shape(inputs[0]);
         long n = inputs[0].numel();
-        foreach (var t in inputs.Concat(scalars))
-            if (t.dtype != ScalarType.Float32 || t.device_type != DeviceType.CPU)
-                throw new NotSupportedException($"fused loop: operands must be float32 on the CPU, got {t.dtype} on {t.device_type}");
+        foreach (var t in inputs) CheckOperand(t);
+        foreach (var t in scalars) CheckOperand(t);
         foreach (var t in inputs)
-            if (!t.shape.SequenceEqual(shape)) throw new ArgumentException($"fused loop: operand shapes differ: [{string.Join(", ", shape)}] and [{string.Join(", ", t.shape)}]");
+            if (!TensorMemory.HasShape(t, shape)) throw new ArgumentException($"fused loop: operand shapes differ: [{string.Join(", ", shape)}] and [{string.Join(", ", t.shape)}]");
         foreach (var t in leads)
-            if (t.dtype != ScalarType.Float32 || t.device_type != DeviceType.CPU || t.dim() == 0 || t.dim() >= shape.Length || !t.shape.SequenceEqual(shape.Take((int)t.dim())))
+            if (t.dtype != ScalarType.Float32 || t.device_type != DeviceType.CPU || t.dim() == 0 || t.dim() >= shape.Length || !TensorMemory.HasShape(t, shape.AsSpan(0, (int)t.dim())))
                 throw new ArgumentException($"fused loop: a lead operand must be float32 on the CPU over the first dims of [{string.Join(", ", shape)}], got {t.dtype} [{string.Join(", ", t.shape)}]");
         if (leads.Length > 0) return RunWithLeads(kernel, temps, inputs, scalars, leads, donors, destinations, shape, n);
 
@@ -173,34 +176,47 @@ public static class FusedLoop
         // read in place, others are read as strided rows or copied into that order, and new results are made in it.
         // Layouts are judged from each tensor's strides, fetched once: at palm-tiny's sizes a loop's own work is a few
         // microseconds, and a view made per check cost more than that.
-        var inputStrides = inputs.Select(t => t.stride()).ToArray();
-        var order = MemoryOrder(inputStrides.FirstOrDefault(st => InOrder(shape, st, MemoryOrder(st))) ?? inputStrides[0]);
-        var results = Results(inputs, inputStrides, donors, destinations, shape, order);
+        var strides = new long[inputs.Length + donors.Length][];
+        for (int i = 0; i < inputs.Length; i++) strides[i] = TensorMemory.Strides(inputs[i]);
+        long[]? order = null;
+        for (int i = 0; i < inputs.Length && order is null; i++)
+            if (MemoryOrder(strides[i]) is var o && InOrder(shape, strides[i], o)) order = o;
+        order ??= MemoryOrder(strides[0]);
+        var results = Results(inputs, strides, donors, destinations, shape, order);
         if (n == 0) return results;
-        var values = scalars.Select(s => s.item<float>()).ToArray();
-        var all = inputs.Concat(results).ToArray();
-        var strides = inputStrides.Concat(results.Select(t => t.stride())).ToArray();
-        if (strides.All(st => InOrder(shape, st, order)))
+        var values = ScalarValues(scalars);
+        bool dense = true;
+        for (int i = 0; i < results.Length; i++) strides[inputs.Length + i] = TensorMemory.Strides(results[i]);
+        foreach (var st in strides) dense &= InOrder(shape, st, order);
+        if (dense)
         {
             LaunchDense(kernel, temps, inputs, results, values, n);
             return results;
         }
+        var all = new Tensor[inputs.Length + results.Length];
+        inputs.CopyTo(all, 0);
+        results.CopyTo(all, inputs.Length);
         var owned = new List<Tensor>();
         try
         {
             if (RowLayout(shape, strides, order) is { Columns: >= MinRowElements } layout)
             {
                 var (rows, columns, rowStrides) = layout;
-                var operands = all.Select((t, i) => new RowOperand(Native.TensorMemory.FirstElement(t), rowStrides[i])).ToArray();
+                var operands = new RowOperand[all.Length];
+                for (int i = 0; i < all.Length; i++) operands[i] = new RowOperand(TensorMemory.FirstElement(all[i]), rowStrides[i]);
                 Launch(kernel, temps, operands[..inputs.Length], operands[inputs.Length..], values, rows, columns);
                 GC.KeepAlive(all);
                 return results;
             }
             // Operands the loop cannot walk in place are copied into its order; a destination it cannot walk in place
             // gets the result of a loop into a new buffer, copied in.
-            var dense = inputs.Select((t, i) => InOrder(shape, strides[i], order) ? t : Own(t.permute(order).contiguous(), owned)).ToArray();
-            var written = results.Select((t, i) => InOrder(shape, strides[inputs.Length + i], order) ? t : Own(EmptyInOrder(shape, order), owned)).ToArray();
-            LaunchDense(kernel, temps, dense, written, values, n);
+            var denseIn = new Tensor[inputs.Length];
+            for (int i = 0; i < inputs.Length; i++)
+                denseIn[i] = InOrder(shape, strides[i], order) ? inputs[i] : Own(inputs[i].permute(order).contiguous(), owned);
+            var written = new Tensor[results.Length];
+            for (int i = 0; i < results.Length; i++)
+                written[i] = InOrder(shape, strides[inputs.Length + i], order) ? results[i] : Own(EmptyInOrder(shape, order), owned);
+            LaunchDense(kernel, temps, denseIn, written, values, n);
             for (int i = 0; i < results.Length; i++)
                 if (!ReferenceEquals(written[i], results[i])) results[i].copy_(written[i]);
         }
@@ -211,16 +227,32 @@ public static class FusedLoop
         return results;
     }
 
+    private static void CheckOperand(Tensor t)
+    {
+        if (t.dtype != ScalarType.Float32 || t.device_type != DeviceType.CPU)
+            throw new NotSupportedException($"fused loop: operands must be float32 on the CPU, got {t.dtype} on {t.device_type}");
+    }
+
+    private static float[] ScalarValues(Tensor[] scalars)
+    {
+        if (scalars.Length == 0) return [];
+        var values = new float[scalars.Length];
+        for (int i = 0; i < values.Length; i++) values[i] = scalars[i].item<float>();
+        return values;
+    }
+
     /// <summary>The loop over <paramref name="n"/> elements of operands and results that are all dense in the loop's
     /// order (element i of each lies i floats after its first), in segments of at most <see cref="SegmentElements"/>.</summary>
     private static void LaunchDense(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] results, float[] values, long n)
     {
-        var ins = inputs.Select(Native.TensorMemory.FirstElement).ToArray();
-        var outs = results.Select(Native.TensorMemory.FirstElement).ToArray();
+        var ins = new RowOperand[inputs.Length];
+        var outs = new RowOperand[results.Length];
         for (long start = 0; start < n; start += SegmentElements)
         {
-            RowOperand[] At(nint[] bases) => [.. bases.Select(b => new RowOperand(b + (nint)(start * sizeof(float)), 0))];
-            Launch(kernel, temps, At(ins), At(outs), values, 1, Math.Min(SegmentElements, n - start));
+            nint offset = (nint)(start * sizeof(float));
+            for (int i = 0; i < ins.Length; i++) ins[i] = new RowOperand(TensorMemory.FirstElement(inputs[i]) + offset, 0);
+            for (int i = 0; i < outs.Length; i++) outs[i] = new RowOperand(TensorMemory.FirstElement(results[i]) + offset, 0);
+            Launch(kernel, temps, ins, outs, values, 1, Math.Min(SegmentElements, n - start));
         }
         GC.KeepAlive(inputs);
         GC.KeepAlive(results);
@@ -231,7 +263,7 @@ public static class FusedLoop
     private static Tensor[] RunWithLeads(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] scalars, Tensor[] leads, int[] donors, Tensor?[]? destinations, long[] shape, long n)
     {
         long[] order = [.. Enumerable.Range(0, shape.Length).Select(d => (long)d)];
-        var results = Results(inputs, [.. inputs.Select(t => t.stride())], donors, destinations, shape, order);
+        var results = Results(inputs, [.. inputs.Select(TensorMemory.Strides)], donors, destinations, shape, order);
         if (n == 0) return results;
         var values = scalars.Select(s => s.item<float>()).ToArray();
         var leadValues = leads.Select(l =>
@@ -284,12 +316,17 @@ public static class FusedLoop
 
     /// <summary>Where each result goes: its destination (a slice of a join), else the donated operand when that is laid
     /// out in the loop's order, else a new tensor in that order.</summary>
-    private static Tensor[] Results(Tensor[] inputs, long[][] strides, int[] donors, Tensor?[]? destinations, long[] shape, long[] order) =>
-        [.. donors.Select((donor, i) => destinations?[i] is { } d ? CheckDestination(d, shape)
-            : donor >= 0 && InOrder(shape, strides[donor], order) ? inputs[donor] : EmptyInOrder(shape, order))];
+    private static Tensor[] Results(Tensor[] inputs, long[][] strides, int[] donors, Tensor?[]? destinations, long[] shape, long[] order)
+    {
+        var results = new Tensor[donors.Length];
+        for (int i = 0; i < donors.Length; i++)
+            results[i] = destinations?[i] is { } d ? CheckDestination(d, shape)
+                : donors[i] >= 0 && InOrder(shape, strides[donors[i]], order) ? inputs[donors[i]] : EmptyInOrder(shape, order);
+        return results;
+    }
 
     private static Tensor CheckDestination(Tensor d, long[] shape) =>
-        d.dtype == ScalarType.Float32 && d.device_type == DeviceType.CPU && d.shape.SequenceEqual(shape) ? d
+        d.dtype == ScalarType.Float32 && d.device_type == DeviceType.CPU && TensorMemory.HasShape(d, shape) ? d
             : throw new ArgumentException($"fused loop: a destination must be float32 on the CPU of shape [{string.Join(", ", shape)}], got {d.dtype} [{string.Join(", ", d.shape)}]");
 
     /// <summary>
@@ -328,8 +365,18 @@ public static class FusedLoop
     }
 
     /// <summary>The dims from the largest stride to the smallest (ties keep dim order).</summary>
-    private static long[] MemoryOrder(long[] strides) =>
-        [.. Enumerable.Range(0, strides.Length).OrderByDescending(d => strides[d]).ThenBy(d => d).Select(d => (long)d)];
+    private static long[] MemoryOrder(long[] strides)
+    {
+        var order = new long[strides.Length];
+        for (int i = 0; i < order.Length; i++)
+        {
+            // Insertion sort, stable: a dim moves before earlier dims only past a strictly smaller stride.
+            int j = i;
+            for (; j > 0 && strides[order[j - 1]] < strides[i]; j--) order[j] = order[j - 1];
+            order[j] = i;
+        }
+        return order;
+    }
 
     /// <summary>Whether a tensor of <paramref name="shape"/> with <paramref name="strides"/>, its dims taken in
     /// <paramref name="order"/>, is contiguous (size-1 dims ignored), as <c>t.permute(order).is_contiguous()</c>.</summary>
@@ -346,12 +393,17 @@ public static class FusedLoop
         return true;
     }
 
-    private static bool InOrder(Tensor t, long[] order) => InOrder(t.shape, t.stride(), order);
+    private static bool InOrder(Tensor t, long[] order) => InOrder(TensorMemory.Shape(t), TensorMemory.Strides(t), order);
+
     private static Tensor EmptyInOrder(long[] shape, long[] order)
     {
+        bool identity = true;
+        for (int i = 0; i < order.Length; i++) identity &= order[i] == i;
+        if (identity) return torch.empty(shape, ScalarType.Float32);
         var inverse = new long[order.Length];
-        for (int i = 0; i < order.Length; i++) inverse[order[i]] = i;
-        using var dense = torch.empty([.. order.Select(d => shape[d])], ScalarType.Float32);
+        var sizes = new long[order.Length];
+        for (int i = 0; i < order.Length; i++) (inverse[order[i]], sizes[i]) = (i, shape[order[i]]);
+        using var dense = torch.empty(sizes, ScalarType.Float32);
         return dense.permute(inverse);
     }
 
@@ -384,7 +436,7 @@ public static class FusedLoop
     {
         protected override void Run(int worker, int workers)
         {
-            var chunk = new LoopChunk(ins.Length, outs.Length, scalars, temps, leads);
+            var chunk = LoopChunk.ForThread(ins.Length, outs.Length, scalars, temps, leads);
             long first = chunks * worker / workers, last = chunks * (worker + 1) / workers;
             for (long c = first; c < last; c++)
             {

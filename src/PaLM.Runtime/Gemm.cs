@@ -157,7 +157,7 @@ public static class Gemm
     {
         if (kernel == GemmKernel.Blas || a.numel() == 0 || b.numel() == 0) return torch.matmul(a, b);
         var batched = a.dim() == 3;
-        long g = batched ? a.shape[0] : 1, m = a.shape[^2], k = a.shape[^1], n = b.shape[^1];
+        long g = batched ? a.size(0) : 1, m = a.size(-2), k = a.size(-1), n = b.size(-1);
         // oneDNN reads plain NCHW tensors in place and reorders them to its blocked formats itself; other strides
         // would take libtorch's channels-last path, measured 2-3x slower, so a strided operand is copied first.
         using var scope = NewDisposeScope();
@@ -171,9 +171,9 @@ public static class Gemm
     public static string Name(GemmKernel kernel) => kernel == GemmKernel.Blas ? "blas" : "onednn";
 
     private static bool Applies(Tensor a, Tensor b) =>
-        a.dim() == 3 && b.dim() == 3 && a.shape[0] == b.shape[0] && a.dtype == ScalarType.Float32 && b.dtype == ScalarType.Float32
-        && a.device_type == DeviceType.CPU && 2.0 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] >= MinFlops;
+        a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.dtype == ScalarType.Float32 && b.dtype == ScalarType.Float32
+        && a.device_type == DeviceType.CPU && 2.0 * a.size(0) * a.size(1) * a.size(2) * b.size(2) >= MinFlops;
 
     private static Signature SignatureOf(Tensor a, Tensor b) =>
-        new(a.shape[0], a.shape[1], a.shape[2], b.shape[2], a.stride(2) == 1, b.stride(2) == 1, a.is_contiguous(), b.is_contiguous());
+        new(a.size(0), a.size(1), a.size(2), b.size(2), a.stride(2) == 1, b.stride(2) == 1, a.is_contiguous(), b.is_contiguous());
 }

@@ -33,7 +33,7 @@ public static class RowKernels
     /// <summary>The softmax's VJP along <paramref name="axis"/>: y · (dy − Σ dy·y), y the softmax's result.</summary>
     public static Tensor SoftmaxGrad(Tensor dy, Tensor y, long axis)
     {
-        if (!dy.shape.SequenceEqual(y.shape) || ResultLike(y, axis, dy, y) is not { } dx)
+        if (!TensorMemory.SameShape(dy, y) || ResultLike(y, axis, dy, y) is not { } dx)
         {
             using var scope = NewDisposeScope();
             return (y * (dy - (dy * y).sum(axis, keepdim: true))).MoveToOuterDisposeScope();
@@ -54,8 +54,8 @@ public static class RowKernels
     public static Tensor? LayerNormDScale(Tensor dy, Tensor x, double eps)
     {
         var axis = x.dim() - 1;
-        if (axis < 0 || !dy.shape.SequenceEqual(x.shape) || !Applies(axis, dy, x)) return null;
-        long length = x.shape[axis], rows = x.numel() / length;
+        if (axis < 0 || !TensorMemory.SameShape(dy, x) || !Applies(axis, dy, x)) return null;
+        long length = x.size((int)axis), rows = x.numel() / length;
         // The partials come from the shared pool: at palm-cpu's size (32 blocks of 768) a new array each call would be a
         // large-object allocation, on fresh pages every time.
         long blocks = (rows + ScaleBlockRows - 1) / ScaleBlockRows;
@@ -165,7 +165,7 @@ public static class RowKernels
     public static Tensor? LayerNormDx(Tensor dy, Tensor x, Tensor scale, double eps)
     {
         var axis = x.dim() - 1;
-        if (axis < 0 || !dy.shape.SequenceEqual(x.shape) || scale.dim() != 1 || scale.shape[0] != x.shape[axis]
+        if (axis < 0 || !TensorMemory.SameShape(dy, x) || scale.dim() != 1 || scale.size(0) != x.size((int)axis)
             || !Applies(0, scale) || ResultLike(x, axis, dy, x) is not { } dx) return null;
         Run(new LayerNormDxRows(Rows.Of(dy, axis), Rows.Of(x, axis), Rows.Of(scale, 0), Rows.Of(dx, axis), (float)eps), x, dy, x, scale);
         return dx;
@@ -183,9 +183,9 @@ public static class RowKernels
     /// </summary>
     public static Tensor? Rope(Tensor x, long seqAxis, long featureAxis, bool inverse)
     {
-        long k = x.shape[featureAxis];
+        long k = x.size((int)featureAxis);
         if (k % 2 != 0 || seqAxis == featureAxis || ResultLike(x, featureAxis, x) is not { } y) return null;
-        var (cos, sin) = s_ropeRows.GetOrAdd((x.shape[seqAxis], k), key => new Lazy<(float[], float[])>(() => RopeRowTables(key.S, key.K))).Value;
+        var (cos, sin) = s_ropeRows.GetOrAdd((x.size((int)seqAxis), k), key => new Lazy<(float[], float[])>(() => RopeRowTables(key.S, key.K))).Value;
         Run(new RopeRows(Rows.Of(x, featureAxis), Rows.Of(y, featureAxis), (int)seqAxis, cos, sin, inverse), x, x);
         return y;
     }
@@ -226,15 +226,19 @@ public static class RowKernels
         return null;
     }
 
-    private static bool Applies(long axis, params Tensor[] ts) =>
-        ts.All(t => t.dtype == ScalarType.Float32 && t.device_type == DeviceType.CPU && t.dim() <= 8 && t.numel() > 0
-            && t.stride((int)axis) == 1 && Rows.Extent(t) * 4 <= int.MaxValue);
+    private static bool Applies(long axis, params Tensor[] ts)
+    {
+        foreach (var t in ts)
+            if (!(t.dtype == ScalarType.Float32 && t.device_type == DeviceType.CPU && t.dim() <= 8 && t.numel() > 0
+                && t.stride((int)axis) == 1 && Rows.Extent(t) * 4 <= int.MaxValue)) return false;
+        return true;
+    }
 
     /// <summary>Runs <paramref name="work"/> over the rows of <paramref name="x"/>, keeping <paramref name="operands"/>
     /// alive until it is done: the kernels hold only raw pointers into them.</summary>
     private static void Run(RowWork work, Tensor x, params Tensor[] operands)
     {
-        long rows = x.numel() / x.shape[work.Axis];
+        long rows = x.numel() / x.size(work.Axis);
         OpenMpTeam.Run(work, Math.Min(OpenMpTeam.ThreadsFor(x.numel(), torch.get_num_threads()), (int)Math.Clamp(rows / 64, 1, 256)));
         GC.KeepAlive(operands);
     }
@@ -254,8 +258,7 @@ public static class RowKernels
 
         public static Rows Of(Tensor t, long axis, long query = -1)
         {
-            var strides = Enumerable.Range(0, (int)t.dim()).Select(d => t.stride(d)).ToArray();
-            return new Rows((float*)Native.TensorMemory.FirstElement(t), t.shape, strides, (int)axis, (int)query);
+            return new Rows((float*)TensorMemory.FirstElement(t), TensorMemory.Shape(t), TensorMemory.Strides(t), (int)axis, (int)query);
         }
 
         public int Length => (int)Shape[Axis];
@@ -270,7 +273,9 @@ public static class RowKernels
 
         protected override unsafe void Run(int worker, int workers)
         {
-            long rows = shape.Aggregate(1L, (a, b) => a * b) / shape[Axis];
+            long rows = 1;
+            foreach (var n in shape) rows *= n;
+            rows /= shape[Axis];
             long first = rows * worker / workers, last = rows * (worker + 1) / workers;
             // An odometer over the dims other than the row dim, started at row `first`.
             var index = new long[shape.Length];

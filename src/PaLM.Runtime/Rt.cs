@@ -224,7 +224,7 @@ public static class Rt
         long offset = 0;
         foreach (var x in xs)
         {
-            var length = x.shape[axis];
+            var length = x.size((int)axis);
             using var slice = join.narrow(axis, offset, length);
             if (!IsSameView(slice, x)) slice.copy_(x);
             offset += length;
@@ -234,9 +234,14 @@ public static class Rt
 
     /// <summary>Whether two tensors are the same elements of the same memory: same shape, strides and first element.</summary>
     private static bool IsSameView(Tensor a, Tensor b) =>
-        a.dtype == b.dtype && a.device_type == DeviceType.CPU && b.device_type == DeviceType.CPU && a.shape.SequenceEqual(b.shape)
-        && Enumerable.Range(0, (int)a.dim()).All(d => a.shape[d] == 1 || a.stride(d) == b.stride(d))
-        && a.numel() > 0 && Native.TensorMemory.FirstElement(a) == Native.TensorMemory.FirstElement(b);
+        a.dtype == b.dtype && a.device_type == DeviceType.CPU && b.device_type == DeviceType.CPU && Native.TensorMemory.SameShape(a, b)
+        && SameStrides(a, b) && a.numel() > 0 && Native.TensorMemory.FirstElement(a) == Native.TensorMemory.FirstElement(b);
+
+    private static bool SameStrides(Tensor a, Tensor b)
+    {
+        for (int d = 0, rank = (int)a.dim(); d < rank; d++) if (a.size(d) != 1 && a.stride(d) != b.stride(d)) return false;
+        return true;
+    }
 
     /// <summary>x under a new handle (a layout constraint has no runtime effect on one device).</summary>
     public static Tensor Identity(Tensor x) => x.alias();
@@ -329,7 +334,6 @@ public static class Rt
     /// <summary>Splits along <paramref name="axis"/> into pieces of the given sizes.</summary>
     public static Tensor[] Split(Tensor x, long axis, long[] sizes) => x.split(sizes, axis);
 
-    /// <summary>Concatenates along <paramref name="axis"/>.</summary>
     /// <summary>Joins <paramref name="xs"/> along <paramref name="axis"/>.</summary>
     /// <remarks>
     /// Pieces that are all the same permutation of contiguous tensors (transposed weights, as the fusion pass's
@@ -346,7 +350,9 @@ public static class Rt
             var inverse = new long[order.Length];
             for (int i = 0; i < order.Length; i++) inverse[order[i]] = i;
             using var scope = NewDisposeScope();
-            var joined = torch.cat(xs.Select(x => x.permute(order)).ToArray(), at);
+            var permuted = new Tensor[xs.Length];
+            for (int i = 0; i < xs.Length; i++) permuted[i] = xs[i].permute(order);
+            var joined = torch.cat(permuted, at);
             return joined.permute(inverse).MoveToOuterDisposeScope();
         }
         return torch.cat(xs, axis);
@@ -358,23 +364,40 @@ public static class Rt
     /// </summary>
     internal static long[]? MemoryOrder(Tensor[] xs)
     {
-        if (xs.Length == 0 || xs.All(x => x.is_contiguous())) return null;
-        var rank = xs[0].dim();
+        bool contiguous = true;
+        foreach (var x in xs) contiguous &= x.is_contiguous();
+        if (contiguous) return null;
+        int rank = (int)xs[0].dim();
         if (rank < 2) return null;
         long[]? order = null;
         foreach (var x in xs)
         {
-            var strides = x.stride();
-            var shape = x.shape;
+            if (x.dim() != rank) return null;
+            var shape = Native.TensorMemory.Shape(x);
+            var strides = Native.TensorMemory.Strides(x);
             // Decreasing stride; size-1 dims have arbitrary strides, so they keep their logical place among equals.
-            var o = Enumerable.Range(0, (int)rank).Select(i => (long)i)
-                .OrderByDescending(i => shape[i] == 1 ? long.MaxValue : strides[i]).ThenBy(i => i).ToArray();
+            long Key(long d) => shape[d] == 1 ? long.MaxValue : strides[d];
+            var o = new long[rank];
+            for (int i = 0; i < rank; i++)
+            {
+                int j = i;
+                for (; j > 0 && Key(o[j - 1]) < Key(i); j--) o[j] = o[j - 1];
+                o[j] = i;
+            }
             if (order is null) order = o;
-            else if (!o.SequenceEqual(order)) return null;
-            using var p = x.permute(o);
-            if (!p.is_contiguous()) return null;
+            else if (!o.AsSpan().SequenceEqual(order)) return null;
+            // Contiguous in that order: each dim (size-1 ones aside) steps over exactly the ones inside it.
+            long expected = 1;
+            for (int i = rank - 1; i >= 0; i--)
+            {
+                long d = o[i];
+                if (shape[d] == 1) continue;
+                if (strides[d] != expected) return null;
+                expected *= shape[d];
+            }
         }
-        return order!.Select((d, i) => d == i).All(b => b) ? null : order;
+        for (int i = 0; i < rank; i++) if (order![i] != i) return order;
+        return null;
     }
 
     /// <summary>An uninitialized tensor (a buffer every element of which is written before it is read).</summary>
@@ -477,17 +500,38 @@ public static class Rt
     /// cast back to x's dtype.</summary>
     private static Tensor WideSumSquares(Tensor x, long[] axes, bool mean)
     {
-        var rank = x.dim();
-        var reduced = axes.Select(a => a < 0 ? a + rank : a).Distinct().Order().ToArray();
-        var kept = Enumerable.Range(0, (int)rank).Select(i => (long)i).Where(i => !reduced.Contains(i)).ToArray();
-        long rows = kept.Aggregate(1L, (n, d) => n * x.shape[d]), cols = reduced.Aggregate(1L, (n, d) => n * x.shape[d]);
-        var keptShape = kept.Select(d => x.shape[d]).ToArray();
-        if (cols > 0 && reduced.SequenceEqual(Enumerable.Range((int)rank - reduced.Length, reduced.Length).Select(i => (long)i))
-            && RowKernels.SumSquaresRows(x, rows, cols) is { } sums)
+        // Loops rather than LINQ: the optimizer calls this for every parameter every step.
+        int rank = (int)x.dim();
+        var isReduced = new bool[rank];
+        foreach (var a in axes) isReduced[a < 0 ? a + rank : a] = true;
+        int nReduced = 0;
+        foreach (var r in isReduced) if (r) nReduced++;
+        var reduced = new long[nReduced];
+        var kept = new long[rank - nReduced];
+        long rows = 1, cols = 1;
+        bool innermost = true;
+        for (int d = 0, ri = 0, ki = 0; d < rank; d++)
+            if (isReduced[d])
+            {
+                reduced[ri++] = d;
+                cols *= x.size(d);
+            }
+            else
+            {
+                kept[ki++] = d;
+                rows *= x.size(d);
+                innermost &= ri == 0;      // no kept dim after a reduced one
+            }
+        var keptShape = new long[kept.Length];
+        for (int i = 0; i < kept.Length; i++) keptShape[i] = x.size((int)kept[i]);
+        if (cols > 0 && innermost && RowKernels.SumSquaresRows(x, rows, cols) is { } sums)
         {
             // The reduced dims are x's innermost: one read of x, each row's sum in fp64, rounded once to x's dtype.
-            var values = mean ? sums.Select(s => s / cols).ToArray() : sums;
-            using var wideResult = torch.tensor(values, ScalarType.Float64);
+            if (mean) for (int i = 0; i < sums.Length; i++) sums[i] /= cols;
+            // Copied into a new tensor rather than wrapped by torch.tensor(array), which pins the array and registers a
+            // deleter for it: managed garbage per call, for a few hundred bytes of data.
+            using var wideResult = torch.empty(sums.Length, ScalarType.Float64);
+            if (sums.Length > 0) System.Runtime.InteropServices.Marshal.Copy(sums, 0, Native.TensorMemory.FirstElement(wideResult), sums.Length);
             return wideResult.to_type(x.dtype).reshape(keptShape);
         }
         using var scope = torch.NewDisposeScope();
@@ -528,8 +572,8 @@ public static class Rt
     /// </summary>
     public static Tensor LayerNorm(Tensor x, Tensor scale, double eps)
     {
-        var d = x.shape[^1];
-        if (scale.dim() == 1 && scale.shape[0] == d && scale.dtype == x.dtype)
+        var d = x.size(-1);
+        if (scale.dim() == 1 && scale.size(0) == d && scale.dtype == x.dtype)
             return nn.functional.layer_norm(x, [d], weight: scale, eps: eps);
         using var normed = nn.functional.layer_norm(x, [d], eps: eps);
         return normed.mul(scale);
@@ -543,7 +587,7 @@ public static class Rt
     /// </summary>
     public static Tensor Rope(Tensor x, long seqAxis, long featureAxis, long inverse = 0)
     {
-        long k = x.shape[featureAxis];
+        long k = x.size((int)featureAxis);
         if (k % 2 != 0)
             throw new ArgumentException($"Rope needs an even feature size, got {k}.", nameof(x));
         return RowKernels.Rope(x, seqAxis, featureAxis, inverse != 0) ?? RopeByTables(x, seqAxis, featureAxis, inverse);

@@ -26,7 +26,48 @@ internal static class TensorMemory
     private static extern nint THSTensor_data(nint handle);
 
     /// <summary>Elements from the tensor's first to its last, gaps included (a strided view spans more than its numel).</summary>
-    public static long Extent(torch.Tensor t) => Extent(t.shape, t.stride());
+    public static long Extent(torch.Tensor t)
+    {
+        long extent = 1;
+        for (int d = 0, rank = (int)t.dim(); d < rank; d++) extent += (t.size(d) - 1) * t.stride(d);
+        return extent;
+    }
+
+    // Tensor.shape and Tensor.stride() return arrays through a native callback that allocates a delegate, a pinned
+    // wrapper and a GC handle per call (144 bytes for a rank-3 tensor); size(d) and stride(d) allocate nothing. At
+    // palm-tiny's sizes a runtime call's managed garbage, not its arithmetic, set the pace (gen1 pauses every few steps).
+
+    /// <summary>The tensor's shape, one plain array.</summary>
+    public static long[] Shape(torch.Tensor t)
+    {
+        var shape = new long[t.dim()];
+        for (int d = 0; d < shape.Length; d++) shape[d] = t.size(d);
+        return shape;
+    }
+
+    /// <summary>The tensor's strides (in elements), one plain array.</summary>
+    public static long[] Strides(torch.Tensor t)
+    {
+        var strides = new long[t.dim()];
+        for (int d = 0; d < strides.Length; d++) strides[d] = t.stride(d);
+        return strides;
+    }
+
+    /// <summary>Whether two tensors have one shape, allocating nothing.</summary>
+    public static bool SameShape(torch.Tensor a, torch.Tensor b)
+    {
+        if (a.dim() != b.dim()) return false;
+        for (int d = 0, rank = (int)a.dim(); d < rank; d++) if (a.size(d) != b.size(d)) return false;
+        return true;
+    }
+
+    /// <summary>Whether the tensor's shape is <paramref name="shape"/>, allocating nothing.</summary>
+    public static bool HasShape(torch.Tensor t, ReadOnlySpan<long> shape)
+    {
+        if (t.dim() != shape.Length) return false;
+        for (int d = 0; d < shape.Length; d++) if (t.size(d) != shape[d]) return false;
+        return true;
+    }
 
     /// <summary><see cref="Extent(torch.Tensor)"/> from a shape and its strides.</summary>
     public static long Extent(long[] shape, long[] strides)
