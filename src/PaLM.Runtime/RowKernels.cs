@@ -12,7 +12,7 @@ namespace PaLM.Runtime;
 /// row dim is contiguous (stride 1) in every operand, whatever the other dims' layouts (the scores einsum returns a
 /// permuted view), on libtorch's OpenMP team; anything else takes the composite form, which computes the same values.
 /// </summary>
-public static class RowKernels
+public static unsafe class RowKernels
 {
     /// <summary>
     /// softmax(causal_mask(x)) along <paramref name="keyAxis"/>: row q keeps keys 0..q (key ≤ query, as
@@ -212,6 +212,56 @@ public static class RowKernels
     }
 
     /// <summary>
+    /// Cross entropy with PaLM's z-loss over <paramref name="axis"/> (see <see cref="Rt.CrossEntropy"/>), one pass per row
+    /// of logits: max, Σ exp(x − max), lse = max + log Σ, then lse − x[target] + z·lse² in fp64, rounded once. Null
+    /// where it does not apply (fp32 CPU logits whose class dim is contiguous; int32/int64 targets of the other dims'
+    /// shape); the caller takes the composite form. A target outside [0, classes) is an error, as gather's is.
+    /// <para>
+    /// Why: the composite is logsumexp, gather, subtract, square, multiply and add, each a libtorch call and most of
+    /// them a pass; on palm-tiny the loss and its gradient took 0.33 ms of a 4.4 ms step in ops.
+    /// </para>
+    /// </summary>
+    public static Tensor? CrossEntropy(Tensor logits, Tensor targets, long axis, double zLoss)
+    {
+        if (axis < 0) axis += logits.dim();
+        if (!TargetsFit(logits, targets, axis) || !Applies(axis, logits)) return null;
+        using var dense = targets.to_type(ScalarType.Int64).contiguous();
+        var shape = TensorMemory.Shape(targets);
+        var loss = torch.empty(shape, ScalarType.Float32);
+        Run(new CrossEntropyRows(Rows.Of(logits, axis), (long*)TensorMemory.FirstElement(dense), (float*)TensorMemory.FirstElement(loss), null, null, zLoss),
+            logits, logits, dense, loss);
+        return loss;
+    }
+
+    /// <summary>
+    /// <see cref="CrossEntropy"/>'s VJP (see <see cref="Rt.CrossEntropyGrad"/>): per row, dy · (softmax(x)·(1 + 2z·lse) −
+    /// onehot(target)), from one read of the row. Null where <see cref="CrossEntropy"/> would be, or dy is not fp32 of the
+    /// targets' shape.
+    /// </summary>
+    public static Tensor? CrossEntropyGrad(Tensor dy, Tensor logits, Tensor targets, long axis, double zLoss)
+    {
+        if (axis < 0) axis += logits.dim();
+        if (!TargetsFit(logits, targets, axis) || !TensorMemory.SameShape(dy, targets) || dy.dtype != ScalarType.Float32
+            || dy.device_type != DeviceType.CPU || ResultLike(logits, axis, logits) is not { } dx) return null;
+        using var dense = targets.to_type(ScalarType.Int64).contiguous();
+        using var dys = dy.contiguous();
+        Run(new CrossEntropyRows(Rows.Of(logits, axis), (long*)TensorMemory.FirstElement(dense), null, (float*)TensorMemory.FirstElement(dys), Rows.Of(dx, axis), zLoss),
+            logits, logits, dense, dys, dx);
+        return dx;
+    }
+
+    /// <summary>Whether <paramref name="targets"/> are integer class ids with <paramref name="logits"/>' shape less
+    /// <paramref name="axis"/>, on the CPU.</summary>
+    private static bool TargetsFit(Tensor logits, Tensor targets, long axis)
+    {
+        if (axis < 0 || axis >= logits.dim() || targets.dim() != logits.dim() - 1 || targets.device_type != DeviceType.CPU
+            || targets.dtype is not (ScalarType.Int32 or ScalarType.Int64)) return false;
+        for (int d = 0, t = 0; d < logits.dim(); d++)
+            if (d != axis && logits.size(d) != targets.size(t++)) return false;
+        return true;
+    }
+
+    /// <summary>
     /// A new tensor with <paramref name="like"/>'s shape and memory order (torch.empty_like keeps a dense permutation)
     /// when the kernels apply to <paramref name="operands"/> and the new tensor's row dim is contiguous too; else null,
     /// and the caller takes the composite form (a gappy <paramref name="like"/> gets a row-major copy, whose row dim
@@ -394,6 +444,67 @@ public static class RowKernels
             TensorPrimitives.MultiplyAdd(xhat, -m2, dxs, dxs);                      // g − x̂·m2
             TensorPrimitives.Subtract(dxs, m1, dxs);
             TensorPrimitives.Multiply(dxs, rstd, dxs);
+        }
+    }
+
+    /// <summary>Cross entropy's rows: the loss per row into <c>loss</c>, or with <c>dy</c> given its gradient into
+    /// <c>dx</c>. Targets, loss and dy are dense in the rows' order (row-major over the dims other than the class dim).</summary>
+    private sealed unsafe class CrossEntropyRows : RowWork
+    {
+        private readonly Rows _x;
+        private readonly Rows? _dx;
+        private readonly long* _targets;
+        private readonly float* _loss, _dy;
+        private readonly double _z;
+        private readonly long[] _rowStrides;
+        [ThreadStatic] private static float[]? t_exp;
+
+        public CrossEntropyRows(Rows x, long* targets, float* loss, float* dy, Rows? dx, double zLoss) : base(x.Axis, x.Shape)
+        {
+            (_x, _dx, _z) = (x, dx, zLoss);
+            _targets = targets;
+            _loss = loss;
+            _dy = dy;
+            // Row number from a row's index: row-major strides over the dims other than the class dim.
+            _rowStrides = new long[x.Shape.Length];
+            for (long d = x.Shape.Length - 1, stride = 1; d >= 0; d--)
+                if (d != x.Axis)
+                {
+                    _rowStrides[d] = stride;
+                    stride *= x.Shape[d];
+                }
+        }
+
+        protected override void Row(long[] index)
+        {
+            int classes = _x.Length;
+            long row = 0;
+            for (int d = 0; d < index.Length; d++) row += index[d] * _rowStrides[d];
+            long target = _targets[row];
+            if ((ulong)target >= (ulong)classes)
+                throw new ArgumentOutOfRangeException("targets", $"cross_entropy: target {target} is outside [0, {classes})");
+            var xs = new ReadOnlySpan<float>(At(_x, index), classes);
+            Span<float> e;
+            if (_dx is { } dx) e = new Span<float>(At(dx, index), classes);      // the gradient's row holds exp first
+            else
+            {
+                if (t_exp is null || t_exp.Length < classes) t_exp = new float[classes];
+                e = t_exp.AsSpan(0, classes);
+            }
+            float max = TensorPrimitives.Max(xs);
+            TensorPrimitives.Subtract(xs, max, e);
+            TensorPrimitives.Exp(e, e);
+            double sum = TensorPrimitives.Sum(e);
+            double lse = max + Math.Log(sum);
+            if (_dx is null)
+            {
+                _loss[row] = (float)(lse - xs[(int)target] + _z * lse * lse);
+                return;
+            }
+            // softmax = exp(x − max) / Σ; the z-loss scales it by 1 + 2z·lse; the target's class loses dy.
+            double dy = _dy[row];
+            TensorPrimitives.Multiply(e, (float)(dy * (1 + 2 * _z * lse) / sum), e);
+            e[(int)target] -= (float)dy;
         }
     }
 

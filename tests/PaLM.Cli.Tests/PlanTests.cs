@@ -46,7 +46,11 @@ public sealed class PlanTests
         var one = (await Proc.Palmc("run", "graphs/palm-tiny.palm", "--mesh", "data=1,model=1")).Expect(0).Stdout;
         var four = (await Proc.Palmc("run", "graphs/palm-tiny.palm", "--mesh", "data=2,model=2")).Expect(0).Stdout;
         Assert.StartsWith("loss = ", one);
-        Assert.Equal(one, four);
+        Assert.StartsWith("loss = ", four);
+        // The same loss to float rounding, not bit for bit: with data=2 each device averages its half of the batch and
+        // the halves are averaged after, a different order of sums than one device's mean (a few ulps apart).
+        double Loss(string s) => double.Parse(s["loss = ".Length..].Trim(), System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(Math.Abs(Loss(one) - Loss(four)) <= 4e-6 * Math.Abs(Loss(one)), $"one device: {one.Trim()}, 2×2 mesh: {four.Trim()}");
     }
 
     [Fact]

@@ -169,4 +169,56 @@ public sealed class RowKernelTests
         Assert.True(actual.allclose(expected, rtol: 1e-5, atol: 1e-4), $"max difference {(actual - expected).abs().max().item<float>()}");
         Assert.Null(RowKernels.LayerNormDScale(dy.to_type(ScalarType.BFloat16), x.to_type(ScalarType.BFloat16), 1e-5));
     }
+
+    /// <summary>Cross entropy with z-loss and its gradient against the composite TorchSharp forms: the class dim last or
+    /// in the middle (a permuted view whose class dim is contiguous), int32 and int64 targets (a transposed view among
+    /// them), dy broadcast from one value as the mean's gradient is; a class dim that is not contiguous is declined.</summary>
+    [Theory]
+    [InlineData(1, 2, 0.0, false)]
+    [InlineData(2, 2, 1e-4, true)]
+    [InlineData(3, 1, 0.1, false)]
+    [InlineData(4, 1, 1e-4, true)]
+    public void CrossEntropyMatchesTheComposite(int seed, int axis, double zLoss, bool int32)
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var g = new Generator((ulong)seed);
+        var rng = new Random(seed);
+        long b = rng.Next(1, 5), s = rng.Next(1, 40), v = rng.Next(2, 300);
+        // [b, s, v] dense, or [b, v, s] viewed from [b, s, v] memory: the class dim contiguous either way.
+        var logits = axis == 2 ? randn([b, s, v], generator: g) * 3 : (randn([b, s, v], generator: g) * 3).permute(0, 2, 1);
+        var targets = randint(0, v, [s, b], ScalarType.Int64, generator: g).t();       // a transposed view, [b, s]
+        if (int32) targets = targets.to_type(ScalarType.Int32);
+        var loss = RowKernels.CrossEntropy(logits, targets, axis, zLoss);
+        Assert.NotNull(loss);
+        var expected = Rt.CrossEntropyComposite(logits, targets, axis, zLoss);
+        Assert.True(loss.allclose(expected, rtol: 1e-5, atol: 1e-5), $"max difference {(loss - expected).abs().max().item<float>()}");
+
+        var dy = full([1], 0.37f).expand(b, s);
+        var dx = RowKernels.CrossEntropyGrad(dy, logits, targets, axis, zLoss);
+        Assert.NotNull(dx);
+        var expectedDx = Rt.CrossEntropyGradComposite(dy, logits, targets, axis, zLoss);
+        Assert.True(dx.allclose(expectedDx, rtol: 1e-5, atol: 1e-6), $"max difference {(dx - expectedDx).abs().max().item<float>()}");
+        // Rows sum to dy · 2z·lse (the softmax part sums to dy·(1 + 2z·lse), the target's class loses dy).
+        var lse = logits.logsumexp(axis);
+        Assert.True(dx.sum(axis).allclose(dy * lse * (2 * zLoss), rtol: 1e-4, atol: 1e-5));
+
+        // The class dim not contiguous: declined, and Rt's composite answers instead.
+        var strided = axis == 2 ? randn([b, v, s], generator: g).permute(0, 2, 1) : randn([b, v, s], generator: g);
+        Assert.Null(RowKernels.CrossEntropy(strided, targets, axis, zLoss));
+        Assert.Null(RowKernels.CrossEntropyGrad(dy, strided, targets, axis, zLoss));
+        Assert.True(Rt.CrossEntropy(strided, targets, axis, zLoss).allclose(Rt.CrossEntropyComposite(strided, targets, axis, zLoss)));
+    }
+
+    [Fact]
+    public void ACrossEntropyTargetOutsideTheClassesIsAnError()
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var logits = randn(2, 3, 5);
+        var targets = tensor(new long[] { 0, 1, 4, 2, 5, 3 }).reshape(2, 3);
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => RowKernels.CrossEntropy(logits, targets, 2, 0));
+        Assert.Contains("target 5 is outside [0, 5)", e.Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => RowKernels.CrossEntropyGrad(ones(2, 3), logits, targets - 6, 2, 0));
+    }
 }

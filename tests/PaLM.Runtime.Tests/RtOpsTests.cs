@@ -40,6 +40,17 @@ public sealed class RtOpsTests
         Assert.Equal(ScalarType.BFloat16, c.dtype);
         Assert.Equal(2.5, c.to_type(ScalarType.Float64).item<double>());
 
+        // fp32 and fp64 constants are made in their own type: the same bits as libtorch's conversion of the double.
+        foreach (var value in (double[])[0.1, -0.0, 1e-40, 3.4028235677973366e38, 1e39, -1e39, double.NaN, 1.0 / 3, 16777217.0])
+            foreach (var dtype in (ScalarType[])[ScalarType.Float32, ScalarType.Float64])
+            {
+                using var made = Rt.Constant(value, dtype);
+                using var expected = tensor(value, dtype);
+                Assert.Equal(0, made.dim());
+                Assert.Equal(dtype, made.dtype);
+                Assert.Equal(expected.bytes.ToArray(), made.bytes.ToArray());
+            }
+
         var full = Rt.InitConstant([2, 3], 0.5, ScalarType.Float32);
         Assert.Equal([2L, 3L], full.shape);
         Assert.All(Values(full), v => Assert.Equal(0.5f, v));
