@@ -28,7 +28,7 @@ public sealed unsafe class LoopChunk
 {
     private float*[] _in = [];
     private float*[] _out = [];
-    private int _inputs, _outputs;
+    private int _inputs, _outputs, _tempCount;
     private float[] _scalars = [];
     private List<float[]> _temps = [];
     private LeadRows? _leads;
@@ -49,9 +49,12 @@ public sealed unsafe class LoopChunk
         if (c._in.Length < inputs) c._in = new float*[inputs];
         if (c._out.Length < outputs) c._out = new float*[outputs];
         while (c._temps.Count < temps) c._temps.Add(new float[FusedLoop.ChunkElements]);
-        (c._inputs, c._outputs, c._scalars, c._leads) = (inputs, outputs, scalars, leads);
+        (c._inputs, c._outputs, c._tempCount, c._scalars, c._leads) = (inputs, outputs, temps, scalars, leads);
         return c;
     }
+
+    /// <summary>Drops the references a finished loop left (its scalars, its leads' values) until this thread's next loop.</summary>
+    internal void Release() => (_inputs, _outputs, _tempCount, _scalars, _leads) = (0, 0, 0, [], null);
 
     /// <summary>Elements in this chunk.</summary>
     public int Length { get; private set; }
@@ -79,10 +82,10 @@ public sealed unsafe class LoopChunk
     }
 
     /// <summary>Operand <paramref name="i"/>'s elements in this chunk.</summary>
-    public ReadOnlySpan<float> In(int i) => new(_in[i], Length);
+    public ReadOnlySpan<float> In(int i) => (uint)i < (uint)_inputs ? new(_in[i], Length) : throw new ArgumentOutOfRangeException(nameof(i));
 
     /// <summary>Result <paramref name="i"/>'s elements in this chunk (written by the kernel; may be read back after).</summary>
-    public Span<float> Out(int i) => new(_out[i], Length);
+    public Span<float> Out(int i) => (uint)i < (uint)_outputs ? new(_out[i], Length) : throw new ArgumentOutOfRangeException(nameof(i));
 
     /// <summary>Rank-0 operand <paramref name="i"/>, read once per call.</summary>
     public float Scalar(int i) => _scalars[i];
@@ -92,7 +95,7 @@ public sealed unsafe class LoopChunk
     public float Lead(int i) => _leads!.Value(i, _row);
 
     /// <summary>Scratch slot <paramref name="i"/> for an intermediate that no later op outside the kernel reads.</summary>
-    public Span<float> Temp(int i) => _temps[i].AsSpan(_tempOffset, Length);
+    public Span<float> Temp(int i) => (uint)i < (uint)_tempCount ? _temps[i].AsSpan(_tempOffset, Length) : throw new ArgumentOutOfRangeException(nameof(i));
 }
 
 /// <summary>
@@ -438,11 +441,18 @@ public static class FusedLoop
         {
             var chunk = LoopChunk.ForThread(ins.Length, outs.Length, scalars, temps, leads);
             long first = chunks * worker / workers, last = chunks * (worker + 1) / workers;
-            for (long c = first; c < last; c++)
+            try
             {
-                long row = c / perRow, column = c % perRow * ChunkElements;
-                chunk.MoveTo(ins, outs, row, column, (int)Math.Min(ChunkElements, columns - column));
-                kernel(chunk);
+                for (long c = first; c < last; c++)
+                {
+                    long row = c / perRow, column = c % perRow * ChunkElements;
+                    chunk.MoveTo(ins, outs, row, column, (int)Math.Min(ChunkElements, columns - column));
+                    kernel(chunk);
+                }
+            }
+            finally
+            {
+                chunk.Release();
             }
         }
     }

@@ -225,11 +225,19 @@ public static unsafe class RowKernels
     {
         if (axis < 0) axis += logits.dim();
         if (!TargetsFit(logits, targets, axis) || !Applies(axis, logits)) return null;
-        using var dense = targets.to_type(ScalarType.Int64).contiguous();
-        var shape = TensorMemory.Shape(targets);
-        var loss = torch.empty(shape, ScalarType.Float32);
-        Run(new CrossEntropyRows(Rows.Of(logits, axis), (long*)TensorMemory.FirstElement(dense), (float*)TensorMemory.FirstElement(loss), null, null, zLoss),
-            logits, logits, dense, loss);
+        using var ids = targets.to_type(ScalarType.Int64);
+        using var dense = ids.contiguous();
+        var loss = torch.empty(TensorMemory.Shape(targets), ScalarType.Float32);
+        try
+        {
+            Run(new CrossEntropyRows(Rows.Of(logits, axis), (long*)TensorMemory.FirstElement(dense), (float*)TensorMemory.FirstElement(loss), null, null, zLoss),
+                logits, logits, dense, loss);
+        }
+        catch
+        {
+            loss.Dispose();
+            throw;
+        }
         return loss;
     }
 
@@ -243,10 +251,19 @@ public static unsafe class RowKernels
         if (axis < 0) axis += logits.dim();
         if (!TargetsFit(logits, targets, axis) || !TensorMemory.SameShape(dy, targets) || dy.dtype != ScalarType.Float32
             || dy.device_type != DeviceType.CPU || ResultLike(logits, axis, logits) is not { } dx) return null;
-        using var dense = targets.to_type(ScalarType.Int64).contiguous();
+        using var ids = targets.to_type(ScalarType.Int64);
+        using var dense = ids.contiguous();
         using var dys = dy.contiguous();
-        Run(new CrossEntropyRows(Rows.Of(logits, axis), (long*)TensorMemory.FirstElement(dense), null, (float*)TensorMemory.FirstElement(dys), Rows.Of(dx, axis), zLoss),
-            logits, logits, dense, dys, dx);
+        try
+        {
+            Run(new CrossEntropyRows(Rows.Of(logits, axis), (long*)TensorMemory.FirstElement(dense), null, (float*)TensorMemory.FirstElement(dys), Rows.Of(dx, axis), zLoss),
+                logits, logits, dense, dys, dx);
+        }
+        catch
+        {
+            dx.Dispose();
+            throw;
+        }
         return dx;
     }
 
