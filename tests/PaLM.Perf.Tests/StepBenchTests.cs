@@ -94,3 +94,22 @@ public sealed class StepBenchTests
         Assert.Equal((3.25 - 1.75) / 2.5, t.RelativeSpread, 12);
     }
 }
+
+/// <summary><see cref="SingleDeviceStep.SettleJit"/>, the BenchmarkDotNet suite's warm-up: it ends once .NET stops
+/// compiling methods, well before its cap on palm-tiny, and leaves both sides training alike.</summary>
+public sealed class SettleJitTests
+{
+    [Fact]
+    public void SettlingEndsWhenTheJitIsQuietAndKeepsBothSidesInStep()
+    {
+        using var step = new SingleDeviceStep(PaLM.Dsl.Frontend.CompileFile(TestPaths.Graph("palm-tiny")));
+        var cap = TimeSpan.FromSeconds(120);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        int pairs = step.SettleJit(cap);
+        Assert.True(clock.Elapsed < cap, $"the JIT did not settle in {cap.TotalSeconds} s ({pairs} pairs of steps)");
+        Assert.True(pairs >= 3, $"settled after {pairs} pairs: at least two quiet ones after the first");
+        // Both sides took the same steps on the same batches: their losses still agree (to float drift over the steps).
+        double generated = step.Generated(), eager = step.Eager();
+        Assert.True(Math.Abs(generated - eager) <= 2e-3 * Math.Abs(eager), $"after {pairs} pairs: generated loss {generated}, eager {eager}");
+    }
+}
