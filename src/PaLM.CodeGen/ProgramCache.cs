@@ -12,7 +12,8 @@ namespace PaLM.CodeGen;
 /// <c>train</c> of the same graph, mesh and options) loads it instead of running Roslyn, which in a fresh process costs
 /// 1.6–2.5 s for palm-cpu's training step, nearly all of it Roslyn's own JIT warm-up.
 /// <para>
-/// The key is the SHA-256 of the generated C# and of the assemblies it compiles against (PaLM.Runtime's and
+/// The key is the SHA-256 of the generated C# (its tokens and comments, <see cref="GeneratedSource.Fingerprint"/>: the
+/// text before layout, so a hit skips laying it out) and of the assemblies it compiles against (PaLM.Runtime's and
 /// TorchSharp's module version ids, Roslyn's version): a changed program, a rebuilt runtime or another compiler never
 /// hits an old entry. Like JAX (<c>jax_persistent_cache_min_compile_time_secs</c>, default 1 s) only compilations that
 /// took at least <see cref="MinCompileSeconds"/> are stored, so tests' many small programs do not fill it; the newest
@@ -36,7 +37,7 @@ public sealed class ProgramCache(string directory, double minCompileSeconds = 1.
     /// <summary>The entry's key: what the assembly is a function of.</summary>
     public static string Key(GeneratedSource source, string kind)
     {
-        var bytes = SHA256.HashData(Encoding.UTF8.GetBytes($"palmc program cache v1\n{kind}\n{s_toolchain.Value}\n{source.FileName}\n{source.Text}"));
+        var bytes = SHA256.HashData(Encoding.UTF8.GetBytes($"palmc program cache v2\n{kind}\n{s_toolchain.Value}\n{source.FileName}\n{source.Fingerprint}"));
         return Convert.ToHexStringLower(bytes);
     }
 

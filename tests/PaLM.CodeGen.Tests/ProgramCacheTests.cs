@@ -59,4 +59,24 @@ public sealed class ProgramCacheTests : IDisposable
         RoslynCompiler.CompileInMemory(Source("tanh"), slowOnly, out _);
         Assert.False(Directory.Exists(slowOnly.Directory) && Directory.GetFiles(slowOnly.Directory).Length > 0);
     }
+
+    /// <summary>The key is taken before layout (a hit never lays the program out) and is the same after it; programs that
+    /// differ in one name or one literal get different keys; the fingerprint separates tokens, so two token sequences
+    /// that print alike without whitespace (a keyword beside a name) cannot collide.</summary>
+    [Fact]
+    public void TheKeyIsTheProgramsTokensNotItsLayout()
+    {
+        var source = Source("exp");
+        var before = ProgramCache.Key(source, "library");
+        _ = source.Text;
+        Assert.Equal(before, ProgramCache.Key(source, "library"));
+        Assert.Equal(before, ProgramCache.Key(Source("exp"), "library"));
+        Assert.NotEqual(before, ProgramCache.Key(Source("tanh"), "library"));
+        Assert.NotEqual(before, ProgramCache.Key(source, "program"));
+        var renamed = Emitter.Emit(Frontend.CompileText("cache.palm", "dim b = 3, d = 5\nparam w: f32[b, d] = normal(1)\ninput x: f32[b, d]\nz = exp(w * x)\noutput z\n"));
+        Assert.NotEqual(before, ProgramCache.Key(renamed, "library"));
+        var scaled = Emitter.Emit(Frontend.CompileText("cache.palm", "dim b = 3, d = 5\nparam w: f32[b, d] = normal(2)\ninput x: f32[b, d]\ny = exp(w * x)\noutput y\n"));
+        Assert.NotEqual(before, ProgramCache.Key(scaled, "library"));
+        Assert.Contains("var\u0001", source.Fingerprint);          // `var` and the name after it are two tokens
+    }
 }
