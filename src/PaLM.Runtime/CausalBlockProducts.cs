@@ -62,17 +62,11 @@ internal sealed unsafe class CausalBlockProducts : TeamWork
     /// <summary>Each item's thread of <paramref name="threads"/>: longest first, to the least loaded.</summary>
     private static int[] Deal(List<Item> items, int threads)
     {
-        // Indices by decreasing cost, ties in order (an insertion sort: a few dozen items, and no garbage).
-        var byCost = new int[items.Count];
-        for (int i = 0; i < byCost.Length; i++)
-        {
-            int j = i;
-            for (; j > 0 && items[byCost[j - 1]].Cost < items[i].Cost; j--) byCost[j] = byCost[j - 1];
-            byCost[j] = i;
-        }
+        var costs = new long[items.Count];
+        for (int i = 0; i < costs.Length; i++) costs[i] = items[i].Cost;
         var load = new long[threads];
         var owner = new int[items.Count];
-        foreach (var i in byCost)
+        foreach (var i in StableOrder.Descending(costs))
         {
             int least = 0;
             for (int t = 1; t < threads; t++) if (load[t] < load[least]) least = t;

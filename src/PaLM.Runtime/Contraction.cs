@@ -406,16 +406,11 @@ internal sealed class Contraction
     private static char[] ByMemory(char[] labels, Operand t)
     {
         if (labels.Length == 0) return labels;
-        long Stride(char c) => t.Spec.IndexOf(c) is var i and >= 0 ? t.Strides[i] : 0;
-        var sorted = (char[])labels.Clone();
-        for (int i = 1; i < sorted.Length; i++)
-        {
-            char c = sorted[i];
-            long s = Stride(c);
-            int j = i;
-            for (; j > 0 && Stride(sorted[j - 1]) < s; j--) sorted[j] = sorted[j - 1];
-            sorted[j] = c;
-        }
+        var strides = new long[labels.Length];
+        for (int i = 0; i < labels.Length; i++) strides[i] = t.Spec.IndexOf(labels[i]) is var d and >= 0 ? t.Strides[d] : 0;
+        var order = StableOrder.Descending(strides);
+        var sorted = new char[labels.Length];
+        for (int i = 0; i < sorted.Length; i++) sorted[i] = labels[order[i]];
         return sorted;
     }
 }

@@ -368,18 +368,7 @@ public static class FusedLoop
     }
 
     /// <summary>The dims from the largest stride to the smallest (ties keep dim order).</summary>
-    private static long[] MemoryOrder(long[] strides)
-    {
-        var order = new long[strides.Length];
-        for (int i = 0; i < order.Length; i++)
-        {
-            // Insertion sort, stable: a dim moves before earlier dims only past a strictly smaller stride.
-            int j = i;
-            for (; j > 0 && strides[order[j - 1]] < strides[i]; j--) order[j] = order[j - 1];
-            order[j] = i;
-        }
-        return order;
-    }
+    private static long[] MemoryOrder(long[] strides) => Array.ConvertAll(StableOrder.Descending(strides), d => (long)d);
 
     /// <summary>Whether a tensor of <paramref name="shape"/> with <paramref name="strides"/>, its dims taken in
     /// <paramref name="order"/>, is contiguous (size-1 dims ignored), as <c>t.permute(order).is_contiguous()</c>.</summary>

@@ -387,14 +387,9 @@ public static class Rt
             var shape = Native.TensorMemory.Shape(x);
             var strides = Native.TensorMemory.Strides(x);
             // Decreasing stride; size-1 dims have arbitrary strides, so they keep their logical place among equals.
-            long Key(long d) => shape[d] == 1 ? long.MaxValue : strides[d];
-            var o = new long[rank];
-            for (int i = 0; i < rank; i++)
-            {
-                int j = i;
-                for (; j > 0 && Key(o[j - 1]) < Key(i); j--) o[j] = o[j - 1];
-                o[j] = i;
-            }
+            var keys = new long[rank];
+            for (int d = 0; d < rank; d++) keys[d] = shape[d] == 1 ? long.MaxValue : strides[d];
+            var o = Array.ConvertAll(StableOrder.Descending(keys), d => (long)d);
             if (order is null) order = o;
             else if (!o.AsSpan().SequenceEqual(order)) return null;
             // Contiguous in that order: each dim (size-1 ones aside) steps over exactly the ones inside it.
