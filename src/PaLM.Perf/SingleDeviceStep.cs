@@ -82,30 +82,23 @@ public sealed class SingleDeviceStep : IDisposable
     }
 
     /// <summary>
-    /// Runs generated and eager steps, alternating, until .NET stops compiling methods (none compiled over two pairs of
-    /// steps and at least a second), for at most <paramref name="max"/>; returns the pairs run. As `palmc bench
-    /// --warmup auto` does: the generated step's methods are large and tier up late (palm-tiny: 200-450 steps), and a
-    /// harness with a few fixed warm-up iterations would time them unoptimized (13.7 ms against 3.1-4.4 settled).
+    /// Runs generated and eager steps, alternating, until .NET stops compiling methods (<see cref="JitSettling"/>: none
+    /// compiled over two pairs of steps and at least a second), for at most <paramref name="max"/>; returns the pairs
+    /// run. As `palmc bench --warmup auto` does: the generated step's methods are large and tier up late (palm-tiny:
+    /// 200-450 steps), and a harness with a few fixed warm-up iterations would time them unoptimized (13.7 ms against
+    /// 3.1-4.4 settled).
     /// </summary>
     public int SettleJit(TimeSpan max)
     {
         var total = System.Diagnostics.Stopwatch.StartNew();
-        var sinceCompile = System.Diagnostics.Stopwatch.StartNew();
-        long last = System.Runtime.JitInfo.GetCompiledMethodCount();
-        int pairs = 0, quietPairs = 0;
+        var jit = new JitSettling();
+        int pairs = 0;
         while (total.Elapsed < max)
         {
             Generated();
             Eager();
             pairs++;
-            long now = System.Runtime.JitInfo.GetCompiledMethodCount();
-            if (now != last)
-            {
-                (last, quietPairs) = (now, 0);
-                sinceCompile.Restart();
-            }
-            else quietPairs++;
-            if (pairs >= 2 && quietPairs >= 2 && sinceCompile.Elapsed >= TimeSpan.FromSeconds(1)) break;
+            if (jit.AfterStep()) break;
         }
         return pairs;
     }

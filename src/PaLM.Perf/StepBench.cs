@@ -167,17 +167,8 @@ public sealed record BenchProgress(string Phase, double Fraction, string? Line =
 /// </summary>
 public static class StepBench
 {
-    /// <summary>
-    /// A settled warm-up has compiled nothing for this many steps and this long. One quiet step is not enough: .NET
-    /// waits until no new method has been compiled for 100 ms before it counts calls, then re-compiles hot methods on a
-    /// background thread, so short steps read quiet in that pause (palm-tiny: 1411 methods compiled after a quiet 4th
-    /// step).
-    /// </summary>
-    private const int QuietSteps = 2;
-
     /// <summary>The trainer's bound on a <see cref="BenchOptions.SettleJit"/> run, which ends by itself long before.</summary>
     private const long MaxSteps = 1_000_000;
-    private static readonly TimeSpan s_quietTime = TimeSpan.FromSeconds(1);
 
     /// <summary>Parses <paramref name="path"/>, compiles its training step for <paramref name="mesh"/> and benchmarks it.</summary>
     public static BenchReport Run(string path, Mesh? mesh, TrainingConfig config, BenchOptions options, Action<BenchProgress>? progress = null)
@@ -226,14 +217,13 @@ public static class StepBench
         var resident = new List<long>();
         var tokensSpec = program.Inputs.First(i => i.Name == "tokens");
         // The last warm-up step: fixed, or (SettleJit) the first from options.Warmup on that ends a quiet stretch (see
-        // QuietSteps) or the longest warm-up. All of this runs on device 0's thread between steps while the others wait.
+        // JitSettling) or the longest warm-up. All of this runs on device 0's thread between steps while the others wait.
         long warmupEnd = options.SettleJit ? -1 : options.Warmup;
         bool? settled = options.SettleJit ? false : null;
-        long compiledBefore = JitInfo.GetCompiledMethodCount(), compiledAtWarmupEnd = compiledBefore;
+        var jit = new JitSettling();
+        long compiledAtWarmupEnd = jit.Compiled;
         var profile = options.Profile ? new OpProfile(program.ProfileSites) : null;
-        var sinceCompile = Stopwatch.StartNew();
         var warming = Stopwatch.StartNew();
-        int quietSteps = 0;
         BenchProgress Progress(StepReport s)
         {
             if (warmupEnd >= 0 && s.Step > warmupEnd)
@@ -257,18 +247,14 @@ public static class StepBench
                         if (warmupEnd >= 0 && step > warmupEnd) eagerTimes.Add(seconds);
                         eagerLosses.Add(loss);
                     }
-                    long compiled = JitInfo.GetCompiledMethodCount();
-                    if (compiled != compiledBefore) sinceCompile.Restart();
-                    quietSteps = compiled == compiledBefore ? quietSteps + 1 : 0;
-                    bool quiet = quietSteps >= QuietSteps && sinceCompile.Elapsed >= s_quietTime;
+                    bool quiet = jit.AfterStep();
                     if (warmupEnd < 0 && step >= options.Warmup && (quiet || warming.Elapsed.TotalSeconds >= options.MaxWarmupSeconds))
                     {
                         warmupEnd = step;
                         settled = quiet;
                         profile?.Reset();   // the profile, like the timings, covers the timed steps only
                     }
-                    if (step == warmupEnd) compiledAtWarmupEnd = compiled;
-                    compiledBefore = compiled;
+                    if (step == warmupEnd) compiledAtWarmupEnd = jit.Compiled;
                 },
                 // A fixed warm-up's length is known up front (total); only a settling one decides as it goes.
                 StopAfter = options.SettleJit ? step => warmupEnd >= 0 && step >= warmupEnd + options.Steps : null,
@@ -284,7 +270,7 @@ public static class StepBench
                 Losses = result.Steps.Select(s => s.Loss).ToList(), EagerLosses = eager is null ? null : eagerLosses,
                 ResidentAfterStep = resident, PeakResidentBytes = Math.Max(ResidentMemory.Peak(), resident.DefaultIfEmpty().Max()), PlannedMemory = memory,
                 Profile = result.Profile, WallSeconds = wall.Elapsed.TotalSeconds,
-                WarmupSteps = (int)warmupEnd, JitSettled = settled, MethodsCompiledWhileTimed = compiledBefore - compiledAtWarmupEnd,
+                WarmupSteps = (int)warmupEnd, JitSettled = settled, MethodsCompiledWhileTimed = jit.Compiled - compiledAtWarmupEnd,
             };
         }
         finally

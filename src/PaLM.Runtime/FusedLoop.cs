@@ -268,7 +268,7 @@ public static class FusedLoop
         long[] order = [.. Enumerable.Range(0, shape.Length).Select(d => (long)d)];
         var results = Results(inputs, [.. inputs.Select(TensorMemory.Strides)], donors, destinations, shape, order);
         if (n == 0) return results;
-        var values = scalars.Select(s => s.item<float>()).ToArray();
+        var values = ScalarValues(scalars);
         var leadValues = leads.Select(l =>
         {
             using var dense = l.contiguous();
@@ -370,20 +370,7 @@ public static class FusedLoop
     /// <summary>The dims from the largest stride to the smallest (ties keep dim order).</summary>
     private static long[] MemoryOrder(long[] strides) => Array.ConvertAll(StableOrder.Descending(strides), d => (long)d);
 
-    /// <summary>Whether a tensor of <paramref name="shape"/> with <paramref name="strides"/>, its dims taken in
-    /// <paramref name="order"/>, is contiguous (size-1 dims ignored), as <c>t.permute(order).is_contiguous()</c>.</summary>
-    private static bool InOrder(long[] shape, long[] strides, long[] order)
-    {
-        long expected = 1;
-        for (int i = order.Length - 1; i >= 0; i--)
-        {
-            long d = order[i];
-            if (shape[d] == 1) continue;
-            if (strides[d] != expected) return false;
-            expected *= shape[d];
-        }
-        return true;
-    }
+    private static bool InOrder(long[] shape, long[] strides, long[] order) => TensorMemory.IsDenseInOrder(shape, strides, order);
 
     private static bool InOrder(Tensor t, long[] order) => InOrder(TensorMemory.Shape(t), TensorMemory.Strides(t), order);
 

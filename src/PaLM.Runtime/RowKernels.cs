@@ -225,20 +225,7 @@ public static unsafe class RowKernels
     {
         if (axis < 0) axis += logits.dim();
         if (!TargetsFit(logits, targets, axis) || !Applies(axis, logits)) return null;
-        using var ids = targets.to_type(ScalarType.Int64);
-        using var dense = ids.contiguous();
-        var loss = torch.empty(TensorMemory.Shape(targets), ScalarType.Float32);
-        try
-        {
-            Run(new CrossEntropyRows(Rows.Of(logits, axis), (long*)TensorMemory.FirstElement(dense), (float*)TensorMemory.FirstElement(loss), null, null, zLoss),
-                logits, logits, dense, loss);
-        }
-        catch
-        {
-            loss.Dispose();
-            throw;
-        }
-        return loss;
+        return RunCrossEntropy(logits, targets, axis, zLoss, torch.empty(TensorMemory.Shape(targets), ScalarType.Float32), dy: null);
     }
 
     /// <summary>
@@ -251,20 +238,30 @@ public static unsafe class RowKernels
         if (axis < 0) axis += logits.dim();
         if (!TargetsFit(logits, targets, axis) || !TensorMemory.SameShape(dy, targets) || dy.dtype != ScalarType.Float32
             || dy.device_type != DeviceType.CPU || ResultLike(logits, axis, logits) is not { } dx) return null;
+        return RunCrossEntropy(logits, targets, axis, zLoss, dx, dy);
+    }
+
+    /// <summary>Cross entropy's rows into <paramref name="result"/>: the loss (dense, the targets' shape) when
+    /// <paramref name="dy"/> is null, else the gradient (laid out like the logits). Targets and dy are read as dense
+    /// copies in the rows' order; the result is disposed if a target is out of range.</summary>
+    private static Tensor RunCrossEntropy(Tensor logits, Tensor targets, long axis, double zLoss, Tensor result, Tensor? dy)
+    {
         using var ids = targets.to_type(ScalarType.Int64);
         using var dense = ids.contiguous();
-        using var dys = dy.contiguous();
+        using var dys = dy?.contiguous();
         try
         {
-            Run(new CrossEntropyRows(Rows.Of(logits, axis), (long*)TensorMemory.FirstElement(dense), null, (float*)TensorMemory.FirstElement(dys), Rows.Of(dx, axis), zLoss),
-                logits, logits, dense, dys, dx);
+            var work = dys is null
+                ? new CrossEntropyRows(Rows.Of(logits, axis), (long*)TensorMemory.FirstElement(dense), (float*)TensorMemory.FirstElement(result), null, null, zLoss)
+                : new CrossEntropyRows(Rows.Of(logits, axis), (long*)TensorMemory.FirstElement(dense), null, (float*)TensorMemory.FirstElement(dys), Rows.Of(result, axis), zLoss);
+            Run(work, logits, logits, dense, result, dys ?? result);
         }
         catch
         {
-            dx.Dispose();
+            result.Dispose();
             throw;
         }
-        return dx;
+        return result;
     }
 
     /// <summary>Whether <paramref name="targets"/> are integer class ids with <paramref name="logits"/>' shape less

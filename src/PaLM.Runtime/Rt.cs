@@ -392,15 +392,7 @@ public static class Rt
             var o = Array.ConvertAll(StableOrder.Descending(keys), d => (long)d);
             if (order is null) order = o;
             else if (!o.AsSpan().SequenceEqual(order)) return null;
-            // Contiguous in that order: each dim (size-1 ones aside) steps over exactly the ones inside it.
-            long expected = 1;
-            for (int i = rank - 1; i >= 0; i--)
-            {
-                long d = o[i];
-                if (shape[d] == 1) continue;
-                if (strides[d] != expected) return null;
-                expected *= shape[d];
-            }
+            if (!Native.TensorMemory.IsDenseInOrder(shape, strides, o)) return null;
         }
         for (int i = 0; i < rank; i++) if (order![i] != i) return order;
         return null;

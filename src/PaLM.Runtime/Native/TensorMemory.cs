@@ -53,6 +53,21 @@ internal static class TensorMemory
         return strides;
     }
 
+    /// <summary>Whether a tensor of <paramref name="shape"/> with <paramref name="strides"/>, its dims taken in
+    /// <paramref name="order"/>, is contiguous (size-1 dims ignored), as <c>t.permute(order).is_contiguous()</c>.</summary>
+    public static bool IsDenseInOrder(long[] shape, long[] strides, long[] order)
+    {
+        long expected = 1;
+        for (int i = order.Length - 1; i >= 0; i--)
+        {
+            long d = order[i];
+            if (shape[d] == 1) continue;
+            if (strides[d] != expected) return false;
+            expected *= shape[d];
+        }
+        return true;
+    }
+
     /// <summary>Whether two tensors have one shape, allocating nothing.</summary>
     public static bool SameShape(torch.Tensor a, torch.Tensor b)
     {
