@@ -122,6 +122,15 @@ public sealed record BenchReport
     public required IReadOnlyList<double> Losses { get; init; }
     public IReadOnlyList<double>? EagerLosses { get; init; }
 
+    /// <summary>
+    /// The largest |generated − eager| / |eager| loss over the steps both ran (null without the peer). Both start from
+    /// the same weights and batches, so it is float rounding (about 1e-7 for palm-tiny); anything larger means the two
+    /// steps compute different things.
+    /// </summary>
+    public double? LossDifference => EagerLosses is { Count: > 0 } eager
+        ? Losses.Zip(eager, (g, e) => Math.Abs(g - e) / Math.Max(Math.Abs(e), double.Epsilon)).Max()
+        : null;
+
     /// <summary>Resident memory after each step (generated side), and the process's high-water mark.</summary>
     public required IReadOnlyList<long> ResidentAfterStep { get; init; }
     public required long PeakResidentBytes { get; init; }
@@ -279,12 +288,15 @@ public static class StepBench
         }
     }
 
-    /// <summary>The eager peer, from the program's own initial weights when it runs on one device (so losses match step by step).</summary>
-    private static EagerTrainer? CreateEager(IGraphProgram program, long seed)
+    /// <summary>
+    /// The eager peer, from the program's own initial weights: on a mesh, the whole tensors its devices' pieces are cut
+    /// from. Both sides then compute the same steps, so their losses agree step by step (to float rounding of the mesh's
+    /// reductions) and each checks the other.
+    /// </summary>
+    private static EagerTrainer CreateEager(IGraphProgram program, long seed)
     {
         using var scope = NewDisposeScope();
-        return program.Mesh.DeviceCount == 1 ? CreateEager(program, program.InitParameters(seed))
-            : new EagerTrainer(EagerConfig(program), PalmModel.RandomWeights(EagerConfig(program), seed));
+        return CreateEager(program, Shards.InitWhole(program, seed));
     }
 
     /// <summary>The eager peer starting from <paramref name="persistent"/>, a single-device program's persistent tensors (copied).</summary>

@@ -23,6 +23,8 @@ public sealed class BenchTests
         Assert.Equal(128 / median, j.GetProperty("tokens_per_second").GetDouble(), 6);
         Assert.Equal(836_736, j.GetProperty("model_flops_per_token").GetInt64());
         Assert.Equal(median / j.GetProperty("eager_step_seconds_median").GetDouble(), j.GetProperty("ratio_generated_over_eager").GetDouble(), 9);
+        // Same weights, same batches: the two steps' losses differ by float rounding only.
+        Assert.InRange(j.GetProperty("loss_max_relative_difference").GetDouble(), 0, 1e-5);
         // MFU is its definition over the reported figures. (Not a range: the peak and the steps are timed at different
         // moments, so on a loaded machine a 256² peak can read low enough to put a tiny model's MFU above 1.)
         var mfu = j.GetProperty("mfu").GetDouble();

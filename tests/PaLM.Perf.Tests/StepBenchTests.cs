@@ -34,6 +34,21 @@ public sealed class StepBenchTests
     }
 
     /// <summary>
+    /// On a mesh the eager peer starts from the whole tensors the devices' pieces are cut from (<c>Shards.InitWhole</c>),
+    /// so its losses agree with the partitioned program's step by step, as on one device (they differed from the first
+    /// step when it started from weights of its own).
+    /// </summary>
+    [Fact]
+    public void OnAMeshTheEagerPeerComputesTheSameSteps()
+    {
+        var r = StepBench.Run(TestPaths.Graph("palm-tiny"), PaLM.IR.Mesh.Parse("data=2,model=2"), new TrainingConfig(),
+            new BenchOptions { Steps = 2, Warmup = 1, VsEager = true, PeakSizes = [128], PeakRepetitions = 1 });
+        Assert.Equal(3, r.EagerLosses!.Count);
+        for (int i = 0; i < r.Losses.Count; i++)
+            Assert.True(Math.Abs(r.Losses[i] - r.EagerLosses[i]) <= 1e-5 * Math.Abs(r.Losses[i]), $"step {i + 1}: generated {r.Losses[i]}, eager {r.EagerLosses[i]}");
+    }
+
+    /// <summary>
     /// --warmup auto: at least the least warm-up, ended when .NET stops compiling methods or by the longest warm-up;
     /// then exactly the timed steps on both sides, and a profile of the timed steps only.
     /// </summary>

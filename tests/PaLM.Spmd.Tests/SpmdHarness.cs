@@ -10,7 +10,7 @@ internal static class SpmdHarness
 {
     public static IGraphProgram Compile(Graph g) => RoslynCompiler.CompileInMemory(Emitter.Emit(g));
 
-    /// <summary>Global outputs of <paramref name="program"/> on every device of its mesh, reassembled from the pieces.</summary>
+    /// <summary>Global outputs of <paramref name="program"/> on every device of its mesh, reassembled from the pieces (<see cref="Shards.Assemble"/>).</summary>
     public static Tensor[] RunGlobal(IGraphProgram program, long seed, Func<Tensor[]> globalInputs)
     {
         Rt.Initialize();
@@ -20,27 +20,11 @@ internal static class SpmdHarness
             var parameters = program.InitParameters(device, seed);
             var inputs = globalInputs().Select((t, i) => Rt.ShardOf(device, t, program.Inputs[i].DimAxes)).ToArray();
             var results = program.Forward(device, parameters, inputs);
-            return (Device: device, Results: results.Select(r => r.to_type(ScalarType.Float64).detach().clone().MoveToOuterDisposeScope()).ToArray());
+            return results.Select(r => r.to_type(ScalarType.Float64).detach().clone().MoveToOuterDisposeScope()).ToArray();
         });
         var outs = new Tensor[program.Outputs.Count];
         for (int o = 0; o < outs.Length; o++)
-        {
-            var spec = program.Outputs[o];
-            var global = zeros(spec.Shape, ScalarType.Float64);
-            foreach (var (device, results) in perDevice)
-            {
-                var piece = results[o];
-                var view = global;
-                for (int d = 0; d < spec.Shape.Length; d++)
-                {
-                    var axes = spec.DimAxes[d];
-                    var len = piece.shape[d];
-                    view = view.narrow(d, axes.Length == 0 ? 0 : device.ShardIndex(axes) * len, len);
-                }
-                view.copy_(piece);
-            }
-            outs[o] = global;
-        }
+            outs[o] = Shards.Assemble(program.Mesh, program.Outputs[o], perDevice.Select(d => d[o]).ToArray());
         return outs;
     }
 

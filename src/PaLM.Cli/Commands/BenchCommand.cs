@@ -160,7 +160,7 @@ internal static class BenchCommand
             var ratios = new Timing(r.Ratios!);
             Console.WriteLine(F($"generated / eager: {r.Ratio:F3} (medians); per step: median {ratios.Median:F3}, min {ratios.Min:F3}, max {ratios.Max:F3}"));
             if (r.EagerLosses is { Count: > 0 } el)
-                Console.WriteLine(F($"first-step loss: generated {r.Losses[0]:F5}, eager {el[0]:F5}"));
+                Console.WriteLine(F($"losses: step 1 generated {r.Losses[0]:F5}, eager {el[0]:F5}; over {el.Count} steps they differ by at most {r.LossDifference:E1} relative"));
         }
         Console.WriteLine();
         Console.WriteLine(F($"FLOPs per step: model {f.ModelFlopsPerStep:N0} (6N + 12·L·H·Q·T = {f.ModelFlopsPerToken:N0}/token, N = {f.Parameters:N0}, L = {f.Layers})"));
@@ -262,6 +262,7 @@ internal static class BenchCommand
             o["ratio_generated_over_eager"] = r.Ratio;
             o["ratio_per_step"] = new JsonArray([.. r.Ratios!.Select(x => (JsonNode)x)]);
             o["eager_losses"] = new JsonArray([.. r.EagerLosses!.Select(l => (JsonNode)l)]);
+            o["loss_max_relative_difference"] = r.LossDifference;
         }
         if (r.Profile is { } p)
         {
