@@ -20,12 +20,15 @@ public static class ReferenceRunner
         return expected.All(e => specs[e.Key].Shape.SequenceEqual(e.Value)) ? config : null;
     }
 
-    /// <summary>The reference loss with the program's initial parameters from <paramref name="seed"/> and its batch from seed + 1.</summary>
+    /// <summary>
+    /// The reference loss with the program's initial parameters from <paramref name="seed"/> (on a mesh, the whole tensors
+    /// its devices' pieces are cut from) and its batch from seed + 1.
+    /// </summary>
     public static double Loss(IGraphProgram program, PalmConfig config, long seed)
     {
         Rt.Initialize();
         using var scope = NewDisposeScope();
-        var init = program.InitParameters(seed);
+        var init = Shards.InitWhole(program, seed);
         var weights = program.Parameters.Select((p, i) => (p.Name, init[i])).ToDictionary(p => p.Name, p => p.Item2);
         using var model = new PalmModel(config, weights);
         var tokensSpec = program.Inputs.First(i => i.Name == "tokens");

@@ -24,6 +24,17 @@ public sealed class RunAndCompileTests
         Assert.Equal(await Proc.TinyLoss, Proc.LossLine(r));
     }
 
+    /// <summary>On a mesh the reference starts from the whole tensors the devices' pieces are cut from (Shards.InitWhole),
+    /// without compiling the graph a second time unpartitioned.</summary>
+    [Fact]
+    public async Task Run_OnAMeshWithReference_MatchesTheEagerModel()
+    {
+        var r = (await Proc.Palmc("run", "graphs/palm-tiny.palm", "--mesh", "data=2,model=2", "--reference")).Expect(0);
+        var values = s_loss.Matches(r.Stdout).ToDictionary(m => m.Groups["name"].Value, m => double.Parse(m.Groups["v"].Value, CultureInfo.InvariantCulture));
+        Assert.True(values.ContainsKey("loss") && values.ContainsKey("reference loss"), $"expected 'loss = ' and 'reference loss = ':\n{r}");
+        Assert.True(Math.Abs(values["loss"] - values["reference loss"]) / Math.Abs(values["reference loss"]) < 1e-5, $"loss {values["loss"]} vs reference {values["reference loss"]}");
+    }
+
     [Fact]
     public async Task Compile_ProgramPrintsTheSameLoss_FromAnyWorkingDirectory()
     {

@@ -8,8 +8,8 @@ namespace PaLM.Cli.Commands;
 /// <summary>
 /// <c>palmc run FILE [--mesh ...] [--seed N] [--reference]</c>: partitions for the mesh, compiles in memory and prints
 /// the loss on a seeded batch, the same way the compiled program does, with one in-process virtual device per mesh
-/// position. <c>--reference</c> also runs the hand-written eager TorchSharp PaLM (one device) on the same weights and
-/// batch, for comparison.
+/// position. <c>--reference</c> also runs the hand-written eager TorchSharp PaLM (one device) on the same weights (on a
+/// mesh, the whole tensors the devices' pieces are cut from) and batch, for comparison.
 /// </summary>
 internal static class RunCommand
 {
@@ -22,13 +22,12 @@ internal static class RunCommand
         var cmd = new Command("run", "Compile in memory and print the loss on a seeded batch, on every device of the mesh.") { file, mesh, seed, reference };
         cmd.SetAction(r => Common.Guard(() =>
         {
-            var g = Common.Load(r.GetValue(file)!);
-            var spmd = Common.Partition(g, r.GetValue(mesh));
+            var spmd = Common.Partition(Common.Load(r.GetValue(file)!), r.GetValue(mesh));
             var program = RoslynCompiler.CompileInMemory(Emitter.Emit(spmd.Local));
             var s = r.GetValue(seed);
             var code = ProgramHost.RunLoss(program, s);
             if (code == 0 && r.GetValue(reference))
-                code = RunReference(spmd.Mesh.DeviceCount == 1 ? program : RoslynCompiler.CompileInMemory(Emitter.Emit(g)), s);
+                code = RunReference(program, s);
             return code;
         }));
         return cmd;
