@@ -159,6 +159,14 @@ public sealed record BenchReport
 
     public double? EagerMfu => Eager is null ? null : Flops.ModelFlopsPerStep / Eager.Median / Peak.Flops;
 
+    /// <summary>
+    /// MFU against this run's check of a stored peak instead of the stored figure (null without a check): the same step
+    /// over what the machine did in this run. The check is a best of few, so it can only read at or below the machine's
+    /// peak at the time, and this figure at or above the MFU then; reports lead with <see cref="Mfu"/>, and this one says
+    /// how much of a low MFU is the machine's phase rather than the step.
+    /// </summary>
+    public double? MfuAgainstCheck => PeakSource?.Check is { } c && c.Flops > 0 ? Flops.ModelFlopsPerStep / Generated.Median / c.Flops : null;
+
     public double? Ratio => Eager is null ? null : Generated.Median / Eager.Median;
 
     /// <summary>What the run spent outside its steps: compiling and the peak (the full protocol, or the check of a stored one).</summary>

@@ -69,6 +69,13 @@ public sealed class BenchTests
         Assert.Equal(first.GetProperty("peak_flops").GetDouble(), second.GetProperty("peak_flops").GetDouble());
         Assert.Equal(first.GetProperty("peak_measured_at").GetString(), second.GetProperty("peak_measured_at").GetString());
         Assert.True(second.GetProperty("peak_check_flops").GetDouble() > 0);
+        // The same step over the check instead of the stored figure, which the check did not beat by more than the 2%
+        // that triggers a new measurement.
+        var mfu = second.GetProperty("mfu").GetDouble();
+        Assert.Equal(mfu * second.GetProperty("peak_flops").GetDouble() / second.GetProperty("peak_check_flops").GetDouble(),
+            second.GetProperty("mfu_against_check").GetDouble(), 9);
+        Assert.True(second.GetProperty("mfu_against_check").GetDouble() >= mfu / 1.02);
+        Assert.Equal(JsonValueKind.Null, first.GetProperty("mfu_against_check").ValueKind);     // no check: the peak is this run's
         var fresh = Json((await Proc.Dotnet(Repo.PalmcDll, [.. args, "--fresh-peak"], env: env)).Expect(0));
         Assert.Equal("measured", fresh.GetProperty("peak_source").GetString());
     }
