@@ -161,6 +161,8 @@ internal static class BenchCommand
             Console.WriteLine(F($"eager step:     median {e.Median * 1e3:F1} ms (min {e.Min * 1e3:F1}, max {e.Max * 1e3:F1}, IQR {e.RelativeSpread * 100:F1}%); eager MFU {Pct(r.EagerMfu)}"));
             var ratios = new Timing(r.Ratios!);
             Console.WriteLine(F($"generated / eager: {r.Ratio:F3} (medians); per step: median {ratios.Median:F3}, min {ratios.Min:F3}, max {ratios.Max:F3}"));
+            if (r.Devices > 1)
+                Console.WriteLine(F($"      the eager step runs as one device on all {Environment.ProcessorCount} cores, where the mesh's {r.Devices} virtual devices share them: the ratio includes the mesh's collectives and its split of the cores"));
             if (r.EagerLosses is { Count: > 0 } el)
                 Console.WriteLine(F($"losses: step 1 generated {r.Losses[0]:F5}, eager {el[0]:F5}; over {el.Count} steps they differ by at most {r.LossDifference:E1} relative"));
         }
