@@ -194,6 +194,7 @@ public static class StepBench
         var sw = Stopwatch.StartNew();
         var graph = Frontend.CompileFile(path);
         var parse = sw.Elapsed.TotalSeconds;
+        RoslynCompiler.WarmUp();            // on the other core while the graph is transformed and emitted
         progress?.Invoke(new BenchProgress("compiling", 0));
         return Run(TrainingCompiler.Compile(graph, mesh, config), parse, options, progress);
     }

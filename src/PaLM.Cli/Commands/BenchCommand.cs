@@ -62,6 +62,7 @@ internal static class BenchCommand
             var sw = Stopwatch.StartNew();
             var g = Common.Load(r.GetValue(file)!);
             var parse = sw.Elapsed.TotalSeconds;
+            PaLM.CodeGen.RoslynCompiler.WarmUp();   // on the other core while the graph is transformed
             var compiled = training.Compile(r, g, r.GetValue(mesh));
             var options = new BenchOptions
             {
