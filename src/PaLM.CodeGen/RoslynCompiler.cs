@@ -136,7 +136,6 @@ public static class RoslynCompiler
         }
         """;
 
-
     /// <summary>
     /// Compiles and loads into this process; returns a new instance of the graph's program. The assembly comes from
     /// the persistent <see cref="ProgramCache"/> when it holds this program (<see cref="ProgramCache.Default"/> unless
