@@ -75,7 +75,9 @@ public static class RoslynCompiler
     /// cold spent 2.19–2.34 s compiling against 2.76–2.95 s, and the same with the cache warm.
     /// <para>
     /// The thread runs at the lowest priority (nice 19 on Linux), so it takes only what the caller leaves idle. The first
-    /// compile or cache hit after it cancels it without waiting; a cancelled warm-up stops at Roslyn's next check.
+    /// compile or cache hit after it cancels it and waits for it to stop (at its next check, or at once if it has not
+    /// started): left to itself on a loaded machine, a starved warm-up went on reading references and compiling during
+    /// the timed steps (resident memory grew 40 MB over a 500-step bench whose program came from the cache).
     /// </para>
     /// </summary>
     public static void WarmUp()
@@ -95,17 +97,34 @@ public static class RoslynCompiler
         }
     }
 
-    /// <summary>Cancels a warm-up still running: it has nothing left to give once a program is compiled or loaded.</summary>
+    /// <summary>Whether a warm-up thread is still running (for the tests: none may outlive a compile or a cache hit).</summary>
+    internal static bool WarmUpRunning
+    {
+        get { lock (s_warmLock) return s_warmUp is { IsAlive: true }; }
+    }
+
+    /// <summary>Cancels a warm-up still running and waits for it to stop: it has nothing left to give once a program is
+    /// compiled or loaded, and nothing should run beside what the caller does next (a peak check, timed steps).</summary>
     private static void EndWarmUp()
     {
-        lock (s_warmLock) s_warmCancel?.Cancel();
+        Thread? warmUp;
+        lock (s_warmLock)
+        {
+            s_warmCancel?.Cancel();
+            warmUp = s_warmUp;
+        }
+        warmUp?.Join();
     }
 
     /// <summary>Compiles <see cref="WarmUpSource"/> as <see cref="WarmUp"/> does (the tests check it compiles).</summary>
     internal static EmitResult CompileWarmUp(CancellationToken cancel)
     {
+        // Checked between the steps Roslyn does not check itself: reading the references maps a few hundred files.
+        cancel.ThrowIfCancellationRequested();
         var unit = SyntaxFactory.ParseCompilationUnit(WarmUpSource);
-        return Emit(Compilation(unit, "warmup.cs", "palmc.warmup", OutputKind.DynamicallyLinkedLibrary), "warmup.cs", WarmUpSource, cancel).Result;
+        cancel.ThrowIfCancellationRequested();
+        var compilation = Compilation(unit, "warmup.cs", "palmc.warmup", OutputKind.DynamicallyLinkedLibrary);
+        return Emit(compilation, "warmup.cs", WarmUpSource, cancel).Result;
     }
 
     /// <summary>What a generated program is made of, in small: a class over the runtime and TorchSharp with arrays,
