@@ -309,7 +309,7 @@ public static class StepBench
         return CreateEager(program, Shards.InitWhole(program, seed));
     }
 
-    /// <summary>The eager peer starting from <paramref name="persistent"/>, a single-device program's persistent tensors (copied).</summary>
+    /// <summary>The eager peer starting from <paramref name="persistent"/>, the program's whole persistent tensors (one device's, or <see cref="Shards.InitWhole"/>'s on a mesh; copied).</summary>
     internal static EagerTrainer CreateEager(IGraphProgram program, Tensor[] persistent)
     {
         var weights = program.Parameters.Select((p, i) => (p, i)).Where(x => x.p.Role == TensorRole.Parameter)

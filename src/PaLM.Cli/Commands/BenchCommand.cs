@@ -60,9 +60,8 @@ internal static class BenchCommand
             var sizes = ParseSizes(r.GetValue(peakSizes)!);
             var corpus = Common.LoadCorpus(r.GetValue(data));
             var sw = Stopwatch.StartNew();
-            var g = Common.Load(r.GetValue(file)!);
+            var g = Common.LoadToCompile(r.GetValue(file)!);
             var parse = sw.Elapsed.TotalSeconds;
-            PaLM.CodeGen.RoslynCompiler.WarmUp();   // on the other core while the graph is transformed
             var compiled = training.Compile(r, g, r.GetValue(mesh));
             var options = new BenchOptions
             {

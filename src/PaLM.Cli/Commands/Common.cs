@@ -24,6 +24,18 @@ internal static class Common
     /// <summary>Loads a graph by extension: .pb and .json are IR files, anything else is DSL.</summary>
     public static Graph Load(string path) => Load(path, null);
 
+    /// <summary>
+    /// <see cref="Load(string)"/> for a command that compiles the graph next: starts Roslyn's warm-up
+    /// (<see cref="PaLM.CodeGen.RoslynCompiler.WarmUp"/>) once it is parsed, to run on the other core while the graph is
+    /// transformed and emitted (started before parsing, it slows parsing).
+    /// </summary>
+    public static Graph LoadToCompile(string path)
+    {
+        var g = Load(path);
+        PaLM.CodeGen.RoslynCompiler.WarmUp();
+        return g;
+    }
+
     /// <summary>Loads a graph with some DSL dims resized (<c>--batch</c>); IR files have fixed sizes and refuse.</summary>
     public static Graph Load(string path, IReadOnlyDictionary<string, long>? dims)
     {

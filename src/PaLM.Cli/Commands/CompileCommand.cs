@@ -24,8 +24,7 @@ internal static class CompileCommand
             var path = r.GetValue(file)!;
             var dir = r.GetValue(output)!;
             var sw = Stopwatch.StartNew();
-            var g = Common.Load(path);
-            RoslynCompiler.WarmUp();        // on the other core while the graph is transformed and emitted
+            var g = Common.LoadToCompile(path);
             var name = Path.GetFileNameWithoutExtension(path);
             if (!r.GetValue(train) && (r.GetResult(training.Remat) is { Implicit: false } || r.GetValue(training.NoFuse)))
                 throw new UserError("error: --remat and --no-fuse apply to training steps: add --train");

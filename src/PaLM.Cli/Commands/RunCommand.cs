@@ -22,9 +22,7 @@ internal static class RunCommand
         var cmd = new Command("run", "Compile in memory and print the loss on a seeded batch, on every device of the mesh.") { file, mesh, seed, reference };
         cmd.SetAction(r => Common.Guard(() =>
         {
-            var g = Common.Load(r.GetValue(file)!);
-            RoslynCompiler.WarmUp();        // on the other core while the graph is partitioned and emitted
-            var spmd = Common.Partition(g, r.GetValue(mesh));
+            var spmd = Common.Partition(Common.LoadToCompile(r.GetValue(file)!), r.GetValue(mesh));
             var program = RoslynCompiler.CompileInMemory(Emitter.Emit(spmd.Local));
             var s = r.GetValue(seed);
             var code = ProgramHost.RunLoss(program, s);

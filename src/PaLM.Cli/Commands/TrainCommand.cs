@@ -42,8 +42,7 @@ internal static class TrainCommand
                 try { Runtime.Distributed.FailPoints.Compile(); }
                 catch (InvalidOperationException e) { throw new UserError($"error: {e.Message}"); }
                 var corpus = Common.LoadCorpus(r.GetValue(data));
-                var graph = Common.Load(r.GetValue(file)!);
-                RoslynCompiler.WarmUp();    // on the other core while the graph is transformed and emitted
+                var graph = Common.LoadToCompile(r.GetValue(file)!);
                 var comp = training.Compile(r, graph, r.GetValue(mesh));
                 if (mpi is not null && comp.Spmd.Mesh.DeviceCount != mpi.World.Size)
                     throw new UserError($"error: the mesh ({comp.Spmd.Mesh}) has {comp.Spmd.Mesh.DeviceCount} device(s) but this MPI job has {mpi.World.Size} rank(s); "
