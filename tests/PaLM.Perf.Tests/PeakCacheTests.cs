@@ -39,6 +39,26 @@ public sealed class PeakCacheTests : IDisposable
     }
 
     [Fact]
+    public void TheCheckRunsOnlyTheKernelThatSetTheStoredPeak()
+    {
+        Rt.Initialize();
+        var cache = new PeakCache(_dir);
+        foreach (var kernel in Gemm.Kernels)
+        {
+            var stored = new PeakMeasurement("f32", torch.get_num_threads(), [new PeakSample(128, 1e15, 1e15, Reps, Gemm.Name(kernel))], 0.1);
+            cache.Put(new CachedPeak(stored, DateTimeOffset.UtcNow), Sizes, Reps);
+            var r = Obtain(cache);
+            Assert.True(r.FromCache);
+            Assert.Equal(Gemm.Name(kernel), Assert.Single(r.Check!.Samples).Kernel);
+            Assert.Equal([kernel], PeakFlops.CheckKernels(stored, 128));
+        }
+        // A kernel the generated code cannot choose (or none recorded at that size): the check times every kernel.
+        var other = new PeakMeasurement("f32", torch.get_num_threads(), [new PeakSample(128, 1e15, 1e15, Reps, "no-such-kernel")], 0.1);
+        Assert.Null(PeakFlops.CheckKernels(other, 128));
+        Assert.Null(PeakFlops.CheckKernels(other, 256));
+    }
+
+    [Fact]
     public void AStoredPeakBelowThisRunsCheckIsMeasuredAgain()
     {
         Rt.Initialize();

@@ -136,7 +136,7 @@ internal static class BenchCommand
         {
             Console.WriteLine(F($"peak: {Gflops(r.Peak.Flops)} measured on this machine {ps.MeasuredAt:yyyy-MM-dd HH:mm} UTC and stored ({samples}; {r.Peak.Threads} threads)"));
             if (ps.Check is { } check)
-                Console.WriteLine(F($"      checked in this run: {check.Samples[0].Size}² best of {check.Samples[0].Repetitions} at {Gflops(check.Flops)} ({check.Seconds:F1} s), not above the stored peak; --fresh-peak measures it again"));
+                Console.WriteLine(F($"      checked in this run: {check.Samples[0].Size}² best of {check.Samples[0].Repetitions} on {check.Samples[0].Kernel} at {Gflops(check.Flops)} ({check.Seconds:F1} s), not above the stored peak; --fresh-peak measures it again"));
             if (ps.MachineSlowerThanPeak)
                 Console.WriteLine(F($"      warning: the check is {ps.CheckRatio:P0} of the stored peak: this machine is slower now than when the peak was measured (shared or throttled), so this run's step times read slow and its MFU low; run again when it is quiet"));
         }
