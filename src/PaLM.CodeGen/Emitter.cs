@@ -111,6 +111,10 @@ public sealed class Emitter
     private readonly FusionPlan _fusion;
     private readonly IReadOnlyDictionary<FusionGroup, int[]> _loopDonors;
     private readonly List<MethodDeclarationSyntax> _kernels = [];
+    /// <summary>The runtime calls' integer-array literals (shapes, axes, permutations, split sizes, loop donors), one
+    /// static field each: written inline, each call would allocate its array on every step.</summary>
+    private readonly Dictionary<string, string> _arrayFields = new(StringComparer.Ordinal);
+    private readonly List<MemberDeclarationSyntax> _constants = [];
     private readonly LayerStacks _stacks;
     private readonly ConcatDestinations _concatInto;
     private readonly Dictionary<Node, string> _joins = new(ReferenceEqualityComparer.Instance);
@@ -153,7 +157,7 @@ public sealed class Emitter
                 ForwardMethod(),
                 MainMethod(className));
         // After ForwardMethod, which numbered the sites and built the fused loops' kernels.
-        cls = cls.AddMembers([.. _kernels]);
+        cls = cls.AddMembers([.. _constants, .. _kernels]);
         if (_options.Profile)
             cls = cls.AddMembers(Property("IReadOnlyList<OpSite>", "ProfileSites", Array("OpSite", _sites)));
         var ns = FileScopedNamespaceDeclaration(ParseName(GeneratedNamespace)).AddMembers(cls);
@@ -400,12 +404,12 @@ public sealed class Emitter
             if (_joins.ContainsKey(piece)) continue;
             var t = piece.Outputs[0].Type;
             _joins[piece] = _names.Fresh(piece.Outputs[0].Name + "_join");
-            body.Add(Local(_joins[piece], Rt("Empty", Longs(t.Shape), DType(t.DType))));
+            body.Add(Local(_joins[piece], Rt("Empty", LongsField([.. t.Shape]), DType(t.DType))));
         }
         for (int j = 0; j < donors.Length; j++) if (destinations[j] is not null) donors[j] = -1;
         var loopArgs = new List<ExpressionSyntax> { IdentifierName(kernelName), Int(temps), Array("Tensor", group.Inputs.Select(Ref)), Array("Tensor", group.Scalars.Select(Ref)) };
         if (group.Leads.Count > 0) loopArgs.Add(Array("Tensor", group.Leads.Select(Ref)));
-        loopArgs.Add(Array("int", donors.Select(Int)));
+        loopArgs.Add(ArrayField("int", "I", [.. donors.Select(d => (long)d)]));
         if (destinations.Any(d => d is not null))
             loopArgs.Add(Array("Tensor?", destinations.Select(d => d is null
                 ? (ExpressionSyntax)LiteralExpression(SyntaxKind.NullLiteralExpression)
@@ -506,7 +510,7 @@ public sealed class Emitter
         for (int k = carried; k < n.Outputs.Length; k++)
         {
             var t = n.Outputs[k].Type;
-            body.Add(Local(Bind(n.Outputs[k]), _stacks.IsStack(n.Outputs[k]) ? Rt("Layers", Lit(count)) : Rt("Empty", Longs(t.Shape), DType(t.DType))));
+            body.Add(Local(Bind(n.Outputs[k]), _stacks.IsStack(n.Outputs[k]) ? Rt("Layers", Lit(count)) : Rt("Empty", LongsField([.. t.Shape]), DType(t.DType))));
         }
         var loop = new List<StatementSyntax>();
         for (int i = carried; i < carried + stacked; i++)
@@ -568,7 +572,7 @@ public sealed class Emitter
         LLiteral { Value: long v } => Lit(v),
         LLiteral { Value: double v } => Lit(v),
         LLiteral { Value: string v } => Lit(v),
-        LLiteral { Value: long[] v } => Longs(v),
+        LLiteral { Value: long[] v } => LongsField(v),
         LLiteral { Value: IR.DType v } => DType(v),
         LLiteral l => throw new InvalidOperationException($"{n.Op.Name}: cannot emit literal of type {l.Value.GetType().Name}"),
         _ => throw new InvalidOperationException($"{n.Op.Name}: unknown lowering argument {a.GetType().Name}"),
@@ -621,6 +625,28 @@ public sealed class Emitter
     }
 
     private static ExpressionSyntax Longs(IEnumerable<long> values) => Array("long", values.Select(Lit));
+
+    /// <summary>A static readonly field holding <paramref name="values"/> (named after them, e.g. <c>L_4_512_768</c>;
+    /// one per distinct array). The runtime only reads these arrays, so every call and step shares one.</summary>
+    private IdentifierNameSyntax LongsField(long[] values) => ArrayField("long", "L", values);
+
+    /// <summary>A static readonly <paramref name="type"/>[] field holding <paramref name="values"/>, named
+    /// <paramref name="prefix"/> and the values (<c>m</c> for minus), one per distinct type and values.</summary>
+    private IdentifierNameSyntax ArrayField(string type, string prefix, long[] values)
+    {
+        var key = prefix + "_" + (values.Length == 0 ? "empty"
+            : string.Join("_", values.Select(v => v < 0 ? $"m{-v}" : v.ToString(System.Globalization.CultureInfo.InvariantCulture))));
+        if (!_arrayFields.TryGetValue(key, out var name))
+        {
+            name = _names.Fresh(key);
+            _arrayFields[key] = name;
+            var items = type == "int" ? values.Select(v => Int(checked((int)v))) : values.Select(Lit);
+            _constants.Add(FieldDeclaration(VariableDeclaration(ParseTypeName(type + "[]"))
+                    .AddVariables(VariableDeclarator(CSharpNames.Token(name)).WithInitializer(EqualsValueClause(Array(type, items)))))
+                .AddModifiers(Token(SyntaxKind.PrivateKeyword), Token(SyntaxKind.StaticKeyword), Token(SyntaxKind.ReadOnlyKeyword)));
+        }
+        return IdentifierName(CSharpNames.Token(name));
+    }
 
     private static ExpressionSyntax Array(string elementType, IEnumerable<ExpressionSyntax> items) =>
         ArrayCreationExpression(ArrayType(ParseTypeName(elementType)).AddRankSpecifiers(ArrayRankSpecifier(SingletonSeparatedList<ExpressionSyntax>(OmittedArraySizeExpression()))))

@@ -81,6 +81,36 @@ public sealed class HostileNameTests
         Assert.True(result.allclose(expected, rtol: 1e-6, atol: 1e-6));
     }
 
+    [Fact]
+    public void UserNamesLikeTheArrayConstantsDoNotCollideWithThem()
+    {
+        // The runtime calls' integer arrays are static fields named after their values (L_0_1 for the axes [0, 1], I_0
+        // for a loop's donors [0]); values named so get other identifiers, whichever is named first.
+        var graph = PaLM.Dsl.Frontend.CompileText("arrays.palm", """
+            dim b = 2, d = 3
+            input L_0_1: f32[b, d]
+            I_0 = exp(L_0_1)
+            L_0_1_1 = I_0 * L_0_1
+            m = mean(L_0_1_1, over=[b, d])
+            output m
+            """);
+        var source = Emitter.Emit(graph);
+        var root = CSharpSyntaxTree.ParseText(source.Text).GetRoot();
+        var fields = root.DescendantNodes().OfType<FieldDeclarationSyntax>().SelectMany(f => f.Declaration.Variables).Select(v => v.Identifier.ValueText).ToList();
+        Assert.Contains(fields, f => f.StartsWith("L_0_1", StringComparison.Ordinal));
+        var forward = root.DescendantNodes().OfType<MethodDeclarationSyntax>().Single(m => m.Identifier.ValueText == "Forward");
+        Assert.DoesNotContain("new long[]", forward.ToString());
+        var locals = forward.DescendantNodes().OfType<VariableDeclaratorSyntax>().Select(v => v.Identifier.ValueText);
+        Assert.Empty(locals.Intersect(fields));
+
+        var program = RoslynCompiler.CompileInMemory(source);
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var x = rand(2, 3);
+        for (int run = 0; run < 2; run++)     // the shared arrays are only read: a second call computes the same
+            Assert.True(program.Forward([], [x])[0].allclose((x.exp() * x).mean(), rtol: 1e-6, atol: 1e-6));
+    }
+
     [Theory]
     [InlineData("x", "x")]
     [InlineData("x.1", "x_1")]

@@ -59,6 +59,8 @@ internal static class NnOps
             },
             Flops = n => 12 * Numel(n),
             Lower = c => new RtCall("LayerNormDx", LArg.In(0), LArg.In(1), LArg.In(2), LArg.Lit(c.Node.Attr<FloatAttr>("eps").Value)),
+            // A new buffer from the row kernel and the composite form alike: the residual stream's cotangent adds into it.
+            FreshBuffer = true,
             Sharding = n => ShardingRule.ByName(n, n.Attr<DimsAttr>("over").Names),
             Linearity = Linearity.Numerator,
             Vjp = Vjps.NotDifferentiable("palmc takes first derivatives only"),
@@ -254,6 +256,7 @@ internal static class NnOps
             },
             Flops = n => 6 * Numel(n, 1),
             Lower = c => new RtCall("CrossEntropyGrad", LArg.In(0), LArg.In(1), LArg.In(2), LArg.Lit(c.Axis(1, "over")), LArg.Lit(c.Node.Attr<FloatAttr>("z_loss").Value)),
+            FreshBuffer = true,     // the row kernel's and the composite's result are new buffers
             Sharding = n => ShardingRule.ByName(n, n.Attr<DimsAttr>("over").Names),
             Linearity = Linearity.Numerator,
             Vjp = Vjps.NotDifferentiable("palmc takes first derivatives only"),
