@@ -54,6 +54,12 @@ public sealed record CodeGenOptions
     /// piece into its slice of the result (see <see cref="ProductsOverPieces"/>). On by default; off makes the join.
     /// </summary>
     public bool ProductsOverPieces { get; init; } = true;
+
+    /// <summary>
+    /// Run a layer norm's two cotangents of the same dy and x as one call (see <see cref="LayerNormSiblings"/>). On by
+    /// default; the results are the same bits either way.
+    /// </summary>
+    public bool LayerNormSiblings { get; init; } = true;
 }
 
 /// <summary>
@@ -119,6 +125,7 @@ public sealed class Emitter
     private readonly ConcatDestinations _concatInto;
     private readonly Dictionary<Node, string> _joins = new(ReferenceEqualityComparer.Instance);
     private readonly ProductsOverPieces _overPieces;
+    private readonly LayerNormSiblings _lnSiblings;
     private int _loopDepth;
 
     private Emitter(Graph graph, CodeGenOptions options)
@@ -131,6 +138,7 @@ public sealed class Emitter
         _stacks = options.KeepLayerResults ? new LayerStacks(graph, _fusion, _inPlace, _loopDonors) : LayerStacks.None;
         _concatInto = options.ConcatInPlace ? new ConcatDestinations(graph, _fusion) : ConcatDestinations.None;
         _overPieces = options.ProductsOverPieces ? new ProductsOverPieces(graph, _concatInto) : PaLM.CodeGen.ProductsOverPieces.None;
+        _lnSiblings = options.LayerNormSiblings ? new LayerNormSiblings(graph) : PaLM.CodeGen.LayerNormSiblings.None;
     }
 
     public static GeneratedSource Emit(Graph graph, string? sourceFileName = null, CodeGenOptions? options = null)
@@ -304,8 +312,11 @@ public sealed class Emitter
             }
             // A join the product after it reads piece by piece is never made.
             if (_overPieces.Absorbed(n)) continue;
+            // A layer norm's scale cotangent computed by its input cotangent's call.
+            if (_lnSiblings.Absorbed(n)) continue;
             var comment = Comment("// " + CSharpNames.CommentText(
-                (n.Loc is { } l ? $"{Path.GetFileName(l.File)}:{l.Line}: " : "") + Printer.FormatNodeHead(n)));
+                (n.Loc is { } l ? $"{Path.GetFileName(l.File)}:{l.Line}: " : "") + Printer.FormatNodeHead(n)
+                + (_lnSiblings.ScaleOf(n) is { } sibling ? "; " + Printer.FormatNodeHead(sibling) : "")));
             var start = body.Count;
             var lowering = n.Op.Lower(new LowerContext(n));
             if (lowering is RtCall plain && _inPlace.TryGetValue(n, out var donor)) lowering = BufferReuse.InPlaceCall(n, plain, donor);
@@ -313,9 +324,16 @@ public sealed class Emitter
             ExpressionSyntax? intoJoin = lowering is RtCall { Method: "Concat" } concat && _joins.TryGetValue(n, out var join)
                 ? Rt("ConcatInto", [IdentifierName(CSharpNames.Token(join)), .. concat.Args.Select(a => Arg(a, n))])
                 : null;
-            (int Site, string Local)? timer = lowering is RtCall && _options.Profile ? StartTimer(n, body) : null;
+            var dscale = lowering is RtCall { Method: "LayerNormDx" } ? _lnSiblings.ScaleOf(n) : null;
+            (int Site, string Local)? timer = lowering is not RtCall || !_options.Profile ? null
+                : dscale is null ? StartTimer(n, body)
+                : StartTimer(n, body, op: "layernorm_grads", flops: n.Op.Flops(n) + dscale.Op.Flops(dscale));
             switch (lowering)
             {
+                case RtCall call when dscale is not null:
+                    BindParts(Rt("LayerNormGrads", call.Args.Select(a => Arg(a, n)).ToArray()), [n.Outputs[0], dscale.Outputs[0]],
+                        n.Outputs[0].Name + "_grads", body);
+                    break;
                 case RtCall { Method: "Einsum" } call when _overPieces.Of(n) is { } pieces:
                     body.Add(Local(Bind(n.Outputs[0]), Rt("EinsumOverPieces", Arg(call.Args[0], n), Lit((long)pieces.Operand), Lit(pieces.Axis),
                         Ref(n.Inputs[1 - pieces.Operand]), Array("Tensor", pieces.Concat.Inputs.Select(Ref)))));

@@ -55,40 +55,75 @@ public static unsafe class RowKernels
     {
         var axis = x.dim() - 1;
         if (axis < 0 || !TensorMemory.SameShape(dy, x) || !Applies(axis, dy, x)) return null;
+        return ScaleSums(dy, x, eps, dx: null, scale: null);
+    }
+
+    /// <summary>
+    /// Both of layer norm's cotangents in one read of x and dy (see <see cref="Rt.LayerNormGrads"/>): each row's x̂,
+    /// made once in cache, gives its row of dx (<see cref="LayerNormDx"/>'s arithmetic) and its term of dscale
+    /// (<see cref="LayerNormDScale"/>'s blocks and order), so both come out bit for bit as the two kernels give them.
+    /// Null where either kernel does not apply.
+    /// </summary>
+    public static (Tensor Dx, Tensor DScale)? LayerNormGrads(Tensor dy, Tensor x, Tensor scale, double eps)
+    {
+        var axis = x.dim() - 1;
+        if (axis < 0 || !TensorMemory.SameShape(dy, x) || scale.dim() != 1 || scale.size(0) != x.size((int)axis)
+            || !Applies(0, scale) || ResultLike(x, axis, dy, x) is not { } dx) return null;
+        var dscale = ScaleSums(dy, x, eps, dx, scale);
+        GC.KeepAlive(scale);
+        return (dx, dscale);
+    }
+
+    /// <summary>Σ over rows of dy · x̂, and with <paramref name="dx"/> given each row's input cotangent into it too.</summary>
+    private static unsafe Tensor ScaleSums(Tensor dy, Tensor x, double eps, Tensor? dx, Tensor? scale)
+    {
+        var axis = x.dim() - 1;
         long length = x.size((int)axis), rows = x.numel() / length;
-        // The partials come from the shared pool: at palm-cpu's size (32 blocks of 768) a new array each call would be a
-        // large-object allocation, on fresh pages every time.
+        // The partials and sums come from the shared pools: at palm-cpu's size (32 blocks of 768) a new array each call
+        // would be a large-object allocation, on fresh pages every time.
         long blocks = (rows + ScaleBlockRows - 1) / ScaleBlockRows;
         var partial = System.Buffers.ArrayPool<float>.Shared.Rent(checked((int)(blocks * length)));
+        var sums = System.Buffers.ArrayPool<double>.Shared.Rent((int)length);
         try
         {
             Array.Clear(partial, 0, (int)(blocks * length));
-            var work = new LayerNormDScaleBlocks(Rows.Of(dy, axis), Rows.Of(x, axis), rows, blocks, partial, (float)eps);
+            Array.Clear(sums, 0, (int)length);
+            var work = new LayerNormDScaleBlocks(Rows.Of(dy, axis), Rows.Of(x, axis), rows, blocks, partial, (float)eps,
+                dx is null ? null : Rows.Of(dx, axis), scale is null ? null : Rows.Of(scale, 0));
             OpenMpTeam.Run(work, Math.Min(OpenMpTeam.ThreadsFor(x.numel(), torch.get_num_threads()), (int)Math.Min(blocks, 256)));
             GC.KeepAlive(dy);
             GC.KeepAlive(x);
-            var sums = new double[length];
+            GC.KeepAlive(dx);
             for (long b = 0; b < blocks; b++)
                 for (int j = 0; j < length; j++) sums[j] += partial[b * length + j];
-            using var wide = torch.tensor(sums, ScalarType.Float64);
-            return wide.to_type(ScalarType.Float32);
+            // Each fp64 sum rounded once to fp32, as a float64 tensor's conversion would.
+            var result = torch.empty(length, ScalarType.Float32);
+            var into = (float*)TensorMemory.Address(result);
+            for (int j = 0; j < length; j++) into[j] = (float)sums[j];
+            return result;
         }
         finally
         {
             System.Buffers.ArrayPool<float>.Shared.Return(partial);
+            System.Buffers.ArrayPool<double>.Shared.Return(sums);
         }
     }
 
     /// <summary>Rows per fp32 partial of <see cref="LayerNormDScale"/>.</summary>
     public const int ScaleBlockRows = 64;
 
-    private sealed unsafe class LayerNormDScaleBlocks(Rows dy, Rows x, long rows, long blocks, float[] partial, float eps) : TeamWork
+    private sealed unsafe class LayerNormDScaleBlocks(Rows dy, Rows x, long rows, long blocks, float[] partial, float eps, Rows? dx, Rows? scale) : TeamWork
     {
+        [ThreadStatic] private static float[]? t_xhat;
+        [ThreadStatic] private static long[]? t_index;
+
         protected override void Run(int worker, int workers)
         {
             int length = x.Length;
-            var xhat = new float[length];
-            var index = new long[x.Shape.Length];
+            if (t_xhat is null || t_xhat.Length < length) t_xhat = new float[length];
+            if (t_index is null || t_index.Length != x.Shape.Length) t_index = new long[x.Shape.Length];
+            var xhat = t_xhat.AsSpan(0, length);
+            var index = t_index;
             long first = blocks * worker / workers, last = blocks * (worker + 1) / workers;
             for (long b = first; b < last; b++)
             {
@@ -98,8 +133,10 @@ public static unsafe class RowKernels
                     RowWork.Unravel(r, x.Shape, x.Axis, index);
                     var xs = new ReadOnlySpan<float>(RowWork.AtIndex(x, index), length);
                     var dys = new ReadOnlySpan<float>(RowWork.AtIndex(dy, index), length);
-                    Normalize(xs, xhat, eps);
+                    float rstd = Normalize(xs, xhat, eps);
                     TensorPrimitives.MultiplyAdd(xhat, dys, acc, acc);             // acc += x̂ · dy
+                    if (dx is { } d && scale is { } s)
+                        DxRow(dys, xhat, rstd, new ReadOnlySpan<float>(s.Base, length), new Span<float>(RowWork.AtIndex(d, index), length));
                 }
             }
         }
@@ -453,12 +490,20 @@ public static unsafe class RowKernels
             if (t_xhat is null || t_xhat.Length < length) t_xhat = new float[length];
             var xhat = t_xhat.AsSpan(0, length);
             float rstd = Normalize(xs, xhat, eps);
-            TensorPrimitives.Multiply(dys, scales, dxs);                          // g
-            float m1 = TensorPrimitives.Sum(dxs) / length, m2 = TensorPrimitives.Dot(dxs, xhat) / length;
-            TensorPrimitives.MultiplyAdd(xhat, -m2, dxs, dxs);                      // g − x̂·m2
-            TensorPrimitives.Subtract(dxs, m1, dxs);
-            TensorPrimitives.Multiply(dxs, rstd, dxs);
+            DxRow(dys, xhat, rstd, scales, dxs);
         }
+    }
+
+    /// <summary>One row of layer norm's input cotangent from its x̂ and rstd: rstd · (g − mean(g) − x̂ · mean(g · x̂)),
+    /// g = dy · scale, computed in <paramref name="dxs"/>.</summary>
+    private static void DxRow(ReadOnlySpan<float> dys, ReadOnlySpan<float> xhat, float rstd, ReadOnlySpan<float> scales, Span<float> dxs)
+    {
+        int length = dxs.Length;
+        TensorPrimitives.Multiply(dys, scales, dxs);                              // g
+        float m1 = TensorPrimitives.Sum(dxs) / length, m2 = TensorPrimitives.Dot(dxs, xhat) / length;
+        TensorPrimitives.MultiplyAdd(xhat, -m2, dxs, dxs);                          // g − x̂·m2
+        TensorPrimitives.Subtract(dxs, m1, dxs);
+        TensorPrimitives.Multiply(dxs, rstd, dxs);
     }
 
     /// <summary>Cross entropy's rows: the loss per row into <c>loss</c>, or with <c>dy</c> given its gradient into

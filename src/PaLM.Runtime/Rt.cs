@@ -301,6 +301,16 @@ public static class Rt
     }
 
     /// <summary>
+    /// <see cref="LayerNormDx"/> and <see cref="LayerNormDScale"/> of the same dy and x, as <c>[dx, dscale]</c>, in one read
+    /// of both where the row kernel applies (<see cref="RowKernels.LayerNormGrads"/>: the same bits as the two calls);
+    /// the two calls elsewhere. Code generation emits it for the two ops of one layer norm's VJP (a sibling fusion).
+    /// </summary>
+    public static Tensor[] LayerNormGrads(Tensor dy, Tensor x, Tensor scale, double eps) =>
+        RowKernels.LayerNormGrads(dy, x, scale, eps) is var (dx, dscale)
+            ? [dx, dscale]
+            : [LayerNormDx(dy, x, scale, eps), LayerNormDScale(dy, x, eps)];
+
+    /// <summary>
     /// Cross-entropy-with-z-loss's logits cotangent: dy · (softmax(x) · (1 + 2·zLoss·lse) − onehot(target)) along
     /// <paramref name="axis"/>; dy and targets have the logits' shape without that axis.
     /// </summary>

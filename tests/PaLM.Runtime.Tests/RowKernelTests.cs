@@ -170,6 +170,45 @@ public sealed class RowKernelTests
         Assert.Null(RowKernels.LayerNormDScale(dy.to_type(ScalarType.BFloat16), x.to_type(ScalarType.BFloat16), 1e-5));
     }
 
+    /// <summary>Both layer norm cotangents in one pass are the two kernels' results bit for bit: rows in one block and in
+    /// several (a ragged last one), x a permuted view, dy a strided slice, a single row; what either kernel declines,
+    /// the pair declines, and <c>Rt.LayerNormGrads</c> then gives the two calls' results.</summary>
+    [Theory]
+    [InlineData(1, new long[] { 3, 5, 70 }, false, false)]
+    [InlineData(2, new long[] { 2, 100, 48 }, true, true)]
+    [InlineData(3, new long[] { 333, 64 }, true, false)]
+    [InlineData(4, new long[] { 40 }, false, false)]
+    [InlineData(5, new long[] { 4, 67, 768 }, false, true)]
+    public void LayerNormGradsAreTheTwoKernelsBitForBit(int seed, long[] shape, bool stridedDy, bool permutedX)
+    {
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var g = new Generator((ulong)seed);
+        var d = shape[^1];
+        var x = (permutedX && shape.Length == 3 ? randn([shape[1], shape[0], d], generator: g).transpose(0, 1) : randn(shape, generator: g)) * 3 + 0.5;
+        var dy = stridedDy ? randn([.. shape[..^1], d + 9], generator: g).narrow(-1, 3, d) : randn(shape, generator: g);
+        var scale = randn([d], generator: g) * 2 + 1;
+        var pair = RowKernels.LayerNormGrads(dy, x, scale, 1e-5);
+        Assert.NotNull(pair);
+        var (dx, dscale) = pair.Value;
+        Assert.True(Same(dx, RowKernels.LayerNormDx(dy, x, scale, 1e-5)!), "dx differs from LayerNormDx");
+        Assert.True(Same(dscale, RowKernels.LayerNormDScale(dy, x, 1e-5)!), "dscale differs from LayerNormDScale");
+        // And against autograd through layer norm itself.
+        var (xr, sr) = (x.detach().requires_grad_(true), scale.detach().requires_grad_(true));
+        nn.functional.layer_norm(xr, [d], weight: sr, eps: 1e-5).backward([dy]);
+        Assert.True(dx.allclose(xr.grad!, rtol: 1e-4, atol: 1e-4), $"dx: max difference from autograd {(dx - xr.grad!).abs().max().item<float>()}");
+        Assert.True(dscale.allclose(sr.grad!, rtol: 1e-4, atol: 1e-3), $"dscale: max difference from autograd {(dscale - sr.grad!).abs().max().item<float>()}");
+
+        var (dyB, xB, sB) = (dy.to_type(ScalarType.BFloat16), x.to_type(ScalarType.BFloat16), scale.to_type(ScalarType.BFloat16));
+        Assert.Null(RowKernels.LayerNormGrads(dyB, xB, sB, 1e-5));
+        var fallback = Rt.LayerNormGrads(dyB, xB, sB, 1e-5);
+        Assert.True(Same(fallback[0], Rt.LayerNormDx(dyB, xB, sB, 1e-5)) && Same(fallback[1], Rt.LayerNormDScale(dyB, xB, 1e-5)));
+    }
+
+    /// <summary>Same shape and dtype, and every element the same bits (NaN aside, which none of these make).</summary>
+    private static bool Same(Tensor a, Tensor b) =>
+        a.dtype == b.dtype && a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>();
+
     /// <summary>Cross entropy with z-loss and its gradient against the composite TorchSharp forms: the class dim last or
     /// in the middle (a permuted view whose class dim is contiguous), int32 and int64 targets (a transposed view among
     /// them), dy broadcast from one value as the mean's gradient is; a class dim that is not contiguous is declined.</summary>

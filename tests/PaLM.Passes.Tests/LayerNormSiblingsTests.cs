@@ -1,0 +1,63 @@
+using PaLM.CodeGen;
+using PaLM.Dsl;
+using PaLM.IR;
+using PaLM.Runtime;
+using PaLM.Runtime.Training;
+using static TorchSharp.torch;
+
+namespace PaLM.Passes.Tests;
+
+/// <summary>
+/// Sibling fusion of layer norm's two cotangents (<see cref="LayerNormSiblings"/>): every layer norm of a training step
+/// gets one <c>Rt.LayerNormGrads</c> call for both, and the step computes the same bits with and without it.
+/// </summary>
+public sealed class LayerNormSiblingsTests
+{
+    [Fact]
+    public void EachLayerNormsTwoCotangentsAreOneCallAndTheStepKeepsItsBits()
+    {
+        Rt.Initialize();
+        var local = TrainingCompiler.Compile(Frontend.CompileFile(TestPaths.Graph("palm-tiny")), null, new TrainingConfig()).Local;
+        var siblings = new LayerNormSiblings(local);
+        int dx = 0, paired = 0;
+        void Count(Block b)
+        {
+            foreach (var n in b.Nodes)
+            {
+                foreach (var r in n.Regions) Count(r);
+                if (n.Op.Name != "layernorm_dx") continue;
+                dx++;
+                if (siblings.ScaleOf(n) is { } dscale)
+                {
+                    paired++;
+                    Assert.True(siblings.Absorbed(dscale));
+                    Assert.Same(n.Inputs[0], dscale.Inputs[0]);
+                }
+            }
+        }
+        Count(local.Body);
+        Assert.Equal(2, dx);            // the layers' (in the loop) and the final one's
+        Assert.Equal(dx, paired);
+
+        var withSource = Emitter.Emit(local);
+        Assert.Equal(2, System.Text.RegularExpressions.Regex.Matches(withSource.Text, @"Rt\.LayerNormGrads\(").Count);
+        Assert.DoesNotContain("Rt.LayerNormDScale(", withSource.Text);
+        var with = RoslynCompiler.CompileInMemory(withSource);
+        var without = RoslynCompiler.CompileInMemory(Emitter.Emit(local, options: new CodeGenOptions { LayerNormSiblings = false }));
+        using var scope = NewDisposeScope();
+        var a = with.InitParameters(seed: 3);
+        var b = without.InitParameters(seed: 3);
+        var corpus = ByteCorpus.Default();
+        for (long step = 1; step <= 3; step++)
+        {
+            var inputs = StepInputs.For(with, corpus, seed: 5, step);
+            var outA = with.Forward(a, inputs);
+            var outB = without.Forward(b, inputs);
+            for (int i = 0; i < outA.Length; i++)
+            {
+                Assert.True(outA[i].eq(outB[i]).all().item<bool>(), $"step {step}: output {with.Outputs[i].Name} differs");
+                if (with.Outputs[i].Updates is var u and >= 0) (a[u], b[u]) = (outA[i], outB[i]);
+            }
+        }
+    }
+}
