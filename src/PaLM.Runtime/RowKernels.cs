@@ -1,3 +1,5 @@
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using PaLM.Runtime.Native;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -133,10 +135,10 @@ public static unsafe class RowKernels
                     RowWork.Unravel(r, x.Shape, x.Axis, index);
                     var xs = new ReadOnlySpan<float>(RowWork.AtIndex(x, index), length);
                     var dys = new ReadOnlySpan<float>(RowWork.AtIndex(dy, index), length);
-                    float rstd = Normalize(xs, xhat, eps);
-                    TensorPrimitives.MultiplyAdd(xhat, dys, acc, acc);             // acc += x̂ · dy
                     if (dx is { } d && scale is { } s)
-                        DxRow(dys, xhat, rstd, new ReadOnlySpan<float>(s.Base, length), new Span<float>(RowWork.AtIndex(d, index), length));
+                        BackwardRow(xs, dys, new ReadOnlySpan<float>(s.Base, length), xhat, new Span<float>(RowWork.AtIndex(d, index), length), acc, eps);
+                    else
+                        BackwardRow(xs, dys, default, xhat, default, acc, eps);
                 }
             }
         }
@@ -434,16 +436,76 @@ public static unsafe class RowKernels
         }
     }
 
-    /// <summary>x̂ = (x − mean) · rstd of one row into <paramref name="xhat"/>; returns rstd = 1/√(var + eps). Layer
-    /// norm's forward as both of its gradient kernels recompute it.</summary>
-    private static float Normalize(ReadOnlySpan<float> xs, Span<float> xhat, float eps)
+    /// <summary>
+    /// One row of layer norm's backward, in four vector passes over the row (in L1): the mean; the centered sum of
+    /// squares, so rstd = 1/√(var + eps); x̂ = (x − mean)·rstd into <paramref name="xhat"/>, with
+    /// <paramref name="acc"/> given acc += x̂·dy (the scale cotangent's term) and with <paramref name="dxs"/> given
+    /// g = dy·scale into it and the sums of g and g·x̂; then dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) in place. Both
+    /// gradient kernels and their pair share it, so they agree bit for bit. Written as one loop per pass rather than a
+    /// <c>TensorPrimitives</c> call per step: eleven calls a row of 768 cost 1.9 ms per [2048, 768] tensor against
+    /// 0.4 ms for the memory it reads.
+    /// </summary>
+    private static void BackwardRow(ReadOnlySpan<float> xs, ReadOnlySpan<float> dys, ReadOnlySpan<float> scales, Span<float> xhat,
+        Span<float> dxs, Span<float> acc, float eps)
     {
-        int length = xs.Length;
-        float mean = TensorPrimitives.Sum(xs) / length;
-        TensorPrimitives.Subtract(xs, mean, xhat);
-        float rstd = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xhat) / length + eps);
-        TensorPrimitives.Multiply(xhat, rstd, xhat);
-        return rstd;
+        const int W = 16;
+        int n = xs.Length, last = n - n % W;
+        ref float x = ref MemoryMarshal.GetReference(xs), dy = ref MemoryMarshal.GetReference(dys), xh = ref MemoryMarshal.GetReference(xhat);
+        var vs = Vector512<float>.Zero;
+        for (int i = 0; i < last; i += W) vs += Vector512.LoadUnsafe(ref x, (nuint)i);
+        float sum = Vector512.Sum(vs);
+        for (int i = last; i < n; i++) sum += xs[i];
+        float mean = sum / n;
+        var vm = Vector512.Create(mean);
+        var vq = Vector512<float>.Zero;
+        for (int i = 0; i < last; i += W)
+        {
+            var c = Vector512.LoadUnsafe(ref x, (nuint)i) - vm;
+            vq = Vector512.FusedMultiplyAdd(c, c, vq);
+        }
+        float squares = Vector512.Sum(vq);
+        for (int i = last; i < n; i++) squares += (xs[i] - mean) * (xs[i] - mean);
+        float rstd = 1f / MathF.Sqrt(squares / n + eps);
+        var vr = Vector512.Create(rstd);
+        bool withDx = !dxs.IsEmpty, withAcc = !acc.IsEmpty;
+        ref float g = ref MemoryMarshal.GetReference(dxs), sc = ref MemoryMarshal.GetReference(scales), a = ref MemoryMarshal.GetReference(acc);
+        var vg = Vector512<float>.Zero;
+        var vgx = Vector512<float>.Zero;
+        for (int i = 0; i < last; i += W)
+        {
+            var h = (Vector512.LoadUnsafe(ref x, (nuint)i) - vm) * vr;
+            var d = Vector512.LoadUnsafe(ref dy, (nuint)i);
+            h.StoreUnsafe(ref xh, (nuint)i);
+            if (withAcc) Vector512.FusedMultiplyAdd(h, d, Vector512.LoadUnsafe(ref a, (nuint)i)).StoreUnsafe(ref a, (nuint)i);
+            if (withDx)
+            {
+                var gi = d * Vector512.LoadUnsafe(ref sc, (nuint)i);
+                gi.StoreUnsafe(ref g, (nuint)i);
+                vg += gi;
+                vgx = Vector512.FusedMultiplyAdd(gi, h, vgx);
+            }
+        }
+        float sumG = Vector512.Sum(vg), sumGx = Vector512.Sum(vgx);
+        for (int i = last; i < n; i++)
+        {
+            float h = (xs[i] - mean) * rstd;
+            xhat[i] = h;
+            if (withAcc) acc[i] = MathF.FusedMultiplyAdd(h, dys[i], acc[i]);
+            if (withDx)
+            {
+                float gi = dys[i] * scales[i];
+                dxs[i] = gi;
+                sumG += gi;
+                sumGx = MathF.FusedMultiplyAdd(gi, h, sumGx);
+            }
+        }
+        if (!withDx) return;
+        float m1 = sumG / n, m2 = sumGx / n;
+        var v1 = Vector512.Create(m1);
+        var v2 = Vector512.Create(m2);
+        for (int i = 0; i < last; i += W)
+            ((Vector512.LoadUnsafe(ref g, (nuint)i) - v1 - Vector512.LoadUnsafe(ref xh, (nuint)i) * v2) * vr).StoreUnsafe(ref g, (nuint)i);
+        for (int i = last; i < n; i++) dxs[i] = (dxs[i] - m1 - xhat[i] * m2) * rstd;
     }
 
     private sealed unsafe class RopeRows(Rows x, Rows y, int seqAxis, float[] cos, float[] sin, bool inverse) : RowWork(x.Axis, x.Shape)
@@ -489,21 +551,8 @@ public static unsafe class RowKernels
             var dxs = new Span<float>(At(dx, index), length);
             if (t_xhat is null || t_xhat.Length < length) t_xhat = new float[length];
             var xhat = t_xhat.AsSpan(0, length);
-            float rstd = Normalize(xs, xhat, eps);
-            DxRow(dys, xhat, rstd, scales, dxs);
+            BackwardRow(xs, dys, scales, xhat, dxs, default, eps);
         }
-    }
-
-    /// <summary>One row of layer norm's input cotangent from its x̂ and rstd: rstd · (g − mean(g) − x̂ · mean(g · x̂)),
-    /// g = dy · scale, computed in <paramref name="dxs"/>.</summary>
-    private static void DxRow(ReadOnlySpan<float> dys, ReadOnlySpan<float> xhat, float rstd, ReadOnlySpan<float> scales, Span<float> dxs)
-    {
-        int length = dxs.Length;
-        TensorPrimitives.Multiply(dys, scales, dxs);                              // g
-        float m1 = TensorPrimitives.Sum(dxs) / length, m2 = TensorPrimitives.Dot(dxs, xhat) / length;
-        TensorPrimitives.MultiplyAdd(xhat, -m2, dxs, dxs);                          // g − x̂·m2
-        TensorPrimitives.Subtract(dxs, m1, dxs);
-        TensorPrimitives.Multiply(dxs, rstd, dxs);
     }
 
     /// <summary>Cross entropy's rows: the loss per row into <c>loss</c>, or with <c>dy</c> given its gradient into
