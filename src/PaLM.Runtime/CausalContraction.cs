@@ -1,3 +1,5 @@
+using System.Runtime.InteropServices;
+using System.Numerics;
 using PaLM.Runtime.Native;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -184,14 +186,29 @@ internal sealed unsafe class SoftmaxGradEpilogue(Tensor y) : CausalEpilogue
         return true;
     }
 
+    /// <remarks>Vector loops, not a <c>TensorPrimitives</c> call per step: at attention's row lengths (64–512) the calls'
+    /// own cost was a fifth of the epilogue (one layer of palm-cpu's rows on one thread: 4.7 ms against 5.8).</remarks>
     protected override void Row(long batch, long row, long query, Span<float> values, int computed)
     {
         var ys = new ReadOnlySpan<float>(_y + batch * _batchStride + row * _rowStride, values.Length);
-        var head = values[..computed];
-        float dot = TensorPrimitives.Dot(head, ys[..computed]);
-        TensorPrimitives.Subtract(head, dot, head);
-        TensorPrimitives.Multiply(head, ys[..computed], head);
-        TensorPrimitives.Multiply(ys[computed..], -dot, values[computed..]);
+        int W = Vector<float>.Count;
+        int n = values.Length, last = computed - computed % W;
+        ref float v = ref MemoryMarshal.GetReference(values);
+        ref float y = ref MemoryMarshal.GetReference(ys);
+        var acc = Vector<float>.Zero;
+        for (int i = 0; i < last; i += W)
+            acc = Vector.FusedMultiplyAdd(Vector.LoadUnsafe(ref v, (nuint)i), Vector.LoadUnsafe(ref y, (nuint)i), acc);
+        float dot = Vector.Sum(acc);
+        for (int i = last; i < computed; i++) dot = MathF.FusedMultiplyAdd(values[i], ys[i], dot);
+        var vd = new Vector<float>(dot);
+        for (int i = 0; i < last; i += W)
+            ((Vector.LoadUnsafe(ref v, (nuint)i) - vd) * Vector.LoadUnsafe(ref y, (nuint)i)).StoreUnsafe(ref v, (nuint)i);
+        for (int i = last; i < computed; i++) values[i] = (values[i] - dot) * ys[i];
+        // Past the computed columns the product is zero: −(Σ dy·y)·y.
+        var vn = new Vector<float>(-dot);
+        int j = computed;
+        for (; j + W <= n; j += W) (Vector.LoadUnsafe(ref y, (nuint)j) * vn).StoreUnsafe(ref v, (nuint)j);
+        for (; j < n; j++) values[j] = ys[j] * -dot;
         GC.KeepAlive(_rows);
     }
 }

@@ -1,5 +1,5 @@
 using System.Runtime.InteropServices;
-using System.Runtime.Intrinsics;
+using System.Numerics;
 using PaLM.Runtime.Native;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -448,44 +448,44 @@ public static unsafe class RowKernels
     private static void BackwardRow(ReadOnlySpan<float> xs, ReadOnlySpan<float> dys, ReadOnlySpan<float> scales, Span<float> xhat,
         Span<float> dxs, Span<float> acc, float eps)
     {
-        const int W = 16;
+        int W = Vector<float>.Count;
         int n = xs.Length, last = n - n % W;
         ref float x = ref MemoryMarshal.GetReference(xs), dy = ref MemoryMarshal.GetReference(dys), xh = ref MemoryMarshal.GetReference(xhat);
-        var vs = Vector512<float>.Zero;
-        for (int i = 0; i < last; i += W) vs += Vector512.LoadUnsafe(ref x, (nuint)i);
-        float sum = Vector512.Sum(vs);
+        var vs = Vector<float>.Zero;
+        for (int i = 0; i < last; i += W) vs += Vector.LoadUnsafe(ref x, (nuint)i);
+        float sum = Vector.Sum(vs);
         for (int i = last; i < n; i++) sum += xs[i];
         float mean = sum / n;
-        var vm = Vector512.Create(mean);
-        var vq = Vector512<float>.Zero;
+        var vm = new Vector<float>(mean);
+        var vq = Vector<float>.Zero;
         for (int i = 0; i < last; i += W)
         {
-            var c = Vector512.LoadUnsafe(ref x, (nuint)i) - vm;
-            vq = Vector512.FusedMultiplyAdd(c, c, vq);
+            var c = Vector.LoadUnsafe(ref x, (nuint)i) - vm;
+            vq = Vector.FusedMultiplyAdd(c, c, vq);
         }
-        float squares = Vector512.Sum(vq);
+        float squares = Vector.Sum(vq);
         for (int i = last; i < n; i++) squares += (xs[i] - mean) * (xs[i] - mean);
         float rstd = 1f / MathF.Sqrt(squares / n + eps);
-        var vr = Vector512.Create(rstd);
+        var vr = new Vector<float>(rstd);
         bool withDx = !dxs.IsEmpty, withAcc = !acc.IsEmpty;
         ref float g = ref MemoryMarshal.GetReference(dxs), sc = ref MemoryMarshal.GetReference(scales), a = ref MemoryMarshal.GetReference(acc);
-        var vg = Vector512<float>.Zero;
-        var vgx = Vector512<float>.Zero;
+        var vg = Vector<float>.Zero;
+        var vgx = Vector<float>.Zero;
         for (int i = 0; i < last; i += W)
         {
-            var h = (Vector512.LoadUnsafe(ref x, (nuint)i) - vm) * vr;
-            var d = Vector512.LoadUnsafe(ref dy, (nuint)i);
+            var h = (Vector.LoadUnsafe(ref x, (nuint)i) - vm) * vr;
+            var d = Vector.LoadUnsafe(ref dy, (nuint)i);
             h.StoreUnsafe(ref xh, (nuint)i);
-            if (withAcc) Vector512.FusedMultiplyAdd(h, d, Vector512.LoadUnsafe(ref a, (nuint)i)).StoreUnsafe(ref a, (nuint)i);
+            if (withAcc) Vector.FusedMultiplyAdd(h, d, Vector.LoadUnsafe(ref a, (nuint)i)).StoreUnsafe(ref a, (nuint)i);
             if (withDx)
             {
-                var gi = d * Vector512.LoadUnsafe(ref sc, (nuint)i);
+                var gi = d * Vector.LoadUnsafe(ref sc, (nuint)i);
                 gi.StoreUnsafe(ref g, (nuint)i);
                 vg += gi;
-                vgx = Vector512.FusedMultiplyAdd(gi, h, vgx);
+                vgx = Vector.FusedMultiplyAdd(gi, h, vgx);
             }
         }
-        float sumG = Vector512.Sum(vg), sumGx = Vector512.Sum(vgx);
+        float sumG = Vector.Sum(vg), sumGx = Vector.Sum(vgx);
         for (int i = last; i < n; i++)
         {
             float h = (xs[i] - mean) * rstd;
@@ -501,10 +501,10 @@ public static unsafe class RowKernels
         }
         if (!withDx) return;
         float m1 = sumG / n, m2 = sumGx / n;
-        var v1 = Vector512.Create(m1);
-        var v2 = Vector512.Create(m2);
+        var v1 = new Vector<float>(m1);
+        var v2 = new Vector<float>(m2);
         for (int i = 0; i < last; i += W)
-            ((Vector512.LoadUnsafe(ref g, (nuint)i) - v1 - Vector512.LoadUnsafe(ref xh, (nuint)i) * v2) * vr).StoreUnsafe(ref g, (nuint)i);
+            ((Vector.LoadUnsafe(ref g, (nuint)i) - v1 - Vector.LoadUnsafe(ref xh, (nuint)i) * v2) * vr).StoreUnsafe(ref g, (nuint)i);
         for (int i = last; i < n; i++) dxs[i] = (dxs[i] - m1 - xhat[i] * m2) * rstd;
     }
 
