@@ -2,8 +2,6 @@ using PaLM.CodeGen;
 using PaLM.Dsl;
 using PaLM.IR;
 using PaLM.Runtime;
-using PaLM.Runtime.Training;
-using static TorchSharp.torch;
 
 namespace PaLM.Passes.Tests;
 
@@ -44,20 +42,6 @@ public sealed class LayerNormSiblingsTests
         Assert.DoesNotContain("Rt.LayerNormDScale(", withSource.Text);
         var with = RoslynCompiler.CompileInMemory(withSource);
         var without = RoslynCompiler.CompileInMemory(Emitter.Emit(local, options: new CodeGenOptions { LayerNormSiblings = false }));
-        using var scope = NewDisposeScope();
-        var a = with.InitParameters(seed: 3);
-        var b = without.InitParameters(seed: 3);
-        var corpus = ByteCorpus.Default();
-        for (long step = 1; step <= 3; step++)
-        {
-            var inputs = StepInputs.For(with, corpus, seed: 5, step);
-            var outA = with.Forward(a, inputs);
-            var outB = without.Forward(b, inputs);
-            for (int i = 0; i < outA.Length; i++)
-            {
-                Assert.True(outA[i].eq(outB[i]).all().item<bool>(), $"step {step}: output {with.Outputs[i].Name} differs");
-                if (with.Outputs[i].Updates is var u and >= 0) (a[u], b[u]) = (outA[i], outB[i]);
-            }
-        }
+        StepInputs.AssertSameBits(with, without, initSeed: 3, dataSeed: 5);
     }
 }

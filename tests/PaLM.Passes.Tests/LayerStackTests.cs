@@ -68,25 +68,7 @@ public sealed class LayerStackTests
         var kept = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local, options: new CodeGenOptions { DonateUpdatedArguments = donate }));
         var copied = RoslynCompiler.CompileInMemory(Emitter.Emit(compiled.Local,
             options: new CodeGenOptions { DonateUpdatedArguments = donate, KeepLayerResults = false, ConcatInPlace = false }));
-        using var scope = NewDisposeScope();
-        var a = kept.InitParameters(seed: 5);
-        var b = copied.InitParameters(seed: 5);
-        var corpus = ByteCorpus.Default();
-        for (long step = 1; step <= 3; step++)
-        {
-            var inputs = StepInputs.For(kept, corpus, seed: 7, step);
-            var outA = kept.Forward(a, inputs);
-            var outB = copied.Forward(b, inputs);
-            for (int i = 0; i < outA.Length; i++)
-            {
-                Assert.True(outA[i].eq(outB[i]).all().item<bool>(), $"step {step}: output {kept.Outputs[i].Name} differs");
-                if (kept.Outputs[i].Updates is var u and >= 0)
-                {
-                    a[u] = outA[i];
-                    b[u] = outB[i];
-                }
-            }
-        }
+        StepInputs.AssertSameBits(kept, copied, initSeed: 5, dataSeed: 7);
     }
 }
 

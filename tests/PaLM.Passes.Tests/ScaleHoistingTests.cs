@@ -71,20 +71,7 @@ public sealed class ScaleHoistingTests
         Assert.DoesNotContain(off.Body.AllValues(), v => v.Name.EndsWith(".scaled", StringComparison.Ordinal));
         var a = RoslynCompiler.CompileInMemory(Emitter.Emit(on));
         var b = RoslynCompiler.CompileInMemory(Emitter.Emit(off));
-        using var scope = NewDisposeScope();
-        var pa = a.InitParameters(seed: 9);
-        var pb = b.InitParameters(seed: 9);
-        var corpus = PaLM.Runtime.Training.ByteCorpus.Default();
-        for (long step = 1; step <= 3; step++)
-        {
-            var outA = a.Forward(pa, StepInputs.For(a, corpus, seed: 9, step));
-            var outB = b.Forward(pb, StepInputs.For(b, corpus, seed: 9, step));
-            for (int i = 0; i < outA.Length; i++)
-            {
-                Assert.True(outA[i].eq(outB[i]).all().item<bool>(), $"step {step}: output {a.Outputs[i].Name} differs");
-                if (a.Outputs[i].Updates is var u and >= 0) (pa[u], pb[u]) = (outA[i], outB[i]);
-            }
-        }
+        StepInputs.AssertSameBits(a, b, initSeed: 9, dataSeed: 9);
     }
 
     [Fact]

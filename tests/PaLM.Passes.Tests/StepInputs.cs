@@ -20,4 +20,28 @@ internal static class StepInputs
         inputs[In("step")] = tensor((float)step, ScalarType.Float32);
         return inputs;
     }
+
+    /// <summary>
+    /// Runs <paramref name="a"/> and <paramref name="b"/> (two compilations of one training step) for
+    /// <paramref name="steps"/> steps from the same initial parameters (<paramref name="initSeed"/>) on the same batches
+    /// (<paramref name="dataSeed"/>), each feeding its own updates back, and asserts every output equal bit for bit at
+    /// every step.
+    /// </summary>
+    public static void AssertSameBits(IGraphProgram a, IGraphProgram b, long initSeed, long dataSeed, int steps = 3)
+    {
+        using var scope = NewDisposeScope();
+        var pa = a.InitParameters(seed: initSeed);
+        var pb = b.InitParameters(seed: initSeed);
+        var corpus = ByteCorpus.Default();
+        for (long step = 1; step <= steps; step++)
+        {
+            var outA = a.Forward(pa, For(a, corpus, dataSeed, step));
+            var outB = b.Forward(pb, For(b, corpus, dataSeed, step));
+            for (int i = 0; i < outA.Length; i++)
+            {
+                Assert.True(outA[i].eq(outB[i]).all().item<bool>(), $"step {step}: output {a.Outputs[i].Name} differs");
+                if (a.Outputs[i].Updates is var u and >= 0) (pa[u], pb[u]) = (outA[i], outB[i]);
+            }
+        }
+    }
 }
