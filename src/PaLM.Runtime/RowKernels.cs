@@ -442,8 +442,9 @@ public static unsafe class RowKernels
     /// <paramref name="acc"/> given acc += x̂·dy (the scale cotangent's term) and with <paramref name="dxs"/> given
     /// g = dy·scale into it and the sums of g and g·x̂; then dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) in place. Both
     /// gradient kernels and their pair share it, so they agree bit for bit. Written as one loop per pass rather than a
-    /// <c>TensorPrimitives</c> call per step: eleven calls a row of 768 cost 1.9 ms per [2048, 768] tensor against
-    /// 0.4 ms for the memory it reads.
+    /// <c>TensorPrimitives</c> call per step: at 768 a row the eleven calls' own cost outweighed the arithmetic (one
+    /// thread, a [2048, 768] tensor: 1.57–1.61 ms as calls, 1.04–1.07 as these loops). <c>Vector&lt;float&gt;</c>,
+    /// accelerated on every x64 and ARM64 machine, read no slower than <c>Vector512</c> here.
     /// </summary>
     private static void BackwardRow(ReadOnlySpan<float> xs, ReadOnlySpan<float> dys, ReadOnlySpan<float> scales, Span<float> xhat,
         Span<float> dxs, Span<float> acc, float eps)
