@@ -314,9 +314,11 @@ public sealed class Emitter
             if (_overPieces.Absorbed(n)) continue;
             // A layer norm's scale cotangent computed by its input cotangent's call.
             if (_lnSiblings.Absorbed(n)) continue;
+            // A layer norm's input cotangent whose call computes its scale cotangent too.
+            var dscale = _lnSiblings.ScaleOf(n);
             var comment = Comment("// " + CSharpNames.CommentText(
                 (n.Loc is { } l ? $"{Path.GetFileName(l.File)}:{l.Line}: " : "") + Printer.FormatNodeHead(n)
-                + (_lnSiblings.ScaleOf(n) is { } sibling ? "; " + Printer.FormatNodeHead(sibling) : "")));
+                + (dscale is null ? "" : "; " + Printer.FormatNodeHead(dscale))));
             var start = body.Count;
             var lowering = n.Op.Lower(new LowerContext(n));
             if (lowering is RtCall plain && _inPlace.TryGetValue(n, out var donor)) lowering = BufferReuse.InPlaceCall(n, plain, donor);
@@ -324,13 +326,12 @@ public sealed class Emitter
             ExpressionSyntax? intoJoin = lowering is RtCall { Method: "Concat" } concat && _joins.TryGetValue(n, out var join)
                 ? Rt("ConcatInto", [IdentifierName(CSharpNames.Token(join)), .. concat.Args.Select(a => Arg(a, n))])
                 : null;
-            var dscale = lowering is RtCall { Method: "LayerNormDx" } ? _lnSiblings.ScaleOf(n) : null;
             (int Site, string Local)? timer = lowering is not RtCall || !_options.Profile ? null
                 : dscale is null ? StartTimer(n, body)
                 : StartTimer(n, body, op: "layernorm_grads", flops: n.Op.Flops(n) + dscale.Op.Flops(dscale));
             switch (lowering)
             {
-                case RtCall call when dscale is not null:
+                case RtCall { Method: "LayerNormDx" } call when dscale is not null:
                     BindParts(Rt("LayerNormGrads", call.Args.Select(a => Arg(a, n)).ToArray()), [n.Outputs[0], dscale.Outputs[0]],
                         n.Outputs[0].Name + "_grads", body);
                     break;

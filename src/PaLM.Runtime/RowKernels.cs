@@ -71,13 +71,11 @@ public static unsafe class RowKernels
         var axis = x.dim() - 1;
         if (axis < 0 || !TensorMemory.SameShape(dy, x) || scale.dim() != 1 || scale.size(0) != x.size((int)axis)
             || !Applies(0, scale) || ResultLike(x, axis, dy, x) is not { } dx) return null;
-        var dscale = ScaleSums(dy, x, eps, dx, scale);
-        GC.KeepAlive(scale);
-        return (dx, dscale);
+        return (dx, ScaleSums(dy, x, eps, dx, scale));
     }
 
     /// <summary>Σ over rows of dy · x̂, and with <paramref name="dx"/> given each row's input cotangent into it too.</summary>
-    private static unsafe Tensor ScaleSums(Tensor dy, Tensor x, double eps, Tensor? dx, Tensor? scale)
+    private static Tensor ScaleSums(Tensor dy, Tensor x, double eps, Tensor? dx, Tensor? scale)
     {
         var axis = x.dim() - 1;
         long length = x.size((int)axis), rows = x.numel() / length;
@@ -96,6 +94,7 @@ public static unsafe class RowKernels
             GC.KeepAlive(dy);
             GC.KeepAlive(x);
             GC.KeepAlive(dx);
+            GC.KeepAlive(scale);
             for (long b = 0; b < blocks; b++)
                 for (int j = 0; j < length; j++) sums[j] += partial[b * length + j];
             // Each fp64 sum rounded once to fp32, as a float64 tensor's conversion would.
