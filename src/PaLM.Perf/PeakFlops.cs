@@ -40,8 +40,8 @@ public sealed record NominalPeak(string Device, string DType, double Flops, stri
 
 /// <summary>
 /// Peak FLOP/s, measured and nominal. Measured: large square matmuls (C = A·B, 2n³ FLOPs) of the step's dtype through
-/// every kernel the generated code may choose for a product (<see cref="Gemm.Kernels"/>: BLAS, and oneDNN for fp32), on
-/// the same threads, best of many repetitions after warm-up:
+/// every kernel the generated code may choose for a product (<see cref="Gemm.Kernels"/>: BLAS, and for fp32 BLAS dealt
+/// to the threads and oneDNN), on the same threads, best of many repetitions after warm-up:
 /// on a shared machine only the best run approaches what the hardware does (a best of 6 read 245 GFLOP/s here where a
 /// best of 30 read 327). Nominal: a datasheet table by device and dtype that answers "unknown" for anything not in it,
 /// rather than guessing from clock rates.

@@ -156,8 +156,9 @@ internal sealed class Contraction
 
     /// <summary>
     /// The product written into <paramref name="destination"/> (of the output's shape) by direct BLAS calls, one per
-    /// batch; false, writing nothing, where that does not fit: not fp32 on the CPU, no BLAS, or a destination whose
-    /// dims do not merge into [B, M, N] rows of unit stride (then the caller copies a product in).
+    /// batch, each on the kernel tuned for its shape (<see cref="Gemm.Into"/>: MKL's threads, or a piece per thread);
+    /// false, writing nothing, where that does not fit: not fp32 on the CPU, no BLAS, or a destination whose dims do not
+    /// merge into [B, M, N] rows of unit stride (then the caller copies a product in).
     /// </summary>
     internal unsafe bool TryRunInto(Tensor x, Tensor y, Tensor destination)
     {
@@ -182,7 +183,7 @@ internal sealed class Contraction
         float* xp = (float*)Native.TensorMemory.FirstElement(xm), yp = (float*)Native.TensorMemory.FirstElement(ym);
         float* dp = (float*)Native.TensorMemory.FirstElement(destination);
         for (long b = 0; b < B; b++)
-            Native.Blas.Sgemm(M, N, K, xp + b * xm.stride(0), xm.stride(1), xm.stride(2), yp + b * ym.stride(0), ym.stride(1), ym.stride(2),
+            Gemm.Into(M, N, K, xp + b * xm.stride(0), xm.stride(1), xm.stride(2), yp + b * ym.stride(0), ym.stride(1), ym.stride(2),
                 dp + b * db, Math.Max(dm, N));
         GC.KeepAlive(xm);
         GC.KeepAlive(ym);

@@ -17,21 +17,31 @@ public enum GemmKernel
     /// row-major order, the layout BLAS returns.
     /// </summary>
     OneDnn,
+
+    /// <summary>
+    /// BLAS with the product cut into one piece per thread along the longer of the result's dims, each piece a
+    /// single-threaded call on its own worker of libtorch's OpenMP team (<see cref="Native.DealtSgemm"/>): the same MKL
+    /// kernels without MKL's synchronization between its threads.
+    /// </summary>
+    Dealt,
 }
 
 /// <summary>
 /// Chooses the matmul kernel per product by measuring it, as XLA and TorchInductor autotune GEMMs (and as
 /// <c>torch.backends.cudnn.benchmark</c> picks convolution algorithms): the first time a large fp32 product signature is
-/// seen, both <see cref="GemmKernel"/>s run it back to back on its operands (a warm-up call each, then
-/// <see cref="TrialsPerKernel"/> timed calls each, alternating), and the one whose fastest call was faster runs that
-/// signature from then on.
+/// seen, every <see cref="GemmKernel"/> runs it back to back on its operands (a warm-up call each, then
+/// <see cref="TrialsPerKernel"/> timed calls each, alternating), and the one whose fastest call was fastest runs that
+/// signature from then on. A product written into a given destination (a slice of a larger result,
+/// <see cref="Into"/>) is tuned the same way between the kernels that can write there: BLAS and dealt BLAS.
 /// <para>
 /// Why: which kernel wins depends on the shape, the operands' layouts and the CPU, so it is measured rather than decided
 /// by a rule. On this machine (AMD EPYC, Zen 5, AVX-512), with MKL left to its vendor check, MKL's sgemm takes its AVX2
 /// path and tops out near 190 GFLOP/s while oneDNN's AVX-512 convolution kernels run palm-cpu's projections at 306-355
 /// GFLOP/s; with the check answered (<see cref="Native.MklDispatch"/>, the default) MKL runs them at 390-420 and the
 /// tuner keeps BLAS for all of them. Batched attention products were slower through oneDNN even against MKL's AVX2
-/// kernels (26-48 ms vs 10, 2026-12-04).
+/// kernels (26-48 ms vs 10, 2026-12-04). Whether MKL's own threads or one piece per thread runs a shape faster is
+/// as much a measurement: on the same machine the pieces won by 3-5% where the result has a short side and lost or tied
+/// elsewhere (<see cref="Native.DealtSgemm"/>).
 /// The fastest call decides, not the median: in a step's first calls, buffers' first touches page-fault (about 80 ms
 /// for 56 MB on this VM) on either kernel at random.
 /// </para>
@@ -61,6 +71,12 @@ public static class Gemm
 
     private enum Mode { Tune, Blas, OneDnn }
 
+    /// <summary>Every kernel, in the order tuning tries them (and ties go to the first).</summary>
+    private static readonly GemmKernel[] s_all = Enum.GetValues<GemmKernel>();
+
+    /// <summary>The kernels that write a product into a given destination: oneDNN returns a new tensor.</summary>
+    private static readonly GemmKernel[] s_into = [GemmKernel.Blas, GemmKernel.Dealt];
+
     private static readonly Mode s_mode = Environment.GetEnvironmentVariable("PALMC_GEMM")?.Trim().ToLowerInvariant() switch
     {
         "blas" or "mkl" => Mode.Blas,
@@ -85,36 +101,54 @@ public static class Gemm
     {
         Mode.Blas => [GemmKernel.Blas],
         Mode.Tune when !TuningAllowed => [GemmKernel.Blas],
-        _ => [GemmKernel.Blas, GemmKernel.OneDnn],
+        Mode.OneDnn => [GemmKernel.Blas, GemmKernel.OneDnn],
+        _ => s_all,
     };
 
     /// <summary>A product's shape and operand layouts: what a kernel's speed depends on (an operand that is not
-    /// contiguous is copied before oneDNN reads it).</summary>
-    private readonly record struct Signature(long Batch, long M, long K, long N, bool ARowMajor, bool BRowMajor, bool AContiguous, bool BContiguous);
+    /// contiguous is copied before oneDNN reads it), and whether it is written into a given destination.</summary>
+    private readonly record struct Signature(long Batch, long M, long K, long N, bool ARowMajor, bool BRowMajor, bool AContiguous, bool BContiguous, bool Into);
 
     /// <summary>A signature's measurement, its choice and how often each kernel ran it since.</summary>
     private sealed class Tuning
     {
-        private readonly double[] _best = [double.PositiveInfinity, double.PositiveInfinity];
-        private readonly long[] _runs = new long[2];
+        private readonly double[] _best = [.. s_all.Select(_ => double.PositiveInfinity)];
+        private readonly long[] _runs = new long[s_all.Length];
         private GemmKernel? _chosen;
 
-        /// <summary>The kernel for this call: measured on <paramref name="a"/> and <paramref name="b"/> by the first
-        /// caller, under the lock, so every device waits for and gets the same choice.</summary>
-        public GemmKernel Choose(Tensor a, Tensor b)
+        /// <summary>The kernel chosen, counting this call on it; false while none is (the caller then
+        /// <see cref="Choose"/>s, building its trial calls only then: a closure per call would be garbage on every
+        /// product).</summary>
+        public bool TryChosen(out GemmKernel kernel)
+        {
+            lock (this)
+            {
+                kernel = _chosen.GetValueOrDefault();
+                if (_chosen is null) return false;
+                _runs[(int)kernel]++;
+                return true;
+            }
+        }
+
+        /// <summary>The kernel for this call among <paramref name="candidates"/>: each timed through
+        /// <paramref name="call"/> by the first caller, under the lock, so every device waits for and gets the same
+        /// choice.</summary>
+        public GemmKernel Choose(GemmKernel[] candidates, Action<GemmKernel> call)
         {
             lock (this)
             {
                 if (_chosen is null)
                 {
                     for (int round = 0; round < WarmupCallsPerKernel + TrialsPerKernel; round++)
-                        foreach (var k in (GemmKernel[])[GemmKernel.Blas, GemmKernel.OneDnn])
+                        foreach (var k in candidates)
                         {
                             var sw = Stopwatch.StartNew();
-                            using (var c = Run(k, a, b)) { }
+                            call(k);
                             if (round >= WarmupCallsPerKernel) _best[(int)k] = Math.Min(_best[(int)k], sw.Elapsed.TotalSeconds);
                         }
-                    _chosen = _best[(int)GemmKernel.OneDnn] < _best[(int)GemmKernel.Blas] ? GemmKernel.OneDnn : GemmKernel.Blas;
+                    var chosen = candidates[0];
+                    foreach (var k in candidates) if (_best[(int)k] < _best[(int)chosen]) chosen = k;
+                    _chosen = chosen;
                 }
                 _runs[(int)_chosen.Value]++;
                 return _chosen.Value;
@@ -124,15 +158,21 @@ public static class Gemm
         public Choice Report(Signature s)
         {
             lock (this)
-                return new Choice(s.Batch, s.M, s.K, s.N, s.ARowMajor, s.BRowMajor, s.AContiguous, s.BContiguous, _chosen,
-                    double.IsFinite(_best[0]) ? _best[0] : null, double.IsFinite(_best[1]) ? _best[1] : null, _runs[0], _runs[1]);
+                return new Choice(s.Batch, s.M, s.K, s.N, s.ARowMajor, s.BRowMajor, s.AContiguous, s.BContiguous, s.Into, _chosen,
+                    s_all.Where(k => double.IsFinite(_best[(int)k])).ToDictionary(k => k, k => _best[(int)k]),
+                    s_all.ToDictionary(k => k, k => _runs[(int)k]));
         }
     }
 
-    /// <summary>A tuned product: its shape, the kernel chosen, each kernel's fastest timed call, and how many calls
-    /// each kernel has run since (the tuning's own calls not counted).</summary>
+    /// <summary>A tuned product: its shape, whether it was written into a given destination, the kernel chosen, each
+    /// measured kernel's fastest timed call, and how many calls each kernel has run since (the tuning's own calls not
+    /// counted).</summary>
     public sealed record Choice(long Batch, long M, long K, long N, bool ARowMajor, bool BRowMajor, bool AContiguous, bool BContiguous,
-        GemmKernel? Kernel, double? BlasSeconds, double? OneDnnSeconds, long BlasCalls, long OneDnnCalls);
+        bool Into, GemmKernel? Kernel, IReadOnlyDictionary<GemmKernel, double> BestSeconds, IReadOnlyDictionary<GemmKernel, long> Calls)
+    {
+        /// <summary>Calls since the choice, on every kernel.</summary>
+        public long TotalCalls => Calls.Values.Sum();
+    }
 
     /// <summary>Every product tuned in this process so far (for reports and tests).</summary>
     public static IReadOnlyList<Choice> Choices =>
@@ -145,7 +185,42 @@ public static class Gemm
         if (s_mode == Mode.OneDnn) return Run(GemmKernel.OneDnn, a, b);
         if (!TuningAllowed) return torch.matmul(a, b);
         var tuning = s_tunings.GetOrAdd(SignatureOf(a, b), _ => new Tuning());
-        return Run(tuning.Choose(a, b), a, b);
+        return Run(tuning.TryChosen(out var kernel) ? kernel : Measure(tuning, a, b), a, b);
+    }
+
+    private static GemmKernel Measure(Tuning tuning, Tensor a, Tensor b) => tuning.Choose(s_all, k =>
+    {
+        using var c = Run(k, a, b);
+    });
+
+    /// <summary>
+    /// <see cref="Native.Blas.Sgemm"/>'s product (the same arguments: C row-major with leading dimension
+    /// <paramref name="ldc"/>, overwritten) on the kernel tuned for its signature among those that write into a given
+    /// destination: BLAS on MKL's threads, or dealt (<see cref="GemmKernel.Dealt"/>). Products below
+    /// <see cref="MinFlops"/>, untuned processes and <c>PALMC_GEMM</c>'s fixed modes use BLAS. The caller keeps the
+    /// memory alive.
+    /// </summary>
+    internal static unsafe void Into(long m, long n, long k, float* a, long aRow, long aCol, float* y, long yRow, long yCol, float* c, long ldc)
+    {
+        var kernel = GemmKernel.Blas;
+        if (s_mode == Mode.Tune && TuningAllowed && 2.0 * m * n * k >= MinFlops)
+        {
+            // B [k, n] is Y transposed: B[p, j] = Y[j, p], so B is row-major where Y's rows are its unit stride.
+            var signature = new Signature(1, m, k, n, ARowMajor: aCol == 1, BRowMajor: yRow == 1,
+                AContiguous: aCol == 1 ? aRow == k : aRow == 1 && aCol == m, BContiguous: yRow == 1 ? yCol == n : yCol == 1 && yRow == k, Into: true);
+            var tuning = s_tunings.GetOrAdd(signature, _ => new Tuning());
+            if (!tuning.TryChosen(out kernel)) kernel = MeasureInto(tuning, m, n, k, (nint)a, aRow, aCol, (nint)y, yRow, yCol, (nint)c, ldc);
+        }
+        RunInto(kernel, m, n, k, a, aRow, aCol, y, yRow, yCol, c, ldc);
+    }
+
+    private static unsafe GemmKernel MeasureInto(Tuning tuning, long m, long n, long k, nint a, long aRow, long aCol, nint y, long yRow, long yCol, nint c, long ldc) =>
+        tuning.Choose(s_into, kernel => RunInto(kernel, m, n, k, (float*)a, aRow, aCol, (float*)y, yRow, yCol, (float*)c, ldc));
+
+    private static unsafe void RunInto(GemmKernel kernel, long m, long n, long k, float* a, long aRow, long aCol, float* y, long yRow, long yCol, float* c, long ldc)
+    {
+        if (kernel == GemmKernel.Dealt) Native.DealtSgemm.Run(m, n, k, a, aRow, aCol, y, yRow, yCol, c, ldc, torch.get_num_threads());
+        else Native.Blas.Sgemm(m, n, k, a, aRow, aCol, y, yRow, yCol, c, ldc);
     }
 
     /// <summary>
@@ -156,6 +231,7 @@ public static class Gemm
     public static Tensor Run(GemmKernel kernel, Tensor a, Tensor b)
     {
         if (kernel == GemmKernel.Blas || a.numel() == 0 || b.numel() == 0) return torch.matmul(a, b);
+        if (kernel == GemmKernel.Dealt) return RunDealt(a, b);
         var batched = a.dim() == 3;
         long g = batched ? a.size(0) : 1, m = a.size(-2), k = a.size(-1), n = b.size(-1);
         // oneDNN reads plain NCHW tensors in place and reorders them to its blocked formats itself; other strides
@@ -167,13 +243,53 @@ public static class Gemm
         return (batched ? c.reshape(g, m, n) : c.reshape(m, n)).MoveToOuterDisposeScope();
     }
 
-    /// <summary>The kernel's name in reports and JSON: "blas", "onednn".</summary>
-    public static string Name(GemmKernel kernel) => kernel == GemmKernel.Blas ? "blas" : "onednn";
+    /// <summary>
+    /// <see cref="GemmKernel.Dealt"/>'s product: each matrix of the batch by <see cref="Native.DealtSgemm"/>, reading the
+    /// operands where they lie when BLAS can (a copy otherwise), into a new row-major result. Where the direct BLAS call
+    /// does not apply (not fp32 on the CPU, no BLAS, broadcast batches, dims past BLAS's 32-bit integers) it is
+    /// <c>torch.matmul</c>.
+    /// </summary>
+    private static unsafe Tensor RunDealt(Tensor a, Tensor b)
+    {
+        bool batched = a.dim() == 3;
+        if (!Native.Blas.Available || a.dim() is not (2 or 3) || b.dim() != a.dim() || batched && a.size(0) != b.size(0)
+            || a.dtype != ScalarType.Float32 || b.dtype != ScalarType.Float32 || a.device_type != DeviceType.CPU || b.device_type != DeviceType.CPU
+            || Native.TensorMemory.Extent(a) > int.MaxValue || Native.TensorMemory.Extent(b) > int.MaxValue)
+            return torch.matmul(a, b);
+        using var scope = NewDisposeScope();
+        var a3 = Readable(batched ? a : a.unsqueeze(0));
+        var b3 = Readable(batched ? b : b.unsqueeze(0));
+        long g = a3.size(0), m = a3.size(1), k = a3.size(2), n = b3.size(2);
+        if (m * n > int.MaxValue) return torch.matmul(a, b).MoveToOuterDisposeScope();
+        var c = torch.empty([g, m, n], ScalarType.Float32);
+        float* ap = (float*)Native.TensorMemory.FirstElement(a3), bp = (float*)Native.TensorMemory.FirstElement(b3);
+        float* cp = (float*)Native.TensorMemory.FirstElement(c);
+        int threads = torch.get_num_threads();
+        // B's [p, j] is the second operand's [j, p] in Sgemm's terms: its row and column strides swap.
+        for (long i = 0; i < g; i++)
+            Native.DealtSgemm.Run(m, n, k, ap + i * a3.stride(0), a3.stride(1), a3.stride(2), bp + i * b3.stride(0), b3.stride(2), b3.stride(1),
+                cp + i * m * n, n, threads);
+        GC.KeepAlive(a3);
+        GC.KeepAlive(b3);
+        return (batched ? c : c.view(m, n)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary><paramref name="t"/> ([B, R, C]) as it is when BLAS can read each matrix in place, else a contiguous copy.</summary>
+    private static Tensor Readable(Tensor t) =>
+        Native.Blas.Readable(t.size(1), t.size(2), t.stride(1), t.stride(2)) ? t : t.contiguous();
+
+    /// <summary>The kernel's name in reports and JSON: "blas", "onednn", "blas-dealt".</summary>
+    public static string Name(GemmKernel kernel) => kernel switch
+    {
+        GemmKernel.Blas => "blas",
+        GemmKernel.OneDnn => "onednn",
+        _ => "blas-dealt",
+    };
 
     private static bool Applies(Tensor a, Tensor b) =>
         a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.dtype == ScalarType.Float32 && b.dtype == ScalarType.Float32
         && a.device_type == DeviceType.CPU && 2.0 * a.size(0) * a.size(1) * a.size(2) * b.size(2) >= MinFlops;
 
     private static Signature SignatureOf(Tensor a, Tensor b) =>
-        new(a.size(0), a.size(1), a.size(2), b.size(2), a.stride(2) == 1, b.stride(2) == 1, a.is_contiguous(), b.is_contiguous());
+        new(a.size(0), a.size(1), a.size(2), b.size(2), a.stride(2) == 1, b.stride(2) == 1, a.is_contiguous(), b.is_contiguous(), Into: false);
 }

@@ -5,8 +5,9 @@ using static PaLM.Runtime.Tests.TestUtil;
 namespace PaLM.Runtime.Tests;
 
 /// <summary>
-/// The matmul kernels and their tuning: oneDNN's convolution form equals BLAS over random shapes and layouts, and a
-/// large product is measured on both kernels, then settles on one, with every call's result equal to BLAS's.
+/// The matmul kernels and their tuning: oneDNN's convolution form and dealt BLAS equal BLAS over random shapes and
+/// layouts, and a large product is measured on every kernel, then settles on one, with every call's result equal to
+/// BLAS's.
 /// </summary>
 public sealed class GemmTests
 {
@@ -42,6 +43,58 @@ public sealed class GemmTests
         AssertClose(ab.bmm(bb), cb, rtol: 1e-4, atol: 1e-4);
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(4)]
+    [InlineData(5)]
+    [InlineData(6)]
+    public void DealtEqualsBlasOverShapesAndLayouts(int seed)
+    {
+        using var scope = Rt.Scope();
+        var rng = new Random(seed);
+        // Both orientations of the cut (rows where M ≥ N, columns otherwise), odd sizes, and a single row or column.
+        long m = seed == 5 ? 1 : rng.Next(1, 300), k = rng.Next(1, 300), n = seed == 6 ? 1 : rng.Next(1, 300);
+        var a = Matrix(seed, m, k, rowMajor: seed % 2 == 0);
+        var b = Matrix(seed + 100, k, n, rowMajor: seed % 3 != 0);
+        var c = Gemm.Run(GemmKernel.Dealt, a, b);
+        Assert.Equal([m, n], c.shape);
+        Assert.True(c.is_contiguous(), "row-major like BLAS's result");
+        AssertClose(a.mm(b), c, rtol: 1e-4, atol: 1e-4);
+        // The pieces depend only on the shape and the thread count: a second run gives the same bits.
+        Assert.True(Gemm.Run(GemmKernel.Dealt, a, b).eq(c).all().item<bool>(), "the same bits on every run");
+        var batch = rng.Next(1, 5);
+        var ab = Randn(seed + 200, batch, m, k);
+        var bb = seed % 2 == 0 ? Randn(seed + 300, batch, k, n) : Randn(seed + 300, batch, n, k).transpose(1, 2);
+        var cb = Gemm.Run(GemmKernel.Dealt, ab, bb);
+        Assert.Equal([batch, m, n], cb.shape);
+        AssertClose(ab.bmm(bb), cb, rtol: 1e-4, atol: 1e-4);
+        // An operand BLAS cannot read in place (no unit stride) is copied first.
+        var strided = Randn(seed + 400, m, 2 * k)[.., TensorIndex.Slice(0, 2 * k, 2)];
+        AssertClose(strided.mm(b), Gemm.Run(GemmKernel.Dealt, strided, b), rtol: 1e-4, atol: 1e-4);
+    }
+
+    /// <summary>The pieces write only their part of a wider destination (a slice of a larger result, as
+    /// <see cref="Contraction.TryRunInto"/> hands them), cut along rows or columns.</summary>
+    [Theory]
+    [InlineData(301, 64, 17)]     // rows
+    [InlineData(17, 64, 301)]     // columns
+    [InlineData(2, 5, 1)]
+    public unsafe void DealtPiecesWriteOnlyTheirSliceOfAWiderResult(long m, long k, long n)
+    {
+        using var scope = Rt.Scope();
+        var a = Randn(11, m, k);
+        var y = Randn(12, n, k);                                   // the second operand transposed, as Sgemm takes it
+        var wide = full(new long[] { m, n + 9 }, float.NaN);
+        var slice = wide.narrow(1, 4, n);
+        Native.DealtSgemm.Run(m, n, k, (float*)Native.TensorMemory.FirstElement(a), k, 1, (float*)Native.TensorMemory.FirstElement(y), k, 1,
+            (float*)Native.TensorMemory.FirstElement(slice), n + 9, threads: 2);
+        AssertClose(a.mm(y.t()), slice, rtol: 1e-4, atol: 1e-4);
+        Assert.True(wide.narrow(1, 0, 4).isnan().all().item<bool>() && wide.narrow(1, 4 + n, 5).isnan().all().item<bool>(),
+            "nothing outside the slice written");
+    }
+
     [Fact]
     public void ALargeProductIsTunedOnFirstSightThenRunsOnItsChoice()
     {
@@ -56,13 +109,13 @@ public sealed class GemmTests
         for (int i = 0; i < calls; i++)
             AssertClose(expected, Gemm.Matmul(a.unsqueeze(0), b.unsqueeze(0)).squeeze(0), rtol: 1e-4, atol: 1e-4);
         var choice = Assert.Single(Gemm.Choices, c => c.Batch == 1 && c.M == m && c.K == k && c.N == n && c.ARowMajor && !c.BRowMajor);
+        Assert.False(choice.Into);
         Assert.NotNull(choice.Kernel);
-        Assert.NotNull(choice.BlasSeconds);
-        Assert.NotNull(choice.OneDnnSeconds);
+        Assert.Equal(Enum.GetValues<GemmKernel>(), choice.BestSeconds.Keys.Order());
         // Measured on the first call; every call, the first included, then ran on the choice and only on it.
-        Assert.Equal(calls, choice.Kernel == GemmKernel.OneDnn ? choice.OneDnnCalls : choice.BlasCalls);
-        Assert.Equal(0, choice.Kernel == GemmKernel.OneDnn ? choice.BlasCalls : choice.OneDnnCalls);
-        Assert.Equal(choice.OneDnnSeconds < choice.BlasSeconds ? GemmKernel.OneDnn : GemmKernel.Blas, choice.Kernel);
+        Assert.Equal(calls, choice.Calls[choice.Kernel.Value]);
+        Assert.Equal(calls, choice.TotalCalls);
+        Assert.Equal(choice.BestSeconds.MinBy(p => p.Value).Key, choice.Kernel);
     }
 
     [Fact]
@@ -81,8 +134,8 @@ public sealed class GemmTests
             results[i] = Gemm.Matmul(a, b).MoveToOuterDisposeScope();
         });
         var choice = Assert.Single(Gemm.Choices, c => c.M == m && c.K == k && c.N == n);
-        Assert.Equal(4, choice.BlasCalls + choice.OneDnnCalls);
-        Assert.True(choice.BlasCalls == 0 || choice.OneDnnCalls == 0);
+        Assert.Equal(4, choice.TotalCalls);
+        Assert.Equal(4, choice.Calls[choice.Kernel!.Value]);
         foreach (var r in results[1..]) Assert.True(r.eq(results[0]).all().item<bool>(), "bitwise equal across devices");
     }
 
@@ -95,5 +148,31 @@ public sealed class GemmTests
         Assert.Equal([1, 16, 8], small.shape);
         Assert.Equal([4, 512, 1024], broadcast.shape);
         Assert.DoesNotContain(Gemm.Choices, c => c.M == 16 || c.Batch == 4 && c.M == 512 && c.N == 1024);
+    }
+
+    /// <summary>A large product written into a slice of a wider result (the backward's joined products) is tuned between
+    /// the kernels that can write there, BLAS and dealt BLAS, and every call's result matches the product.</summary>
+    [Fact]
+    public void AProductIntoASliceIsTunedBetweenTheKernelsThatWriteInPlace()
+    {
+        using var scope = Rt.Scope();
+        long m = 520, k = 768, n = 1030;
+        Assert.True(2.0 * m * k * n >= Gemm.MinFlops);
+        var x = Randn(13, m, k);
+        var w = Randn(14, n, k);
+        Assert.True(Contraction.TryParse("mk,nk->mn", out var c));
+        var wide = full(new long[] { m, n + 3 }, float.NaN);
+        const int calls = 3;
+        for (int i = 0; i < calls; i++)
+        {
+            using var slice = wide.narrow(1, 3, n);
+            Assert.True(c.TryRunInto(x, w, slice));
+            AssertClose(x.mm(w.t()), slice, rtol: 1e-4, atol: 1e-4);
+        }
+        Assert.True(wide.narrow(1, 0, 3).isnan().all().item<bool>());
+        var choice = Assert.Single(Gemm.Choices, ch => ch.Into && ch.M == m && ch.K == k && ch.N == n);
+        Assert.Equal([GemmKernel.Blas, GemmKernel.Dealt], choice.BestSeconds.Keys.Order());
+        Assert.Equal(calls, choice.Calls[choice.Kernel!.Value]);
+        Assert.Equal(calls, choice.TotalCalls);
     }
 }

@@ -185,6 +185,9 @@ internal static class BenchCommand
     /// <summary>An operand's layout: row- or column-major, "strided" when it is not contiguous (a view that oneDNN copies first).</summary>
     private static string Layout(bool rowMajor, bool contiguous) => (rowMajor ? "row" : "col") + (contiguous ? "" : " strided");
 
+    /// <summary>A kernel's name as a JSON key: "blas", "onednn", "blas_dealt".</summary>
+    private static string JsonName(Runtime.GemmKernel k) => Runtime.Gemm.Name(k).Replace('-', '_');
+
     private static string Ms(double? s) => s is { } x ? F($"{x * 1e3:F1} ms") : "-";
 
     /// <summary>The matmul kernel tuned for each large product (<see cref="Runtime.Gemm"/>), with the times it chose by.</summary>
@@ -193,9 +196,13 @@ internal static class BenchCommand
         Console.WriteLine($"BLAS: {Runtime.Native.MklDispatch.Describe()}");
         var choices = Runtime.Gemm.Choices;
         if (choices.Count == 0) return;
-        Console.WriteLine(F($"matmul kernels: {choices.Count(c => c.Kernel == Runtime.GemmKernel.OneDnn)} of {choices.Count} tuned products on oneDNN (PALMC_GEMM=blas turns tuning off)"));
+        var counts = string.Join(", ", Enum.GetValues<Runtime.GemmKernel>().Select(k => F($"{choices.Count(c => c.Kernel == k)} on {Runtime.Gemm.Name(k)}")));
+        Console.WriteLine(F($"matmul kernels: {choices.Count} tuned products, {counts} (PALMC_GEMM=blas turns tuning off)"));
         foreach (var c in choices)
-            Console.WriteLine(F($"  {(c.Batch > 1 ? F($"{c.Batch} × ") : "")}{c.M}x{c.K} · {c.K}x{c.N} ({Layout(c.ARowMajor, c.AContiguous)}, {Layout(c.BRowMajor, c.BContiguous)}): {(c.Kernel is { } k ? Runtime.Gemm.Name(k) : "still measuring")}   blas {Ms(c.BlasSeconds)}, onednn {Ms(c.OneDnnSeconds)} (fastest of {Runtime.Gemm.TrialsPerKernel} timed calls each); {c.BlasCalls + c.OneDnnCalls} calls since"));
+        {
+            var times = string.Join(", ", c.BestSeconds.OrderBy(p => p.Key).Select(p => F($"{Runtime.Gemm.Name(p.Key)} {Ms(p.Value)}")));
+            Console.WriteLine(F($"  {(c.Batch > 1 ? F($"{c.Batch} × ") : "")}{c.M}x{c.K} · {c.K}x{c.N} ({Layout(c.ARowMajor, c.AContiguous)}, {Layout(c.BRowMajor, c.BContiguous)}{(c.Into ? ", into a slice" : "")}): {(c.Kernel is { } k ? Runtime.Gemm.Name(k) : "still measuring")}   {times} (fastest of {Runtime.Gemm.TrialsPerKernel} timed calls each); {c.TotalCalls} calls since"));
+        }
     }
 
     private static void PrintProfile(Runtime.OpProfile p, int steps, int top)
@@ -233,8 +240,11 @@ internal static class BenchCommand
             ["gemm_kernels"] = new JsonArray([.. Runtime.Gemm.Choices.Select(c => (JsonNode)new JsonObject
             {
                 ["batch"] = c.Batch, ["m"] = c.M, ["k"] = c.K, ["n"] = c.N, ["a_row_major"] = c.ARowMajor, ["b_row_major"] = c.BRowMajor, ["a_contiguous"] = c.AContiguous, ["b_contiguous"] = c.BContiguous,
-                ["kernel"] = (c.Kernel is { } k ? Runtime.Gemm.Name(k) : null), ["blas_seconds_best"] = c.BlasSeconds, ["onednn_seconds_best"] = c.OneDnnSeconds,
-                ["blas_calls"] = c.BlasCalls, ["onednn_calls"] = c.OneDnnCalls,
+                ["into"] = c.Into, ["kernel"] = (c.Kernel is { } k ? Runtime.Gemm.Name(k) : null),
+                // Keyed by kernel ("blas", "onednn", "blas_dealt"): its fastest timed call (null: not a candidate), its calls since.
+                ["seconds_best"] = new JsonObject([.. Enum.GetValues<Runtime.GemmKernel>().Select(k =>
+                    KeyValuePair.Create(JsonName(k), (JsonNode?)(c.BestSeconds.TryGetValue(k, out var s) ? s : null)))]),
+                ["calls"] = new JsonObject([.. Enum.GetValues<Runtime.GemmKernel>().Select(k => KeyValuePair.Create(JsonName(k), (JsonNode?)c.Calls[k]))]),
             })]),
             ["peak"] = new JsonObject
             {
