@@ -16,63 +16,41 @@ public sealed class GemmTests
     private static Tensor Matrix(int seed, long rows, long cols, bool rowMajor) =>
         rowMajor ? Randn(seed, rows, cols) : Randn(seed, cols, rows).t();
 
-    [Theory]
-    [InlineData(1)]
-    [InlineData(2)]
-    [InlineData(3)]
-    [InlineData(4)]
-    [InlineData(5)]
-    [InlineData(6)]
-    public void OneDnnEqualsBlasOverShapesAndLayouts(int seed)
+    public static TheoryData<GemmKernel, int> KernelsAndSeeds()
     {
-        using var scope = Rt.Scope();
-        var rng = new Random(seed);
-        long m = rng.Next(1, 300), k = rng.Next(1, 300), n = rng.Next(1, 300);
-        var a = Matrix(seed, m, k, rowMajor: seed % 2 == 0);
-        var b = Matrix(seed + 100, k, n, rowMajor: seed % 3 != 0);
-        var c = Gemm.Run(GemmKernel.OneDnn, a, b);
-        Assert.Equal([m, n], c.shape);
-        Assert.True(c.is_contiguous(), "row-major like BLAS's result");
-        AssertClose(a.mm(b), c, rtol: 1e-4, atol: 1e-4);
-        // A batch runs as one grouped convolution, a group per matrix.
-        var batch = rng.Next(1, 5);
-        var ab = Randn(seed + 200, batch, m, k);
-        var bb = seed % 2 == 0 ? Randn(seed + 300, batch, k, n) : Randn(seed + 300, batch, n, k).transpose(1, 2);
-        var cb = Gemm.Run(GemmKernel.OneDnn, ab, bb);
-        Assert.Equal([batch, m, n], cb.shape);
-        AssertClose(ab.bmm(bb), cb, rtol: 1e-4, atol: 1e-4);
+        var data = new TheoryData<GemmKernel, int>();
+        foreach (var kernel in (GemmKernel[])[GemmKernel.OneDnn, GemmKernel.Dealt])
+            for (int seed = 1; seed <= 6; seed++) data.Add(kernel, seed);
+        return data;
     }
 
     [Theory]
-    [InlineData(1)]
-    [InlineData(2)]
-    [InlineData(3)]
-    [InlineData(4)]
-    [InlineData(5)]
-    [InlineData(6)]
-    public void DealtEqualsBlasOverShapesAndLayouts(int seed)
+    [MemberData(nameof(KernelsAndSeeds))]
+    public void KernelsEqualBlasOverShapesAndLayouts(GemmKernel kernel, int seed)
     {
         using var scope = Rt.Scope();
         var rng = new Random(seed);
-        // Both orientations of the cut (rows where M ≥ N, columns otherwise), odd sizes, and a single row or column.
+        // Odd sizes, a single row and a single column; for the dealt kernel both orientations of the cut (rows where
+        // M ≥ N, columns otherwise).
         long m = seed == 5 ? 1 : rng.Next(1, 300), k = rng.Next(1, 300), n = seed == 6 ? 1 : rng.Next(1, 300);
         var a = Matrix(seed, m, k, rowMajor: seed % 2 == 0);
         var b = Matrix(seed + 100, k, n, rowMajor: seed % 3 != 0);
-        var c = Gemm.Run(GemmKernel.Dealt, a, b);
+        var c = Gemm.Run(kernel, a, b);
         Assert.Equal([m, n], c.shape);
         Assert.True(c.is_contiguous(), "row-major like BLAS's result");
         AssertClose(a.mm(b), c, rtol: 1e-4, atol: 1e-4);
-        // The pieces depend only on the shape and the thread count: a second run gives the same bits.
-        Assert.True(Gemm.Run(GemmKernel.Dealt, a, b).eq(c).all().item<bool>(), "the same bits on every run");
+        // The dealt pieces depend only on the shape and the thread count: a second run gives the same bits.
+        if (kernel == GemmKernel.Dealt) Assert.True(Gemm.Run(kernel, a, b).eq(c).all().item<bool>(), "the same bits on every run");
+        // A batch: one grouped convolution on oneDNN (a group per matrix), a dealt product per matrix otherwise.
         var batch = rng.Next(1, 5);
         var ab = Randn(seed + 200, batch, m, k);
         var bb = seed % 2 == 0 ? Randn(seed + 300, batch, k, n) : Randn(seed + 300, batch, n, k).transpose(1, 2);
-        var cb = Gemm.Run(GemmKernel.Dealt, ab, bb);
+        var cb = Gemm.Run(kernel, ab, bb);
         Assert.Equal([batch, m, n], cb.shape);
         AssertClose(ab.bmm(bb), cb, rtol: 1e-4, atol: 1e-4);
-        // An operand BLAS cannot read in place (no unit stride) is copied first.
+        // An operand with no unit stride is copied first.
         var strided = Randn(seed + 400, m, 2 * k)[.., TensorIndex.Slice(0, 2 * k, 2)];
-        AssertClose(strided.mm(b), Gemm.Run(GemmKernel.Dealt, strided, b), rtol: 1e-4, atol: 1e-4);
+        AssertClose(strided.mm(b), Gemm.Run(kernel, strided, b), rtol: 1e-4, atol: 1e-4);
     }
 
     /// <summary>The pieces write only their part of a wider destination (a slice of a larger result, as
