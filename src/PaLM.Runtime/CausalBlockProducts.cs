@@ -78,17 +78,9 @@ internal sealed unsafe class CausalBlockProducts : TeamWork
 
     protected override void Run(int worker, int workers)
     {
-        // One thread per call: MKL would otherwise start its own team inside this one (or, on the thread pool, on top of it).
-        int previous = workers > 1 ? Blas.SetLocalThreads(1) : -1;
-        try
-        {
-            for (int i = 0; i < _items.Count; i++)
-                if (_owner[i] % workers == worker) Product(_items[i]);
-        }
-        finally
-        {
-            if (previous >= 0) Blas.SetLocalThreads(previous);
-        }
+        using var oneThread = Blas.OneThreadPerCall(workers);
+        for (int i = 0; i < _items.Count; i++)
+            if (_owner[i] % workers == worker) Product(_items[i]);
     }
 
     private void Product(Item it)

@@ -178,8 +178,8 @@ internal sealed class Contraction
         if (MergedStride(dest, dims, 0, batch.Length) is not { } db || MergedStride(dest, dims, batch.Length, left.Length) is not { } dm
             || MergedStride(dest, dims, batch.Length + left.Length, right.Length) is not { } dn || dn != 1 && N > 1 || dm < N && M > 1) return false;
         using var scope = NewDisposeScope();
-        var xm = Readable(AsMatrix(x, size.X, _x, batch, left, contracted, B, M, K));   // [B, M, K]
-        var ym = Readable(AsMatrix(y, size.Y, _y, batch, right, contracted, B, N, K));  // [B, N, K]
+        var xm = Native.Blas.InPlaceOrCopy(AsMatrix(x, size.X, _x, batch, left, contracted, B, M, K));   // [B, M, K]
+        var ym = Native.Blas.InPlaceOrCopy(AsMatrix(y, size.Y, _y, batch, right, contracted, B, N, K));  // [B, N, K]
         float* xp = (float*)Native.TensorMemory.FirstElement(xm), yp = (float*)Native.TensorMemory.FirstElement(ym);
         float* dp = (float*)Native.TensorMemory.FirstElement(destination);
         for (long b = 0; b < B; b++)
@@ -256,8 +256,8 @@ internal sealed class Contraction
         if (epilogue is not null && !(splitQuery && sg == 0 && og == 1 && oInner == 1)) return null;
 
         using var scope = NewDisposeScope();
-        var xm = Readable(AsMatrix(x, size.X, _x, batch, left, contracted, B, M, K));   // [B, M, K]
-        var ym = Readable(AsMatrix(y, size.Y, _y, batch, right, contracted, B, N, K));  // [B, N, K]
+        var xm = Native.Blas.InPlaceOrCopy(AsMatrix(x, size.X, _x, batch, left, contracted, B, M, K));   // [B, M, K]
+        var ym = Native.Blas.InPlaceOrCopy(AsMatrix(y, size.Y, _y, batch, right, contracted, B, N, K));  // [B, N, K]
         var product = torch.empty([B, M, N], ScalarType.Float32);
         float* xp = (float*)Native.TensorMemory.FirstElement(xm), yp = (float*)Native.TensorMemory.FirstElement(ym);
         float* cp = (float*)Native.TensorMemory.Address(product);
@@ -324,10 +324,6 @@ internal sealed class Contraction
         var result = product.view(shape);
         return identity ? result : result.permute(perm);
     }
-
-    /// <summary><paramref name="m"/> ([B, R, C]) as it is when BLAS can read each matrix in place, else a contiguous copy.</summary>
-    private static Tensor Readable(Tensor m) =>
-        Native.Blas.Readable(m.size(1), m.size(2), m.stride(1), m.stride(2)) ? m : m.contiguous();
 
     /// <summary>
     /// <paramref name="t"/> as [B, F, K] (rows: its free dims, columns: the contracted ones): a view when each group's

@@ -257,8 +257,8 @@ public static class Gemm
             || Native.TensorMemory.Extent(a) > int.MaxValue || Native.TensorMemory.Extent(b) > int.MaxValue)
             return torch.matmul(a, b);
         using var scope = NewDisposeScope();
-        var a3 = Readable(batched ? a : a.unsqueeze(0));
-        var b3 = Readable(batched ? b : b.unsqueeze(0));
+        var a3 = Native.Blas.InPlaceOrCopy(batched ? a : a.unsqueeze(0));
+        var b3 = Native.Blas.InPlaceOrCopy(batched ? b : b.unsqueeze(0));
         long g = a3.size(0), m = a3.size(1), k = a3.size(2), n = b3.size(2);
         if (m * n > int.MaxValue) return torch.matmul(a, b).MoveToOuterDisposeScope();
         var c = torch.empty([g, m, n], ScalarType.Float32);
@@ -273,10 +273,6 @@ public static class Gemm
         GC.KeepAlive(b3);
         return (batched ? c : c.view(m, n)).MoveToOuterDisposeScope();
     }
-
-    /// <summary><paramref name="t"/> ([B, R, C]) as it is when BLAS can read each matrix in place, else a contiguous copy.</summary>
-    private static Tensor Readable(Tensor t) =>
-        Native.Blas.Readable(t.size(1), t.size(2), t.stride(1), t.stride(2)) ? t : t.contiguous();
 
     /// <summary>The kernel's name in reports and JSON: "blas", "onednn", "blas-dealt".</summary>
     public static string Name(GemmKernel kernel) => kernel switch

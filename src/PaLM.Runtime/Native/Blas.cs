@@ -35,6 +35,28 @@ internal static unsafe class Blas
         return f == 0 ? -1 : ((delegate* unmanaged<int, int>)f)(threads);
     }
 
+    /// <summary>
+    /// MKL held to one thread for the calls this worker makes while the scope lasts, when it is one of several
+    /// (<c>using var _ = Blas.OneThreadPerCall(workers);</c>): each call of products dealt to a team's workers runs on its
+    /// worker alone, where MKL would otherwise start its own team inside this one (or, on the thread pool, on top of
+    /// it). A lone worker keeps MKL's threads.
+    /// </summary>
+    public static LocalThreadsScope OneThreadPerCall(int workers) => new(workers > 1 ? SetLocalThreads(1) : -1);
+
+    /// <summary>Restores MKL's previous local thread count on dispose (-1: nothing was changed).</summary>
+    public readonly struct LocalThreadsScope(int previous) : IDisposable
+    {
+        public void Dispose()
+        {
+            if (previous >= 0) SetLocalThreads(previous);
+        }
+    }
+
+    /// <summary><paramref name="m"/> ([B, R, C]) as it is when <see cref="Sgemm"/> can read each matrix in place
+    /// (<see cref="Readable"/>), else a contiguous copy.</summary>
+    public static TorchSharp.torch.Tensor InPlaceOrCopy(TorchSharp.torch.Tensor m) =>
+        Readable(m.size(1), m.size(2), m.stride(1), m.stride(2)) ? m : m.contiguous();
+
     /// <summary>Whether <see cref="Sgemm"/> can run (libtorch_cpu is loaded and exports the Fortran sgemm).</summary>
     public static bool Available => s_sgemm.Value != 0;
 

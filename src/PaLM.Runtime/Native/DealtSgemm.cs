@@ -48,26 +48,19 @@ internal sealed unsafe class DealtSgemm : TeamWork
 
     protected override void Run(int worker, int workers)
     {
-        int previous = workers > 1 ? Blas.SetLocalThreads(1) : -1;
-        try
+        using var oneThread = Blas.OneThreadPerCall(workers);
+        for (int p = worker; p < _pieces; p += workers)
         {
-            for (int p = worker; p < _pieces; p += workers)
+            if (_rows)
             {
-                if (_rows)
-                {
-                    long lo = _m * p / _pieces, hi = _m * (p + 1) / _pieces;
-                    Blas.Sgemm(hi - lo, _n, _k, _a + lo * _aRow, _aRow, _aCol, _y, _yRow, _yCol, _c + lo * _ldc, _ldc);
-                }
-                else
-                {
-                    long lo = _n * p / _pieces, hi = _n * (p + 1) / _pieces;
-                    Blas.Sgemm(_m, hi - lo, _k, _a, _aRow, _aCol, _y + lo * _yRow, _yRow, _yCol, _c + lo, _ldc);
-                }
+                long lo = _m * p / _pieces, hi = _m * (p + 1) / _pieces;
+                Blas.Sgemm(hi - lo, _n, _k, _a + lo * _aRow, _aRow, _aCol, _y, _yRow, _yCol, _c + lo * _ldc, _ldc);
             }
-        }
-        finally
-        {
-            if (previous >= 0) Blas.SetLocalThreads(previous);
+            else
+            {
+                long lo = _n * p / _pieces, hi = _n * (p + 1) / _pieces;
+                Blas.Sgemm(_m, hi - lo, _k, _a, _aRow, _aCol, _y + lo * _yRow, _yRow, _yCol, _c + lo, _ldc);
+            }
         }
     }
 }
