@@ -112,6 +112,8 @@ public static class ParallelFusion
             nodes = FuseSiblings(nodes, block);
             nodes = FuseSums(nodes, block);
             nodes = FlattenConcats(nodes, block);
+            nodes = OrderSumPieces(nodes, block);
+            nodes = DedupeConcats(nodes);
             // A fused einsum's result may also be yielded by the block (a residual saved for the backward pass).
             Value Final(Value v) { while (_renamed.TryGetValue(v, out var r)) v = r; return v; }
             return new Block(block.Args, [.. Schedule(nodes, block)], [.. block.Results.Select(Final)]);
@@ -157,6 +159,8 @@ public static class ParallelFusion
                 if (group.Count < 2 || group.Select(s => s.Y.Type.DType).Distinct().Count() != 1) continue;
                 foreach (var s in group) taken.Add(s.Node);
                 var at = group.Min(s => nodes.IndexOf(s.Node));
+                var origin = new Origins(nodes, block);
+                group = [.. group.OrderBy(s => origin.Of(s.Y, s.Node.Outputs[0]))];
                 var fused = new List<Node>();
                 var id = _fused++;
                 // Each other operand as [contracted..., own flattened], joined along a new dim.
@@ -293,9 +297,84 @@ public static class ParallelFusion
                     hit = (n, new Node(n.Op, [.. inputs], n.Outputs, n.Attrs.SetItem("along", new DimsAttr([.. names])), [], n.Loc), [.. dead]);
                     break;
                 }
-                if (hit is not { } h) return DedupeConcats(nodes);
+                if (hit is not { } h) return nodes;
                 nodes = [.. nodes.Where(m => !h.Dead.Contains(m)).Select(m => m == h.Old ? h.New : m)];
             }
+        }
+
+        /// <summary>
+        /// Where a fused piece comes from, as a sort key: the block argument its operand is a layout view (or a gather) of
+        /// (a weight), else the block result its product becomes that way (a weight's gradient), else nothing (last).
+        /// Fused groups order their pieces by it, so every group over the same weights joins them in the same order
+        /// whatever order autodiff emitted the members in: the backward's input-gradient join of the transposed weights
+        /// is then the forward's join transposed, and its weight-gradient product lays the gradients out as the forward
+        /// joins the weights. Code generation keeps each such group's weights side by side in one buffer
+        /// (<c>ParameterGroups</c>), where those joins are views instead of copies.
+        /// </summary>
+        private sealed class Origins(List<Node> nodes, Block block)
+        {
+            private readonly Dictionary<Value, Node> _producer = BlockFacts.Producers(nodes);
+            private readonly Dictionary<Value, int> _uses = BlockFacts.Uses(nodes, block.Results);
+            private readonly Dictionary<Value, Node> _reader = ReadersOnce(nodes);
+
+            // Layout views, and the collectives that gather or scatter a weight or its gradient per layer on a mesh.
+            private static bool IsLayout(Node n) => n.Inputs.Length == 1 && n.Outputs.Length == 1 && n.Regions.IsEmpty
+                && (n.Op.Name is "reshape" or "transpose" || n.Op.Sharding(n) == ShardingRule.Collective);
+
+            private static Dictionary<Value, Node> ReadersOnce(List<Node> nodes)
+            {
+                var r = new Dictionary<Value, Node>(ReferenceEqualityComparer.Instance);
+                foreach (var n in nodes) foreach (var v in n.Inputs) r[v] = n;
+                return r;
+            }
+
+            /// <summary>The key of a piece whose operand is <paramref name="operand"/> and whose product is <paramref name="product"/> (null: none).</summary>
+            public (int Kind, int Index) Of(Value operand, Value? product)
+            {
+                var v = operand;
+                while (_producer.TryGetValue(v, out var p) && IsLayout(p)) v = p.Inputs[0];
+                var arg = block.Args.IndexOf(v);
+                if (arg >= 0) return (0, arg);
+                if (product is not null)
+                {
+                    var w = product;
+                    while (_uses.GetValueOrDefault(w) == 1 && _reader.TryGetValue(w, out var r) && IsLayout(r)) w = r.Outputs[0];
+                    var result = block.Results.IndexOf(w);
+                    if (result >= 0) return (1, result);
+                }
+                return (2, 0);
+            }
+        }
+
+        /// <summary>
+        /// A sum of products fused by <see cref="FuseSums"/> joins its pieces in the order the sum was written (the
+        /// backward's input gradient: up, gate, v, k, q, the reverse of the forward's weights). Both joins of such a
+        /// product are reordered together by <see cref="Origins"/> of the weight-side pieces: a contraction does not
+        /// depend on the order of its contracted entries.
+        /// </summary>
+        private static List<Node> OrderSumPieces(List<Node> nodes, Block block)
+        {
+            var producer = BlockFacts.Producers(nodes);
+            var uses = BlockFacts.Uses(nodes, block.Results);
+            var origin = new Origins(nodes, block);
+            var replace = new Dictionary<Node, Node>(ReferenceEqualityComparer.Instance);
+            foreach (var n in nodes.Where(n => n.Op.Name == "einsum" && n.Inputs.Length == 2))
+            {
+                if (!producer.TryGetValue(n.Inputs[0], out var a) || !producer.TryGetValue(n.Inputs[1], out var b)) continue;
+                if (a.Op.Name != "concat" || b.Op.Name != "concat" || a == b || uses.GetValueOrDefault(n.Inputs[0]) != 1 || uses.GetValueOrDefault(n.Inputs[1]) != 1) continue;
+                var along = a.Attr<DimsAttr>("along").Names;
+                if (!along.SequenceEqual(b.Attr<DimsAttr>("along").Names) || replace.ContainsKey(a) || replace.ContainsKey(b)) continue;
+                var keys = Enumerable.Range(0, along.Length).Select(i => origin.Of(b.Inputs[i], null)).ToArray();
+                if (keys.Any(k => k.Kind != 0)) keys = [.. Enumerable.Range(0, along.Length).Select(i => origin.Of(a.Inputs[i], null))];
+                if (keys.Any(k => k.Kind != 0)) continue;
+                var order = Enumerable.Range(0, along.Length).OrderBy(i => keys[i]).ToArray();
+                if (order.SequenceEqual(Enumerable.Range(0, along.Length))) continue;
+                Node Permuted(Node c) => new(c.Op, [.. order.Select(i => c.Inputs[i])], c.Outputs,
+                    c.Attrs.SetItem("along", new DimsAttr([.. order.Select(i => along[i])])), [], c.Loc);
+                replace[a] = Permuted(a);
+                replace[b] = Permuted(b);
+            }
+            return replace.Count == 0 ? nodes : [.. nodes.Select(m => replace.GetValueOrDefault(m, m))];
         }
 
         /// <summary>
