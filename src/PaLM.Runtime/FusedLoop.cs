@@ -275,6 +275,22 @@ public static class FusedLoop
             return dense.data<float>().ToArray();
         }).ToArray();
         var runs = leadValues.Select(v => n / v.Length).ToArray();   // elements each lead value covers
+        // Operands not all in row-major order but all rows of contiguous elements at a row stride each (a parameter
+        // group's member beside dense optimizer state), each row under one value of every lead: walked in place.
+        var all = new Tensor[inputs.Length + results.Length];
+        inputs.CopyTo(all, 0);
+        results.CopyTo(all, inputs.Length);
+        var allStrides = all.Select(TensorMemory.Strides).ToArray();
+        if (!allStrides.All(st => InOrder(shape, st, order)) && RowLayout(shape, allStrides, order) is { Columns: >= MinRowElements } layout
+            && runs.All(r => r % layout.Columns == 0))
+        {
+            var operands = new RowOperand[all.Length];
+            for (int i = 0; i < all.Length; i++) operands[i] = new RowOperand(TensorMemory.FirstElement(all[i]), layout.Strides[i]);
+            Launch(kernel, temps, operands[..inputs.Length], operands[inputs.Length..], values, layout.Rows, layout.Columns,
+                new LeadRows(leadValues, [.. runs.Select(r => r / layout.Columns)], 0));
+            GC.KeepAlive(all);
+            return results;
+        }
         long columns = runs.Min(), rows = n / columns;
         var perValue = runs.Select(r => r / columns).ToArray();
         var owned = new List<Tensor>();

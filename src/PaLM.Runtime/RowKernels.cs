@@ -157,11 +157,15 @@ public static unsafe class RowKernels
     /// </summary>
     public static double[]? SumSquaresRows(Tensor x, long rows, long columns)
     {
-        if (x.dtype != ScalarType.Float32 || x.device_type != DeviceType.CPU || !x.is_contiguous() || rows * columns != x.numel()
-            || x.numel() * sizeof(float) > int.MaxValue) return null;
+        if (x.dtype != ScalarType.Float32 || x.device_type != DeviceType.CPU || rows * columns != x.numel()
+            || Native.TensorMemory.Extent(x) * sizeof(float) > int.MaxValue) return null;
         var sums = new double[rows];
         if (rows == 0 || columns == 0) return sums;
-        var work = new SquaresWork(Native.TensorMemory.FirstElement(x), rows, columns);
+        // A contiguous x is one run per row; a strided one (a member of a parameter group: rows of its own elements
+        // at the group's row stride) is read in place when its rows of contiguous elements tile each reduced row.
+        var (run, stride) = x.is_contiguous() ? (columns, columns) : Runs(x) ?? (0, 0);
+        if (run == 0 || columns % run != 0) return null;
+        var work = new SquaresWork(Native.TensorMemory.FirstElement(x), rows, columns, run, stride);
         OpenMpTeam.Run(work, Math.Min(OpenMpTeam.ThreadsFor(rows * columns, torch.get_num_threads()), (int)Math.Min(work.Blocks, 256)));
         GC.KeepAlive(x);
         for (long r = 0; r < rows; r++)
@@ -176,19 +180,36 @@ public static unsafe class RowKernels
     /// <summary>Elements per fp32 partial sum of <see cref="SumSquaresRows"/>.</summary>
     public const int SquaresBlock = 2048;
 
-    private sealed unsafe class SquaresWork(nint data, long rows, long columns) : TeamWork
+    /// <summary>x as runs of contiguous elements one stride apart (a contiguous tensor: one run of all), or null when
+    /// its layout is not of that form.</summary>
+    private static (long Run, long Stride)? Runs(Tensor x)
     {
-        public long PerRow { get; } = (columns + SquaresBlock - 1) / SquaresBlock;
+        var shape = Native.TensorMemory.Shape(x);
+        var strides = Native.TensorMemory.Strides(x);
+        var dims = Enumerable.Range(0, shape.Length).Where(d => shape[d] != 1).ToArray();
+        long run = 1;
+        int k = dims.Length;
+        while (k > 0 && strides[dims[k - 1]] == run) run *= shape[dims[--k]];
+        if (k == 0) return null;   // contiguous: the caller's rows
+        for (int d = 0; d < k - 1; d++)
+            if (strides[dims[d]] != strides[dims[d + 1]] * shape[dims[d + 1]]) return null;
+        return strides[dims[k - 1]] >= run ? (run, strides[dims[k - 1]]) : null;
+    }
+
+    private sealed unsafe class SquaresWork(nint data, long rows, long columns, long run, long stride) : TeamWork
+    {
+        private readonly long _perRun = (run + SquaresBlock - 1) / SquaresBlock;
+        public long PerRow { get; } = columns / run * ((run + SquaresBlock - 1) / SquaresBlock);
         public long Blocks => rows * PerRow;
-        public double[] Partial { get; } = new double[rows * ((columns + SquaresBlock - 1) / SquaresBlock)];
+        public double[] Partial { get; } = new double[rows * (columns / run * ((run + SquaresBlock - 1) / SquaresBlock))];
 
         protected override void Run(int worker, int workers)
         {
             long first = Blocks * worker / workers, last = Blocks * (worker + 1) / workers;
             for (long b = first; b < last; b++)
             {
-                long row = b / PerRow, column = b % PerRow * SquaresBlock;
-                var span = new ReadOnlySpan<float>((float*)data + row * columns + column, (int)Math.Min(SquaresBlock, columns - column));
+                long row = b / PerRow, within = b % PerRow, r = row * (columns / run) + within / _perRun, column = within % _perRun * SquaresBlock;
+                var span = new ReadOnlySpan<float>((float*)data + r * stride + column, (int)Math.Min(SquaresBlock, run - column));
                 Partial[b] = TensorPrimitives.SumOfSquares(span);
             }
         }

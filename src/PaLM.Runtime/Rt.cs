@@ -365,6 +365,7 @@ public static class Rt
     /// </remarks>
     public static Tensor Concat(Tensor[] xs, long axis)
     {
+        if (SideBySide(xs, axis < 0 ? axis + xs[0].dim() : axis) is { } view) return view;
         if (MemoryOrder(xs) is { } order)
         {
             var at = Array.IndexOf(order, axis < 0 ? axis + xs[0].dim() : axis);
@@ -377,6 +378,84 @@ public static class Rt
             return joined.permute(inverse).MoveToOuterDisposeScope();
         }
         return torch.cat(xs, axis);
+    }
+
+    /// <summary>
+    /// The join of <paramref name="xs"/> along <paramref name="axis"/> as a view, when they already lie side by side in
+    /// one buffer (null otherwise): same storage, same strides, the same sizes but along the axis, and each starting
+    /// where the previous one ends along it. A parameter group's members (<see cref="GroupSideBySide"/>) are joined this
+    /// way by the fused projections of the forward pass and, transposed, of the backward: no copy. Two tensors with the
+    /// same storage base are views of one allocation (a base address belongs to one live storage), so the view of the
+    /// union stays inside it.
+    /// </summary>
+    internal static Tensor? SideBySide(Tensor[] xs, long axis)
+    {
+        if (xs.Length < 2) return null;
+        var first = xs[0];
+        if (first.device_type != DeviceType.CPU || first.numel() == 0) return null;
+        int rank = (int)first.dim();
+        if (axis < 0 || axis >= rank || first.stride((int)axis) <= 0) return null;
+        long element = first.ElementSize;
+        nint Base(Tensor t) => Native.TensorMemory.FirstElement(t) - (nint)(t.storage_offset() * element);
+        var storage = Base(first);
+        var next = Native.TensorMemory.FirstElement(first);
+        long total = 0;
+        foreach (var x in xs)
+        {
+            if (x.dtype != first.dtype || x.device_type != DeviceType.CPU || x.dim() != rank || x.numel() == 0) return null;
+            for (int d = 0; d < rank; d++)
+                if (x.stride(d) != first.stride(d) || (d != axis && x.size(d) != first.size(d))) return null;
+            if (Native.TensorMemory.FirstElement(x) != next || Base(x) != storage) return null;
+            next += (nint)(x.size((int)axis) * x.stride((int)axis) * element);
+            total += x.size((int)axis);
+        }
+        var shape = Native.TensorMemory.Shape(first);
+        shape[axis] = total;
+        return first.as_strided(shape, Native.TensorMemory.Strides(first), first.storage_offset());
+    }
+
+    /// <summary>
+    /// Lays <paramref name="members"/> of <paramref name="tensors"/> side by side in one new buffer and puts views of it
+    /// in their places (the old tensors are disposed; values are unchanged). Each member is
+    /// [<paramref name="lead"/> shared dims, its own dims, <paramref name="trail"/> shared dims]; the buffer is
+    /// [lead..., the members' own dims flattened and summed, trail...], and a join of the members along that dim
+    /// (<see cref="Concat"/>) is then a view. Code generation groups the weights a fused projection joins this way,
+    /// as XLA's buffer assignment places a concatenation's operands in slices of its output.
+    /// </summary>
+    public static void GroupSideBySide(Tensor[] tensors, int[] members, int lead, int trail)
+    {
+        var first = tensors[members[0]];
+        int rank = (int)first.dim();
+        var own = new long[members.Length];
+        for (int i = 0; i < members.Length; i++)
+        {
+            var t = tensors[members[i]];
+            int r = (int)t.dim();
+            if (t.dtype != first.dtype || t.device_type != first.device_type || r < lead + trail)
+                throw new ArgumentException($"parameter group: member {members[i]} is {t.dtype} [{string.Join(", ", t.shape)}], the first is {first.dtype} [{string.Join(", ", first.shape)}]");
+            for (int d = 0; d < lead; d++)
+                if (t.size(d) != first.size(d)) throw new ArgumentException($"parameter group: member {members[i]}'s leading dims differ from the first's");
+            for (int d = 0; d < trail; d++)
+                if (t.size(r - trail + d) != first.size(rank - trail + d)) throw new ArgumentException($"parameter group: member {members[i]}'s trailing dims differ from the first's");
+            own[i] = 1;
+            for (int d = lead; d < r - trail; d++) own[i] *= t.size(d);
+        }
+        var shape = new long[lead + 1 + trail];
+        for (int d = 0; d < lead; d++) shape[d] = first.size(d);
+        shape[lead] = own.Sum();
+        for (int d = 0; d < trail; d++) shape[lead + 1 + d] = first.size(rank - trail + d);
+        using var buffer = torch.empty(shape, first.dtype, first.device);
+        long offset = 0;
+        for (int i = 0; i < members.Length; i++)
+        {
+            var old = tensors[members[i]];
+            using var slice = buffer.narrow(lead, offset, own[i]);
+            var view = slice.view(Native.TensorMemory.Shape(old));
+            view.copy_(old);
+            tensors[members[i]] = view;
+            old.Dispose();
+            offset += own[i];
+        }
     }
 
     /// <summary>

@@ -87,6 +87,24 @@ public sealed class FusedLoopLeadTests
     }
 
     [Fact]
+    public void RowsAtAStrideAreWalkedInPlace()
+    {
+        // A parameter group's member (rows of its own elements at the group's row stride) beside dense optimizer
+        // state, its update written into itself: no copy in or out, and nothing outside it touched.
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var (x, m, r, s) = Operands(8, 3, 6, 2 * FusedLoop.MinRowElements);
+        var group = randn([3, 6, 2 * FusedLoop.MinRowElements + 300], generator: new Generator(9));
+        var outside = group.narrow(2, 0, 300).clone();
+        var member = group.narrow(2, 300, 2 * FusedLoop.MinRowElements);
+        member.copy_(x);
+        var results = Rt.Fused(Kernel, 2, [member, m], [], [r, s], [-1, -1], [null, member]);
+        Assert.Same(member, results[1]);
+        AssertExact(x, m, r, s, results);
+        Assert.True(group.narrow(2, 0, 300).eq(outside).all().item<bool>());
+    }
+
+    [Fact]
     public void ALeadMustSpanTheLoopsFirstDims()
     {
         Rt.Initialize();
@@ -121,6 +139,23 @@ public sealed class FusedLoopLeadTests
             Assert.True(tensor(rows, ScalarType.Float64).allclose(exact.flatten(), rtol: 1e-6, atol: 0));
         }
         Assert.Null(RowKernels.SumSquaresRows(x.transpose(0, 1), x.numel() / count, count));
+    }
+
+    [Fact]
+    public void AGroupMembersSumOfSquaresIsReadInPlace()
+    {
+        // [layers, d_model, own] at the group's row stride: each layer's rows tile its reduced elements.
+        Rt.Initialize();
+        using var scope = NewDisposeScope();
+        var group = randn([6, 768, 1000], generator: new Generator(10)) * 3;
+        var member = group.narrow(2, 700, 300);
+        var exact = member.to_type(ScalarType.Float64).square().sum([1, 2]);
+        var rows = RowKernels.SumSquaresRows(member, 6, 768 * 300);
+        Assert.NotNull(rows);
+        Assert.True(tensor(rows, ScalarType.Float64).allclose(exact, rtol: 1e-6, atol: 0));
+        Assert.True(Rt.MeanSquares(member, [1, 2]).to_type(ScalarType.Float64).allclose(exact / (768 * 300), rtol: 1e-6, atol: 0));
+        // Rows that do not tile a reduced row (a reduction over the last dim only would; over the first two not).
+        Assert.Null(RowKernels.SumSquaresRows(member.transpose(1, 2), 6, 768 * 300));
     }
 }
 
