@@ -50,6 +50,12 @@ public sealed record CodeGenOptions
     public bool ConcatInPlace { get; init; } = true;
 
     /// <summary>
+    /// Keep the weights a fused projection joins side by side in one buffer (see <see cref="ParameterGroups"/>), so
+    /// the join is a view. On by default; off makes each weight a tensor of its own (to compare).
+    /// </summary>
+    public bool GroupParameters { get; init; } = true;
+
+    /// <summary>
     /// Let a product over a concatenation along a dim its output keeps read the pieces where they lie, one product per
     /// piece into its slice of the result (see <see cref="ProductsOverPieces"/>). On by default; off makes the join.
     /// </summary>
@@ -127,10 +133,12 @@ public sealed class Emitter
     private readonly ProductsOverPieces _overPieces;
     private readonly LayerNormSiblings _lnSiblings;
     private int _loopDepth;
+    private readonly HashSet<Value> _persistentArgs;
 
     private Emitter(Graph graph, CodeGenOptions options)
     {
         (_graph, _options) = (graph, options);
+        _persistentArgs = new HashSet<Value>(graph.Persistent.Select(a => a.Value), ReferenceEqualityComparer.Instance);
         _fusion = options.FuseLoops ? LoopFusion.Plan(graph) : FusionPlan.None;
         (_inPlace, _loopDonors) = options.ReuseBuffers
             ? BufferReuse.PlanAll(graph, _fusion, options.DonateUpdatedArguments)
@@ -240,6 +248,7 @@ public sealed class Emitter
     {
         var body = new List<StatementSyntax> { Local("gen", Rt("NewGenerator", IdentifierName("seed"))) };
         var items = new List<ExpressionSyntax>();
+        var groups = _options.GroupParameters ? ParameterGroups.Of(_graph).Groups : [];
         foreach (var p in _graph.Persistent)
         {
             // Every device draws the global tensor from the same seeded stream and keeps its piece, so a partitioned
@@ -251,7 +260,16 @@ public sealed class Emitter
             if (p.Spmd is { } spmd && !spmd.Sharding.IsReplicated) init = Rt("ShardOf", IdentifierName("device"), init, AxesArray(spmd.Sharding));
             items.Add(init);
         }
-        body.Add(ReturnStatement(Array("Tensor", items)));
+        if (groups.Count == 0) body.Add(ReturnStatement(Array("Tensor", items)));
+        else
+        {
+            // Drawn one by one as before (the same values), then laid side by side.
+            body.Add(Local("parameters", Array("Tensor", items)));
+            foreach (var gr in groups)
+                body.Add(ExpressionStatement(Rt("GroupSideBySide", IdentifierName("parameters"),
+                    ArrayField("int", "I", [.. gr.Members.Select(m => (long)m)]), Int(gr.Lead), Int(gr.Trail))));
+            body.Add(ReturnStatement(IdentifierName("parameters")));
+        }
         return MethodDeclaration(ParseTypeName("Tensor[]"), "InitParameters")
             .AddModifiers(Token(SyntaxKind.PublicKeyword))
             .AddParameterListParameters(
@@ -426,13 +444,19 @@ public sealed class Emitter
             body.Add(Local(_joins[piece], Rt("Empty", LongsField([.. t.Shape]), DType(t.DType))));
         }
         for (int j = 0; j < donors.Length; j++) if (destinations[j] is not null) donors[j] = -1;
+        // A donated argument (a parameter or optimizer state updated in place) is written as a destination: the loop
+        // writes a donor only when it is dense, and a grouped parameter is a strided view of its group's buffer.
+        var intoArgument = new ExpressionSyntax?[donors.Length];
+        for (int j = 0; j < donors.Length; j++)
+            if (donors[j] >= 0 && _persistentArgs.Contains(group.Inputs[donors[j]]))
+                (intoArgument[j], donors[j]) = (Ref(group.Inputs[donors[j]]), -1);
         var loopArgs = new List<ExpressionSyntax> { IdentifierName(kernelName), Int(temps), Array("Tensor", group.Inputs.Select(Ref)), Array("Tensor", group.Scalars.Select(Ref)) };
         if (group.Leads.Count > 0) loopArgs.Add(Array("Tensor", group.Leads.Select(Ref)));
         loopArgs.Add(ArrayField("int", "I", [.. donors.Select(d => (long)d)]));
-        if (destinations.Any(d => d is not null))
-            loopArgs.Add(Array("Tensor?", destinations.Select(d => d is null
+        if (destinations.Any(d => d is not null) || intoArgument.Any(d => d is not null))
+            loopArgs.Add(Array("Tensor?", destinations.Select((d, j) => intoArgument[j] ?? (d is null
                 ? (ExpressionSyntax)LiteralExpression(SyntaxKind.NullLiteralExpression)
-                : Rt("Narrow", IdentifierName(CSharpNames.Token(_joins[d.Concat])), Lit(d.Axis), Lit(d.Offset), Lit(d.Length)))));
+                : Rt("Narrow", IdentifierName(CSharpNames.Token(_joins[d.Concat])), Lit(d.Axis), Lit(d.Offset), Lit(d.Length))))));
         var call = Rt("Fused", [.. loopArgs]);
         BindParts(call, group.Outputs, group.Last.Outputs[0].Name + "_loop", body);
         if (timer is var (site, local)) body.Add(StopTimer(site, local));
