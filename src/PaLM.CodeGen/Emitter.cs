@@ -134,11 +134,13 @@ public sealed class Emitter
     private readonly LayerNormSiblings _lnSiblings;
     private int _loopDepth;
     private readonly HashSet<Value> _persistentArgs;
+    private readonly IReadOnlyList<ParameterGroups.Group> _parameterGroups;
 
     private Emitter(Graph graph, CodeGenOptions options)
     {
         (_graph, _options) = (graph, options);
         _persistentArgs = new HashSet<Value>(graph.Persistent.Select(a => a.Value), ReferenceEqualityComparer.Instance);
+        _parameterGroups = options.GroupParameters ? ParameterGroups.Of(graph).Groups : [];
         _fusion = options.FuseLoops ? LoopFusion.Plan(graph) : FusionPlan.None;
         (_inPlace, _loopDonors) = options.ReuseBuffers
             ? BufferReuse.PlanAll(graph, _fusion, options.DonateUpdatedArguments)
@@ -172,6 +174,7 @@ public sealed class Emitter
                 InitMethod(),
                 ForwardMethod(),
                 MainMethod(className));
+        if (ArrangeMethod() is { } arrange) cls = cls.AddMembers(arrange);
         // After ForwardMethod, which numbered the sites and built the fused loops' kernels.
         cls = cls.AddMembers([.. _constants, .. _kernels]);
         if (_options.Profile)
@@ -248,7 +251,6 @@ public sealed class Emitter
     {
         var body = new List<StatementSyntax> { Local("gen", Rt("NewGenerator", IdentifierName("seed"))) };
         var items = new List<ExpressionSyntax>();
-        var groups = _options.GroupParameters ? ParameterGroups.Of(_graph).Groups : [];
         foreach (var p in _graph.Persistent)
         {
             // Every device draws the global tensor from the same seeded stream and keeps its piece, so a partitioned
@@ -260,14 +262,12 @@ public sealed class Emitter
             if (p.Spmd is { } spmd && !spmd.Sharding.IsReplicated) init = Rt("ShardOf", IdentifierName("device"), init, AxesArray(spmd.Sharding));
             items.Add(init);
         }
-        if (groups.Count == 0) body.Add(ReturnStatement(Array("Tensor", items)));
+        if (_parameterGroups.Count == 0) body.Add(ReturnStatement(Array("Tensor", items)));
         else
         {
             // Drawn one by one as before (the same values), then laid side by side.
             body.Add(Local("parameters", Array("Tensor", items)));
-            foreach (var gr in groups)
-                body.Add(ExpressionStatement(Rt("GroupSideBySide", IdentifierName("parameters"),
-                    ArrayField("int", "I", [.. gr.Members.Select(m => (long)m)]), Int(gr.Lead), Int(gr.Trail))));
+            body.Add(ExpressionStatement(InvocationExpression(IdentifierName("ArrangeParameters")).AddArgumentListArguments(Argument(IdentifierName("parameters")))));
             body.Add(ReturnStatement(IdentifierName("parameters")));
         }
         return MethodDeclaration(ParseTypeName("Tensor[]"), "InitParameters")
@@ -275,6 +275,18 @@ public sealed class Emitter
             .AddParameterListParameters(
                 Parameter(Identifier("device")).WithType(ParseTypeName("DeviceContext")),
                 Parameter(Identifier("seed")).WithType(ParseTypeName("long")))
+            .WithBody(Block(body));
+    }
+
+    /// <summary><c>ArrangeParameters</c>: the parameter groups (<see cref="ParameterGroups"/>), laid side by side.</summary>
+    private MethodDeclarationSyntax? ArrangeMethod()
+    {
+        if (_parameterGroups.Count == 0) return null;
+        var body = _parameterGroups.Select(gr => (StatementSyntax)ExpressionStatement(Rt("GroupSideBySide", IdentifierName("persistent"),
+            ArrayField("int", "I", [.. gr.Members.Select(m => (long)m)]), Int(gr.Lead), Int(gr.Trail))));
+        return MethodDeclaration(PredefinedType(Token(SyntaxKind.VoidKeyword)), "ArrangeParameters")
+            .AddModifiers(Token(SyntaxKind.PublicKeyword))
+            .AddParameterListParameters(Parameter(Identifier("persistent")).WithType(ParseTypeName("Tensor[]")))
             .WithBody(Block(body));
     }
 

@@ -52,6 +52,14 @@ public interface IGraphProgram
     torch.Tensor[] InitParameters(DeviceContext device, long seed);
 
     /// <summary>
+    /// Lays this device's persistent tensors out as the program reads them fastest, in place in the array (values
+    /// unchanged): a generated program keeps the weights each fused projection joins side by side in one buffer
+    /// (<see cref="Rt.GroupSideBySide"/>). <see cref="InitParameters(DeviceContext, long)"/> returns them laid out;
+    /// a host that makes them otherwise (a restored checkpoint) calls this. Any layout computes the same results.
+    /// </summary>
+    void ArrangeParameters(torch.Tensor[] persistent) { }
+
+    /// <summary>
     /// Runs the program on <paramref name="device"/> with its pieces of the parameters and inputs; collectives talk to
     /// the other devices of its mesh. Results outlive the call (they are moved out of its dispose scope).
     /// </summary>

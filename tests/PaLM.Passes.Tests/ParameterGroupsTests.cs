@@ -76,9 +76,37 @@ public sealed class ParameterGroupsTests
             Tensor[] pieces = [.. new[] { "w_q", "w_k", "w_v", "w_gate", "w_up" }.Select(n => a[Index(n)][0].reshape(a[Index(n)].shape[1], -1))];
             using var joined = Rt.Concat(pieces, 1);
             var before = joined.clone();
+            var kept = a[Index("w_k")].clone();
             a[Index("w_k")].add_(1);
             Assert.False(joined.eq(before).all().item<bool>(), $"step {step}: the weights are no longer side by side");
-            a[Index("w_k")].sub_(1);
+            a[Index("w_k")].copy_(kept);
         }
+    }
+
+    [Fact]
+    public void RestoredWeightsAreArrangedAgain()
+    {
+        // What the trainer does with a checkpoint's tensors (each a buffer of its own): ArrangeParameters groups them.
+        Rt.Initialize();
+        var local = TrainingCompiler.Compile(s_tiny.Value, null, new TrainingConfig()).Local;
+        var program = RoslynCompiler.CompileInMemory(Emitter.Emit(local));
+        using var scope = NewDisposeScope();
+        var restored = program.InitParameters(seed: 2).Select(t => t.clone()).ToArray();
+        var values = restored.Select(t => t.clone()).ToArray();
+        int Index(string name) => program.Parameters.Select(s => s.Name).ToList().IndexOf(name);
+        Tensor Join() => Rt.Concat([.. new[] { "w_o", "w_down" }.Select(n => restored[Index(n)][1].reshape(-1, restored[Index(n)].shape[^1]))], 0);
+        // Before: the join is a copy, which a change to w_down leaves as it was.
+        var copy = Join();
+        var snapshot = copy.clone();
+        var kept = restored[Index("w_down")].clone();
+        restored[Index("w_down")].add_(1);
+        Assert.True(copy.eq(snapshot).all().item<bool>());
+        restored[Index("w_down")].copy_(kept);
+        program.ArrangeParameters(restored);
+        for (int p = 0; p < restored.Length; p++) Assert.True(restored[p].eq(values[p]).all().item<bool>(), $"{program.Parameters[p].Name} changed");
+        var joined = Join();
+        var before = joined.clone();
+        restored[Index("w_down")].add_(1);
+        Assert.False(joined.eq(before).all().item<bool>(), "the restored weights are not side by side");
     }
 }

@@ -272,7 +272,7 @@ public static class Trainer
     private static Tensor[] Restore(IGraphProgram program, IReadOnlyList<(string Name, Tensor Tensor)> saved)
     {
         var byName = saved.ToDictionary(s => s.Name, s => s.Tensor);
-        return program.Parameters.Select(p =>
+        var restored = program.Parameters.Select(p =>
         {
             if (!byName.TryGetValue(p.Name, out var t))
                 throw new InvalidOperationException($"the checkpoint has no tensor '{p.Name}'");
@@ -283,6 +283,8 @@ public static class Trainer
                 throw new InvalidOperationException($"checkpoint tensor '{p.Name}' has shape [{string.Join(", ", t.shape)}], this program's shard is [{string.Join(", ", local)}]");
             return t.clone();
         }).ToArray();
+        program.ArrangeParameters(restored);
+        return restored;
     }
 
     /// <summary>Where a training program keeps what the trainer feeds and reads.</summary>
