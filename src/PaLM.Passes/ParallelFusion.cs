@@ -160,7 +160,10 @@ public static class ParallelFusion
                 foreach (var s in group) taken.Add(s.Node);
                 var at = group.Min(s => nodes.IndexOf(s.Node));
                 var origin = new Origins(nodes, block);
-                group = [.. group.OrderBy(s => origin.Of(s.Y, s.Node.Outputs[0]))];
+                // Weight gradients by the gradient they become, else products by the weight they read.
+                var keys = group.Select(s => origin.Result(s.Node.Outputs[0])).ToList();
+                if (keys.Any(k => k < 0)) keys = [.. group.Select(s => origin.Arg(s.Y))];
+                if (keys.All(k => k >= 0)) group = [.. group.Select((s, i) => (s, i)).OrderBy(p => keys[p.i]).Select(p => p.s)];
                 var fused = new List<Node>();
                 var id = _fused++;
                 // Each other operand as [contracted..., own flattened], joined along a new dim.
@@ -303,9 +306,9 @@ public static class ParallelFusion
         }
 
         /// <summary>
-        /// Where a fused piece comes from, as a sort key: the block argument its operand is a layout view (or a gather) of
-        /// (a weight), else the block result its product becomes that way (a weight's gradient), else nothing (last).
-        /// Fused groups order their pieces by it, so every group over the same weights joins them in the same order
+        /// Where a fused piece comes from, as a sort key: the block result its product becomes through layout views (a
+        /// weight's gradient), or the block argument its operand is such a view of (a weight). Fused groups whose
+        /// members all have one order their pieces by it, so every group over the same weights joins them in the same order
         /// whatever order autodiff emitted the members in: the backward's input-gradient join of the transposed weights
         /// is then the forward's join transposed, and its weight-gradient product lays the gradients out as the forward
         /// joins the weights. Code generation keeps each such group's weights side by side in one buffer
@@ -328,21 +331,21 @@ public static class ParallelFusion
                 return r;
             }
 
-            /// <summary>The key of a piece whose operand is <paramref name="operand"/> and whose product is <paramref name="product"/> (null: none).</summary>
-            public (int Kind, int Index) Of(Value operand, Value? product)
+            /// <summary>The index of the block argument <paramref name="operand"/> is a layout view (or gather) of, or -1.</summary>
+            public int Arg(Value operand)
             {
                 var v = operand;
                 while (_producer.TryGetValue(v, out var p) && IsLayout(p)) v = p.Inputs[0];
-                var arg = block.Args.IndexOf(v);
-                if (arg >= 0) return (0, arg);
-                if (product is not null)
-                {
-                    var w = product;
-                    while (_uses.GetValueOrDefault(w) == 1 && _reader.TryGetValue(w, out var r) && IsLayout(r)) w = r.Outputs[0];
-                    var result = block.Results.IndexOf(w);
-                    if (result >= 0) return (1, result);
-                }
-                return (2, 0);
+                return block.Args.IndexOf(v);
+            }
+
+            /// <summary>The index of the block result <paramref name="product"/> becomes through layout views (or a
+            /// scatter), read by nothing else on the way, or -1.</summary>
+            public int Result(Value product)
+            {
+                var w = product;
+                while (_uses.GetValueOrDefault(w) == 1 && _reader.TryGetValue(w, out var r) && IsLayout(r)) w = r.Outputs[0];
+                return block.Results.IndexOf(w);
             }
         }
 
@@ -364,9 +367,9 @@ public static class ParallelFusion
                 if (a.Op.Name != "concat" || b.Op.Name != "concat" || a == b || uses.GetValueOrDefault(n.Inputs[0]) != 1 || uses.GetValueOrDefault(n.Inputs[1]) != 1) continue;
                 var along = a.Attr<DimsAttr>("along").Names;
                 if (!along.SequenceEqual(b.Attr<DimsAttr>("along").Names) || replace.ContainsKey(a) || replace.ContainsKey(b)) continue;
-                var keys = Enumerable.Range(0, along.Length).Select(i => origin.Of(b.Inputs[i], null)).ToArray();
-                if (keys.Any(k => k.Kind != 0)) keys = [.. Enumerable.Range(0, along.Length).Select(i => origin.Of(a.Inputs[i], null))];
-                if (keys.Any(k => k.Kind != 0)) continue;
+                var keys = b.Inputs.Select(origin.Arg).ToArray();
+                if (keys.Any(k => k < 0)) keys = [.. a.Inputs.Select(origin.Arg)];
+                if (keys.Any(k => k < 0)) continue;
                 var order = Enumerable.Range(0, along.Length).OrderBy(i => keys[i]).ToArray();
                 if (order.SequenceEqual(Enumerable.Range(0, along.Length))) continue;
                 Node Permuted(Node c) => new(c.Op, [.. order.Select(i => c.Inputs[i])], c.Outputs,
