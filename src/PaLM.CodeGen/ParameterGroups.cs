@@ -3,9 +3,9 @@ using PaLM.IR;
 namespace PaLM.CodeGen;
 
 /// <summary>
-/// Weights that a fused projection joins, kept side by side in one buffer from the start (<c>Rt.GroupSideBySide</c> in
-/// the emitted <c>InitParameters</c>), so that the join is a view (<c>Rt.Concat</c>) instead of a copy of every weight
-/// twice a step: palm-cpu's forward joins w_q, w_k, w_v, w_gate and w_up (21.6 MB a layer), its backward joins their
+/// Weights that a fused projection joins, kept side by side in one buffer (<c>Rt.GroupSideBySide</c> in the emitted
+/// <c>ArrangeParameters</c>, which <c>InitParameters</c> and the trainer's restore call), so that the join is a view
+/// (<c>Rt.Concat</c>) instead of a copy of every weight twice a step: palm-cpu's forward joins w_q, w_k, w_v, w_gate and w_up (21.6 MB a layer), its backward joins their
 /// transposes in the same order (the fusion pass orders both the same way) and the forward's output projection joins
 /// w_o and w_down. XLA's buffer assignment gives a concatenation's operands slices of its result the same way; here the
 /// operands are parameters, which live across steps, so the layout is chosen once, when they are made.
@@ -14,16 +14,14 @@ namespace PaLM.CodeGen;
 /// one, through reshapes that only merge the dims it joins: member k is [lead..., own dims..., trail...] with the same
 /// lead and trail dims as the others, and the concatenation's dim stands for its own dims. A parameter joins one group
 /// at most. The step keeps the layout when it updates parameters in place (donated arguments, which the emitter writes
-/// as loop destinations so that strided views stay where they are); a step that returns new parameters, or weights
-/// restored from elsewhere, only lose the saving: a join of tensors that are not side by side copies them.
+/// as loop destinations so that strided views stay where they are); a step that returns new parameters only loses the
+/// saving: a join of tensors that are not side by side copies them.
 /// </para>
 /// </summary>
 public sealed class ParameterGroups
 {
     /// <summary>Members (indices among the graph's persistent arguments) and how many leading and trailing dims they share.</summary>
     public sealed record Group(int[] Members, int Lead, int Trail);
-
-    public static ParameterGroups None { get; } = new([]);
 
     public IReadOnlyList<Group> Groups { get; }
 

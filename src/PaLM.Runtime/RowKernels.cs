@@ -145,7 +145,8 @@ public static unsafe class RowKernels
 
     /// <summary>
     /// Σ x² over each of <paramref name="rows"/> rows of <paramref name="columns"/> contiguous elements of
-    /// <paramref name="x"/> (a dense fp32 CPU tensor whose reduced dims are its innermost), in one read of x on the
+    /// <paramref name="x"/> (an fp32 CPU tensor whose reduced dims are its innermost, dense or rows of contiguous
+    /// elements at one stride that tile each reduced row: a parameter group's member), in one read of x on the
     /// OpenMP team; null where that does not hold (the caller takes the chunked TorchSharp form).
     /// <para>
     /// Each row is cut into blocks of <see cref="SquaresBlock"/> elements, summed in fp32 by
@@ -180,8 +181,8 @@ public static unsafe class RowKernels
     /// <summary>Elements per fp32 partial sum of <see cref="SumSquaresRows"/>.</summary>
     public const int SquaresBlock = 2048;
 
-    /// <summary>x as runs of contiguous elements one stride apart (a contiguous tensor: one run of all), or null when
-    /// its layout is not of that form.</summary>
+    /// <summary>A non-contiguous x as runs of contiguous elements one stride apart, or null when its layout is not of
+    /// that form (or it is contiguous: the caller's rows are its runs).</summary>
     private static (long Run, long Stride)? Runs(Tensor x)
     {
         var shape = Native.TensorMemory.Shape(x);
