@@ -580,7 +580,14 @@ public sealed class Emitter
             var copy = _stacks.IsStack(n.Outputs[k]) && !_stacks.OwnedByIteration(region.Results[k], region);
             // Timed under --profile too: saving a layer's activations was a copy of all of them before LayerStacks.
             (int Site, string Local)? timer = _options.Profile ? StartTimer(n, loop, "set_layer", 0, n.Outputs[k].Name) : null;
-            loop.Add(ExpressionStatement(Rt(copy ? "SetLayerCopy" : "SetLayer", Ref(n.Outputs[k]), loopVar, Ref(region.Results[k]))));
+            var save = Rt(copy ? "SetLayerCopy" : "SetLayer", Ref(n.Outputs[k]), loopVar, Ref(region.Results[k]));
+            // A carried value saved per layer (the residual stream each layer reads) is the loop's operand only in the
+            // first iteration; later it is what the previous iteration made and kept, which nothing writes: kept as is.
+            var c = region.Args.IndexOf(region.Results[k]);
+            if (copy && c >= 0 && c < carried && !region.Args.Contains(region.Results[c]) && _stacks.OwnedByIteration(region.Results[c], region))
+                loop.Add(IfStatement(BinaryExpression(SyntaxKind.EqualsExpression, loopVar, Lit(reverse ? count - 1 : 0L)), ExpressionStatement(save),
+                    ElseClause(ExpressionStatement(Rt("SetLayer", Ref(n.Outputs[k]), loopVar, Ref(region.Results[k]))))));
+            else loop.Add(ExpressionStatement(save));
             if (timer is var (site, local)) loop.Add(StopTimer(site, local));
         }
         _loopDepth--;
