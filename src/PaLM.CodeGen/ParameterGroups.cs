@@ -29,19 +29,18 @@ public sealed class ParameterGroups
 
     public static ParameterGroups Of(Graph g)
     {
-        var persistent = g.Persistent.Where(a => a.Kind == ArgKind.Parameter).Select(a => a.Value).ToList();
-        var index = new Dictionary<Value, int>(ReferenceEqualityComparer.Instance);
-        foreach (var (a, i) in g.Persistent.Select((a, i) => (a, i))) index[a.Value] = i;
-        // Each value that is a parameter or a layer loop's slice of one: the parameter and how many leading dims were sliced off.
+        var persistent = g.Persistent.Select(a => a.Value).ToList();
+        // Each value that is a parameter (not optimizer state) or a layer loop's slice of one: the parameter's index
+        // among the persistent arguments and how many leading dims were sliced off.
         var origin = new Dictionary<Value, (int Param, int Sliced)>(ReferenceEqualityComparer.Instance);
-        foreach (var v in persistent) origin[v] = (index[v], 0);
+        foreach (var (a, i) in g.Persistent.Select((a, i) => (a, i)))
+            if (a.Kind == ArgKind.Parameter) origin[a.Value] = (i, 0);
         var groups = new List<Group>();
-        var taken = new HashSet<int>();
-        Visit(g.Body, origin, g, groups, taken);
+        Visit(g.Body, origin, persistent, groups, []);
         return new ParameterGroups(groups);
     }
 
-    private static void Visit(Block block, Dictionary<Value, (int Param, int Sliced)> origin, Graph g, List<Group> groups, HashSet<int> taken)
+    private static void Visit(Block block, Dictionary<Value, (int Param, int Sliced)> origin, List<Value> persistent, List<Group> groups, HashSet<int> taken)
     {
         var producers = new Dictionary<Value, Node>(ReferenceEqualityComparer.Instance);
         foreach (var n in block.Nodes)
@@ -56,8 +55,8 @@ public sealed class ParameterGroups
                     if (origin.TryGetValue(n.Inputs[i], out var o))
                         origin[region.Args[i]] = i < carried + stacked ? (o.Param, o.Sliced + 1) : o;
             }
-            foreach (var r in n.Regions) Visit(r, origin, g, groups, taken);
-            if (n.Op.Name == "concat" && Candidate(n, producers, origin, g) is { } group && group.Members.All(m => !taken.Contains(m)))
+            foreach (var r in n.Regions) Visit(r, origin, persistent, groups, taken);
+            if (n.Op.Name == "concat" && Candidate(n, producers, origin, persistent) is { } group && group.Members.All(m => !taken.Contains(m)))
             {
                 foreach (var m in group.Members) taken.Add(m);
                 groups.Add(group);
@@ -65,7 +64,7 @@ public sealed class ParameterGroups
         }
     }
 
-    private static Group? Candidate(Node concat, Dictionary<Value, Node> producers, Dictionary<Value, (int Param, int Sliced)> origin, Graph g)
+    private static Group? Candidate(Node concat, Dictionary<Value, Node> producers, Dictionary<Value, (int Param, int Sliced)> origin, List<Value> persistent)
     {
         if (concat.Inputs.Length < 2) return null;
         var axis = concat.Inputs[0].Type.IndexOf(concat.Attr<DimsAttr>("along").Names[0]);
@@ -73,7 +72,6 @@ public sealed class ParameterGroups
         var members = new List<int>();
         int? sliced = null;
         long[]? lead = null, trail = null;
-        var persistent = g.Persistent.ToList();
         foreach (var piece in concat.Inputs)
         {
             var v = piece;
@@ -82,7 +80,7 @@ public sealed class ParameterGroups
             if (sliced is { } s && s != o.Sliced) return null;
             sliced = o.Sliced;
             // The parameter's shape, its sliced-off leading dims and the piece's dims before the joined one shared.
-            var full = (persistent[o.Param].Value.Type.Shape).ToArray();
+            var full = persistent[o.Param].Type.Shape.ToArray();
             var per = full[o.Sliced..];
             var shape = piece.Type.Shape.ToArray();
             var (before, after) = (shape[..axis], shape[(axis + 1)..]);
@@ -91,7 +89,7 @@ public sealed class ParameterGroups
             if (per[before.Length..^after.Length].Aggregate(1L, (a, b) => a * b) != shape[axis]) return null;
             var myLead = full[..(o.Sliced + before.Length)];
             if (lead is not null && (!lead.SequenceEqual(myLead) || !trail!.SequenceEqual(after))) return null;
-            if (persistent[o.Param].Value.Type.DType != persistent[members.Count == 0 ? o.Param : members[0]].Value.Type.DType) return null;
+            if (members.Count > 0 && persistent[o.Param].Type.DType != persistent[members[0]].Type.DType) return null;
             (lead, trail) = (myLead, after);
             members.Add(o.Param);
         }

@@ -196,19 +196,12 @@ public static class FusedLoop
             LaunchDense(kernel, temps, inputs, results, values, n);
             return results;
         }
-        var all = new Tensor[inputs.Length + results.Length];
-        inputs.CopyTo(all, 0);
-        results.CopyTo(all, inputs.Length);
         var owned = new List<Tensor>();
         try
         {
             if (RowLayout(shape, strides, order) is { Columns: >= MinRowElements } layout)
             {
-                var (rows, columns, rowStrides) = layout;
-                var operands = new RowOperand[all.Length];
-                for (int i = 0; i < all.Length; i++) operands[i] = new RowOperand(TensorMemory.FirstElement(all[i]), rowStrides[i]);
-                Launch(kernel, temps, operands[..inputs.Length], operands[inputs.Length..], values, rows, columns);
-                GC.KeepAlive(all);
+                LaunchRows(kernel, temps, inputs, results, layout, values);
                 return results;
             }
             // Operands the loop cannot walk in place are copied into its order; a destination it cannot walk in place
@@ -228,6 +221,20 @@ public static class FusedLoop
             foreach (var t in owned) t.Dispose();
         }
         return results;
+    }
+
+    /// <summary>The loop over every operand where it lies, as the rows <paramref name="layout"/> (<see cref="RowLayout"/>)
+    /// describes: inputs' strides first, then results'.</summary>
+    private static void LaunchRows(LoopKernel kernel, int temps, Tensor[] inputs, Tensor[] results,
+        (long Rows, long Columns, long[] Strides) layout, float[] values, LeadRows? leads = null)
+    {
+        var ins = new RowOperand[inputs.Length];
+        var outs = new RowOperand[results.Length];
+        for (int i = 0; i < ins.Length; i++) ins[i] = new RowOperand(TensorMemory.FirstElement(inputs[i]), layout.Strides[i]);
+        for (int i = 0; i < outs.Length; i++) outs[i] = new RowOperand(TensorMemory.FirstElement(results[i]), layout.Strides[ins.Length + i]);
+        Launch(kernel, temps, ins, outs, values, layout.Rows, layout.Columns, leads);
+        GC.KeepAlive(inputs);
+        GC.KeepAlive(results);
     }
 
     private static void CheckOperand(Tensor t)
@@ -277,18 +284,11 @@ public static class FusedLoop
         var runs = leadValues.Select(v => n / v.Length).ToArray();   // elements each lead value covers
         // Operands not all in row-major order but all rows of contiguous elements at a row stride each (a parameter
         // group's member beside dense optimizer state), each row under one value of every lead: walked in place.
-        var all = new Tensor[inputs.Length + results.Length];
-        inputs.CopyTo(all, 0);
-        results.CopyTo(all, inputs.Length);
-        var allStrides = all.Select(TensorMemory.Strides).ToArray();
+        long[][] allStrides = [.. inputs.Concat(results).Select(TensorMemory.Strides)];
         if (!allStrides.All(st => InOrder(shape, st, order)) && RowLayout(shape, allStrides, order) is { Columns: >= MinRowElements } layout
             && runs.All(r => r % layout.Columns == 0))
         {
-            var operands = new RowOperand[all.Length];
-            for (int i = 0; i < all.Length; i++) operands[i] = new RowOperand(TensorMemory.FirstElement(all[i]), layout.Strides[i]);
-            Launch(kernel, temps, operands[..inputs.Length], operands[inputs.Length..], values, layout.Rows, layout.Columns,
-                new LeadRows(leadValues, [.. runs.Select(r => r / layout.Columns)], 0));
-            GC.KeepAlive(all);
+            LaunchRows(kernel, temps, inputs, results, layout, values, new LeadRows(leadValues, [.. runs.Select(r => r / layout.Columns)], 0));
             return results;
         }
         long columns = runs.Min(), rows = n / columns;
@@ -353,7 +353,7 @@ public static class FusedLoop
     /// <c>columns</c> contiguous elements in the loop's order, with a row stride each; null when some tensor's layout is
     /// not of that form (or spans more than one pointer may).
     /// </summary>
-    private static (long Rows, long Columns, long[] Strides)? RowLayout(long[] shape, long[][] strides, long[] order)
+    internal static (long Rows, long Columns, long[] Strides)? RowLayout(long[] shape, long[][] strides, long[] order)
     {
         // Size-1 dims have arbitrary strides and do not change the walk: leave them out.
         var dims = order.Where(d => shape[d] != 1).Select(d => (int)d).ToArray();

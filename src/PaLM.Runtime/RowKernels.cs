@@ -164,8 +164,14 @@ public static unsafe class RowKernels
         if (rows == 0 || columns == 0) return sums;
         // A contiguous x is one run per row; a strided one (a member of a parameter group: rows of its own elements
         // at the group's row stride) is read in place when its rows of contiguous elements tile each reduced row.
-        var (run, stride) = x.is_contiguous() ? (columns, columns) : Runs(x) ?? (0, 0);
-        if (run == 0 || columns % run != 0) return null;
+        long run = columns, stride = columns;
+        if (!x.is_contiguous())
+        {
+            var shape = Native.TensorMemory.Shape(x);
+            long[] order = [.. Enumerable.Range(0, shape.Length).Select(d => (long)d)];
+            if (FusedLoop.RowLayout(shape, [Native.TensorMemory.Strides(x)], order) is not { } layout || columns % layout.Columns != 0) return null;
+            (run, stride) = (layout.Columns, layout.Strides[0]);
+        }
         var work = new SquaresWork(Native.TensorMemory.FirstElement(x), rows, columns, run, stride);
         OpenMpTeam.Run(work, Math.Min(OpenMpTeam.ThreadsFor(rows * columns, torch.get_num_threads()), (int)Math.Min(work.Blocks, 256)));
         GC.KeepAlive(x);
@@ -180,22 +186,6 @@ public static unsafe class RowKernels
 
     /// <summary>Elements per fp32 partial sum of <see cref="SumSquaresRows"/>.</summary>
     public const int SquaresBlock = 2048;
-
-    /// <summary>A non-contiguous x as runs of contiguous elements one stride apart, or null when its layout is not of
-    /// that form (or it is contiguous: the caller's rows are its runs).</summary>
-    private static (long Run, long Stride)? Runs(Tensor x)
-    {
-        var shape = Native.TensorMemory.Shape(x);
-        var strides = Native.TensorMemory.Strides(x);
-        var dims = Enumerable.Range(0, shape.Length).Where(d => shape[d] != 1).ToArray();
-        long run = 1;
-        int k = dims.Length;
-        while (k > 0 && strides[dims[k - 1]] == run) run *= shape[dims[--k]];
-        if (k == 0) return null;   // contiguous: the caller's rows
-        for (int d = 0; d < k - 1; d++)
-            if (strides[dims[d]] != strides[dims[d + 1]] * shape[dims[d + 1]]) return null;
-        return strides[dims[k - 1]] >= run ? (run, strides[dims[k - 1]]) : null;
-    }
 
     private sealed unsafe class SquaresWork(nint data, long rows, long columns, long run, long stride) : TeamWork
     {

@@ -122,8 +122,7 @@ public sealed class FusionTests
         var producer = region.Nodes.SelectMany(n => n.Outputs.Select(o => (o, n))).ToDictionary(p => p.o, p => p.n);
         string? Weight(Value v)
         {
-            while (producer.TryGetValue(v, out var p) && p.Inputs.Length == 1
-                   && (p.Op.Name is "reshape" or "transpose" || p.Op.Sharding(p) == ShardingRule.Collective)) v = p.Inputs[0];
+            while (producer.TryGetValue(v, out var p) && IsLayout(p)) v = p.Inputs[0];
             var i = region.Args.IndexOf(v);
             return i >= 0 && loop.Inputs[i].Name.StartsWith("w_", StringComparison.Ordinal) ? loop.Inputs[i].Name : null;
         }
@@ -148,9 +147,8 @@ public sealed class FusionTests
         Assert.Contains(backward, j => j.Length == 5);
         // The weight gradients' product comes out in the same order: its split pieces feed d_w_q ... d_w_up.
         var body = BackwardLoop(fused.Local).Regions[0];
-        var five = forward.Single(j => j.Length == 5).Select(w => w.Split('.')[0]).ToArray();
         var split = body.Nodes.Single(n => n.Op.Name == "split" && n.Outputs.Length == 5 && n.Inputs[0].Type.Rank == 2);
-        var order = split.Outputs.Select(o => Ultimately(body, o)).Select(i => i).ToArray();
+        var order = split.Outputs.Select(o => Ultimately(body, o)).ToArray();
         Assert.Equal([.. order.Order()], order);
     }
 
@@ -158,8 +156,11 @@ public sealed class FusionTests
     private static int Ultimately(Block body, Value v)
     {
         while (body.Results.IndexOf(v) < 0)
-            v = body.Nodes.Single(n => n.Inputs.Contains(v) && n.Inputs.Length == 1
-                && (n.Op.Name is "reshape" or "transpose" || n.Op.Sharding(n) == ShardingRule.Collective)).Outputs[0];
+            v = body.Nodes.Single(n => n.Inputs.Contains(v) && IsLayout(n)).Outputs[0];
         return body.Results.IndexOf(v);
     }
+
+    /// <summary>A layout view, or a per-layer gather or scatter of a weight or its gradient on a mesh.</summary>
+    private static bool IsLayout(Node n) =>
+        n.Inputs.Length == 1 && (n.Op.Name is "reshape" or "transpose" || n.Op.Sharding(n) == ShardingRule.Collective);
 }
