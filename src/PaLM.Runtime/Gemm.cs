@@ -24,6 +24,12 @@ public enum GemmKernel
     /// kernels without MKL's synchronization between its threads.
     /// </summary>
     Dealt,
+
+    /// <summary>
+    /// <see cref="Dealt"/>'s pieces with the operand they share packed once in MKL's blocked format
+    /// (<see cref="Native.PackedSgemm"/>) instead of by every piece's own call.
+    /// </summary>
+    Packed,
 }
 
 /// <summary>
@@ -32,7 +38,7 @@ public enum GemmKernel
 /// seen, every <see cref="GemmKernel"/> runs it back to back on its operands (a warm-up call each, then
 /// <see cref="TrialsPerKernel"/> timed calls each, alternating), and the one whose fastest call was fastest runs that
 /// signature from then on. A product written into a given destination (a slice of a larger result,
-/// <see cref="Into"/>) is tuned the same way between the kernels that can write there: BLAS and dealt BLAS.
+/// <see cref="Into"/>) is tuned the same way between the kernels that can write there: BLAS, dealt and packed BLAS.
 /// <para>
 /// Why: which kernel wins depends on the shape, the operands' layouts and the CPU, so it is measured rather than decided
 /// by a rule. On this machine (AMD EPYC, Zen 5, AVX-512), with MKL left to its vendor check, MKL's sgemm takes its AVX2
@@ -75,7 +81,7 @@ public static class Gemm
     private static readonly GemmKernel[] s_all = Enum.GetValues<GemmKernel>();
 
     /// <summary>The kernels that write a product into a given destination: oneDNN returns a new tensor.</summary>
-    private static readonly GemmKernel[] s_into = [GemmKernel.Blas, GemmKernel.Dealt];
+    private static readonly GemmKernel[] s_into = [GemmKernel.Blas, GemmKernel.Dealt, GemmKernel.Packed];
 
     private static readonly Mode s_mode = Environment.GetEnvironmentVariable("PALMC_GEMM")?.Trim().ToLowerInvariant() switch
     {
@@ -196,7 +202,7 @@ public static class Gemm
     /// <summary>
     /// <see cref="Native.Blas.Sgemm"/>'s product (the same arguments: C row-major with leading dimension
     /// <paramref name="ldc"/>, overwritten) on the kernel tuned for its signature among those that write into a given
-    /// destination: BLAS on MKL's threads, or dealt (<see cref="GemmKernel.Dealt"/>). Products below
+    /// destination: BLAS on MKL's threads, dealt (<see cref="GemmKernel.Dealt"/>) or packed (<see cref="GemmKernel.Packed"/>). Products below
     /// <see cref="MinFlops"/>, untuned processes and <c>PALMC_GEMM</c>'s fixed modes use BLAS. The caller keeps the
     /// memory alive.
     /// </summary>
@@ -220,6 +226,7 @@ public static class Gemm
     private static unsafe void RunInto(GemmKernel kernel, long m, long n, long k, float* a, long aRow, long aCol, float* y, long yRow, long yCol, float* c, long ldc)
     {
         if (kernel == GemmKernel.Dealt) Native.DealtSgemm.Run(m, n, k, a, aRow, aCol, y, yRow, yCol, c, ldc, torch.get_num_threads());
+        else if (kernel == GemmKernel.Packed) Native.PackedSgemm.Run(m, n, k, a, aRow, aCol, y, yRow, yCol, c, ldc, torch.get_num_threads());
         else Native.Blas.Sgemm(m, n, k, a, aRow, aCol, y, yRow, yCol, c, ldc);
     }
 
@@ -231,7 +238,7 @@ public static class Gemm
     public static Tensor Run(GemmKernel kernel, Tensor a, Tensor b)
     {
         if (kernel == GemmKernel.Blas || a.numel() == 0 || b.numel() == 0) return torch.matmul(a, b);
-        if (kernel == GemmKernel.Dealt) return RunDealt(a, b);
+        if (kernel is GemmKernel.Dealt or GemmKernel.Packed) return RunPieces(kernel, a, b);
         var batched = a.dim() == 3;
         long g = batched ? a.size(0) : 1, m = a.size(-2), k = a.size(-1), n = b.size(-1);
         // oneDNN reads plain NCHW tensors in place and reorders them to its blocked formats itself; other strides
@@ -244,12 +251,13 @@ public static class Gemm
     }
 
     /// <summary>
-    /// <see cref="GemmKernel.Dealt"/>'s product: each matrix of the batch by <see cref="Native.DealtSgemm"/>, reading the
+    /// <see cref="GemmKernel.Dealt"/>'s or <see cref="GemmKernel.Packed"/>'s product: each matrix of the batch by
+    /// <see cref="Native.DealtSgemm"/> or <see cref="Native.PackedSgemm"/>, reading the
     /// operands where they lie when BLAS can (a copy otherwise), into a new row-major result. Where the direct BLAS call
     /// does not apply (not fp32 on the CPU, no BLAS, broadcast batches, dims past BLAS's 32-bit integers) it is
     /// <c>torch.matmul</c>.
     /// </summary>
-    private static unsafe Tensor RunDealt(Tensor a, Tensor b)
+    private static unsafe Tensor RunPieces(GemmKernel kernel, Tensor a, Tensor b)
     {
         bool batched = a.dim() == 3;
         if (!Native.Blas.Available || a.dim() is not (2 or 3) || b.dim() != a.dim() || batched && a.size(0) != b.size(0)
@@ -264,22 +272,22 @@ public static class Gemm
         var c = torch.empty([g, m, n], ScalarType.Float32);
         float* ap = (float*)Native.TensorMemory.FirstElement(a3), bp = (float*)Native.TensorMemory.FirstElement(b3);
         float* cp = (float*)Native.TensorMemory.FirstElement(c);
-        int threads = torch.get_num_threads();
         // B's [p, j] is the second operand's [j, p] in Sgemm's terms: its row and column strides swap.
         for (long i = 0; i < g; i++)
-            Native.DealtSgemm.Run(m, n, k, ap + i * a3.stride(0), a3.stride(1), a3.stride(2), bp + i * b3.stride(0), b3.stride(2), b3.stride(1),
-                cp + i * m * n, n, threads);
+            RunInto(kernel, m, n, k, ap + i * a3.stride(0), a3.stride(1), a3.stride(2), bp + i * b3.stride(0), b3.stride(2), b3.stride(1),
+                cp + i * m * n, n);
         GC.KeepAlive(a3);
         GC.KeepAlive(b3);
         return (batched ? c : c.view(m, n)).MoveToOuterDisposeScope();
     }
 
-    /// <summary>The kernel's name in reports and JSON: "blas", "onednn", "blas-dealt".</summary>
+    /// <summary>The kernel's name in reports and JSON: "blas", "onednn", "blas-dealt", "blas-packed".</summary>
     public static string Name(GemmKernel kernel) => kernel switch
     {
         GemmKernel.Blas => "blas",
         GemmKernel.OneDnn => "onednn",
-        _ => "blas-dealt",
+        GemmKernel.Dealt => "blas-dealt",
+        _ => "blas-packed",
     };
 
     private static bool Applies(Tensor a, Tensor b) =>

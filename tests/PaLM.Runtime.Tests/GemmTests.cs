@@ -5,7 +5,7 @@ using static PaLM.Runtime.Tests.TestUtil;
 namespace PaLM.Runtime.Tests;
 
 /// <summary>
-/// The matmul kernels and their tuning: oneDNN's convolution form and dealt BLAS equal BLAS over random shapes and
+/// The matmul kernels and their tuning: oneDNN's convolution form, dealt and packed BLAS equal BLAS over random shapes and
 /// layouts, and a large product is measured on every kernel, then settles on one, with every call's result equal to
 /// BLAS's.
 /// </summary>
@@ -19,7 +19,7 @@ public sealed class GemmTests
     public static TheoryData<GemmKernel, int> KernelsAndSeeds()
     {
         var data = new TheoryData<GemmKernel, int>();
-        foreach (var kernel in (GemmKernel[])[GemmKernel.OneDnn, GemmKernel.Dealt])
+        foreach (var kernel in (GemmKernel[])[GemmKernel.OneDnn, GemmKernel.Dealt, GemmKernel.Packed])
             for (int seed = 1; seed <= 6; seed++) data.Add(kernel, seed);
         return data;
     }
@@ -30,8 +30,8 @@ public sealed class GemmTests
     {
         using var scope = Rt.Scope();
         var rng = new Random(seed);
-        // Odd sizes, a single row and a single column; for the dealt kernel both orientations of the cut (rows where
-        // M ≥ N, columns otherwise).
+        // Odd sizes, a single row and a single column; for the dealt and packed kernels both orientations of the cut
+        // (rows where M ≥ N, columns otherwise; the packed kernel packs the second operand or the first).
         long m = seed == 5 ? 1 : rng.Next(1, 300), k = rng.Next(1, 300), n = seed == 6 ? 1 : rng.Next(1, 300);
         var a = Matrix(seed, m, k, rowMajor: seed % 2 == 0);
         var b = Matrix(seed + 100, k, n, rowMajor: seed % 3 != 0);
@@ -39,9 +39,9 @@ public sealed class GemmTests
         Assert.Equal([m, n], c.shape);
         Assert.True(c.is_contiguous(), "row-major like BLAS's result");
         AssertClose(a.mm(b), c, rtol: 1e-4, atol: 1e-4);
-        // The dealt pieces depend only on the shape and the thread count: a second run gives the same bits.
-        if (kernel == GemmKernel.Dealt) Assert.True(Gemm.Run(kernel, a, b).eq(c).all().item<bool>(), "the same bits on every run");
-        // A batch: one grouped convolution on oneDNN (a group per matrix), a dealt product per matrix otherwise.
+        // The pieces depend only on the shape and the thread count: a second run gives the same bits.
+        if (kernel != GemmKernel.OneDnn) Assert.True(Gemm.Run(kernel, a, b).eq(c).all().item<bool>(), "the same bits on every run");
+        // A batch: one grouped convolution on oneDNN (a group per matrix), a product in pieces per matrix otherwise.
         var batch = rng.Next(1, 5);
         var ab = Randn(seed + 200, batch, m, k);
         var bb = seed % 2 == 0 ? Randn(seed + 300, batch, k, n) : Randn(seed + 300, batch, n, k).transpose(1, 2);
@@ -56,18 +56,23 @@ public sealed class GemmTests
     /// <summary>The pieces write only their part of a wider destination (a slice of a larger result, as
     /// <see cref="Contraction.TryRunInto"/> hands them), cut along rows or columns.</summary>
     [Theory]
-    [InlineData(301, 64, 17)]     // rows
-    [InlineData(17, 64, 301)]     // columns
-    [InlineData(2, 5, 1)]
-    public unsafe void DealtPiecesWriteOnlyTheirSliceOfAWiderResult(long m, long k, long n)
+    [InlineData(false, 301, 64, 17)]     // rows
+    [InlineData(false, 17, 64, 301)]     // columns
+    [InlineData(false, 2, 5, 1)]
+    [InlineData(true, 301, 64, 17)]      // rows: the second operand packed
+    [InlineData(true, 17, 64, 301)]      // columns: the first operand packed
+    [InlineData(true, 2, 5, 1)]
+    public unsafe void PiecesWriteOnlyTheirSliceOfAWiderResult(bool packed, long m, long k, long n)
     {
         using var scope = Rt.Scope();
         var a = Randn(11, m, k);
         var y = Randn(12, n, k);                                   // the second operand transposed, as Sgemm takes it
         var wide = full(new long[] { m, n + 9 }, float.NaN);
         var slice = wide.narrow(1, 4, n);
-        Native.DealtSgemm.Run(m, n, k, (float*)Native.TensorMemory.FirstElement(a), k, 1, (float*)Native.TensorMemory.FirstElement(y), k, 1,
-            (float*)Native.TensorMemory.FirstElement(slice), n + 9, threads: 2);
+        float* ap = (float*)Native.TensorMemory.FirstElement(a), yp = (float*)Native.TensorMemory.FirstElement(y);
+        float* cp = (float*)Native.TensorMemory.FirstElement(slice);
+        if (packed) Native.PackedSgemm.Run(m, n, k, ap, k, 1, yp, k, 1, cp, n + 9, threads: 2);
+        else Native.DealtSgemm.Run(m, n, k, ap, k, 1, yp, k, 1, cp, n + 9, threads: 2);
         AssertClose(a.mm(y.t()), slice, rtol: 1e-4, atol: 1e-4);
         Assert.True(wide.narrow(1, 0, 4).isnan().all().item<bool>() && wide.narrow(1, 4 + n, 5).isnan().all().item<bool>(),
             "nothing outside the slice written");
@@ -129,7 +134,7 @@ public sealed class GemmTests
     }
 
     /// <summary>A large product written into a slice of a wider result (the backward's joined products) is tuned between
-    /// the kernels that can write there, BLAS and dealt BLAS, and every call's result matches the product.</summary>
+    /// the kernels that can write there, BLAS, dealt and packed BLAS, and every call's result matches the product.</summary>
     [Fact]
     public void AProductIntoASliceIsTunedBetweenTheKernelsThatWriteInPlace()
     {
@@ -149,7 +154,7 @@ public sealed class GemmTests
         }
         Assert.True(wide.narrow(1, 0, 3).isnan().all().item<bool>());
         var choice = Assert.Single(Gemm.Choices, ch => ch.Into && ch.M == m && ch.K == k && ch.N == n);
-        Assert.Equal([GemmKernel.Blas, GemmKernel.Dealt], choice.BestSeconds.Keys.Order());
+        Assert.Equal([GemmKernel.Blas, GemmKernel.Dealt, GemmKernel.Packed], choice.BestSeconds.Keys.Order());
         Assert.Equal(calls, choice.Calls[choice.Kernel!.Value]);
         Assert.Equal(calls, choice.TotalCalls);
     }

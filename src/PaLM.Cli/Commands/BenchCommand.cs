@@ -185,7 +185,7 @@ internal static class BenchCommand
     /// <summary>An operand's layout: row- or column-major, "strided" when it is not contiguous (a view that oneDNN copies first).</summary>
     private static string Layout(bool rowMajor, bool contiguous) => (rowMajor ? "row" : "col") + (contiguous ? "" : " strided");
 
-    /// <summary>A kernel's name as a JSON key: "blas", "onednn", "blas_dealt".</summary>
+    /// <summary>A kernel's name as a JSON key: "blas", "onednn", "blas_dealt", "blas_packed".</summary>
     private static string JsonName(Runtime.GemmKernel k) => Runtime.Gemm.Name(k).Replace('-', '_');
 
     private static string Ms(double? s) => s is { } x ? F($"{x * 1e3:F1} ms") : "-";
@@ -241,7 +241,7 @@ internal static class BenchCommand
             {
                 ["batch"] = c.Batch, ["m"] = c.M, ["k"] = c.K, ["n"] = c.N, ["a_row_major"] = c.ARowMajor, ["b_row_major"] = c.BRowMajor, ["a_contiguous"] = c.AContiguous, ["b_contiguous"] = c.BContiguous,
                 ["into"] = c.Into, ["kernel"] = (c.Kernel is { } k ? Runtime.Gemm.Name(k) : null),
-                // Keyed by kernel ("blas", "onednn", "blas_dealt"): its fastest timed call (null: not a candidate), its calls since.
+                // Keyed by kernel ("blas", "onednn", "blas_dealt", "blas_packed"): its fastest timed call (null: not a candidate), its calls since.
                 ["seconds_best"] = new JsonObject([.. Enum.GetValues<Runtime.GemmKernel>().Select(k =>
                     KeyValuePair.Create(JsonName(k), (JsonNode?)(c.BestSeconds.TryGetValue(k, out var s) ? s : null)))]),
                 ["calls"] = new JsonObject([.. Enum.GetValues<Runtime.GemmKernel>().Select(k => KeyValuePair.Create(JsonName(k), (JsonNode?)c.Calls[k]))]),

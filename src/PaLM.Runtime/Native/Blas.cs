@@ -84,6 +84,60 @@ internal static unsafe class Blas
             &opY, &opA, &M, &N, &K, &alpha, y, &LDA, a, &LDB, &beta, c, &LDC);
     }
 
+    // MKL's packed GEMM (C entry points, 32-bit MKL_INT as libtorch links it): one operand laid out once in the kernels'
+    // own blocked format, then any number of products from it.
+    private static readonly Lazy<nint> s_packSize = new(() => TorchCpuExport("cblas_sgemm_pack_get_size"));
+    private static readonly Lazy<nint> s_pack = new(() => TorchCpuExport("cblas_sgemm_pack"));
+    private static readonly Lazy<nint> s_compute = new(() => TorchCpuExport("cblas_sgemm_compute"));
+
+    private const int CblasRowMajor = 101, CblasNoTrans = 111, CblasTrans = 112, CblasPacked = 151, CblasAMatrix = 161, CblasBMatrix = 162;
+
+    /// <summary>Whether libtorch_cpu exports MKL's packed GEMM (<see cref="Pack"/>, <see cref="Compute"/>).</summary>
+    public static bool PackAvailable => s_packSize.Value != 0 && s_pack.Value != 0 && s_compute.Value != 0;
+
+    /// <summary>Bytes <see cref="Pack"/> writes for the first operand (<paramref name="first"/>) or the second of an
+    /// m×k · k×n product.</summary>
+    public static long PackedBytes(bool first, long m, long n, long k) =>
+        (long)((delegate* unmanaged<int, int, int, int, nuint>)s_packSize.Value)(first ? CblasAMatrix : CblasBMatrix,
+            checked((int)m), checked((int)n), checked((int)k));
+
+    /// <summary>
+    /// Packs one operand of <see cref="Sgemm"/>'s product (the same pointer and strides: A's [i, p] at
+    /// <c>a + i·aRow + p·aCol</c> when <paramref name="first"/>, else Y's [j, p]) into <paramref name="dest"/>
+    /// (<see cref="PackedBytes"/> of them), on MKL's threads.
+    /// </summary>
+    public static void Pack(bool first, long m, long n, long k, float* src, long row, long col, float* dest)
+    {
+        // Row-major terms: A is m×k; B (k×n) is Y transposed, so B's row stride is Y's column stride.
+        var (op, ld) = first ? RowMajor(m, k, row, col) : RowMajor(k, n, col, row);
+        ((delegate* unmanaged<int, int, int, int, int, int, float, float*, int, float*, void>)s_pack.Value)(
+            CblasRowMajor, first ? CblasAMatrix : CblasBMatrix, op, checked((int)m), checked((int)n), checked((int)k), 1f, src, checked((int)ld), dest);
+    }
+
+    /// <summary>
+    /// <see cref="Sgemm"/>'s product with one operand already packed by <see cref="Pack"/>: <paramref name="packedFirst"/>
+    /// says which, and the other is read where it lies (its pointer and strides as <see cref="Sgemm"/> takes them; the
+    /// packed one's are ignored). m, n and k may be a piece of the packed product's along the packed operand's uncut
+    /// dim: rows of the result for a packed second operand, columns for a packed first one.
+    /// </summary>
+    public static void Compute(bool packedFirst, long m, long n, long k, float* a, long aRow, long aCol, float* y, long yRow, long yCol, float* c, long ldc)
+    {
+        if (m == 0 || n == 0) return;
+        var (opA, lda) = packedFirst ? (CblasPacked, 1L) : RowMajor(m, k, aRow, aCol);
+        var (opB, ldb) = packedFirst ? RowMajor(k, n, yCol, yRow) : (CblasPacked, 1L);
+        ((delegate* unmanaged<int, int, int, int, int, int, float*, int, float*, int, float, float*, int, void>)s_compute.Value)(
+            CblasRowMajor, opA, opB, checked((int)m), checked((int)n), checked((int)k), a, checked((int)lda), y, checked((int)ldb),
+            0f, c, checked((int)Math.Max(ldc, n)));
+    }
+
+    /// <summary>How CBLAS reads an r×c operand row-major: as stored (no transpose, leading dimension rowStride) or as the
+    /// transpose of a row-major c×r (leading dimension colStride).</summary>
+    private static (int Op, long Ld) RowMajor(long rows, long cols, long rowStride, long colStride)
+    {
+        if (colStride == 1 || cols == 1) return (CblasNoTrans, Math.Max(rows == 1 ? cols : rowStride, Math.Max(1, cols)));
+        return (CblasTrans, Math.Max(colStride, Math.Max(1, rows)));
+    }
+
     /// <summary>
     /// How BLAS reads an r×c operand whose [i, j] lies at i·rowStride + j·colStride: as stored column-major ('N',
     /// leading dimension colStride) or as the transpose of a column-major c×r ('T', leading dimension rowStride).
