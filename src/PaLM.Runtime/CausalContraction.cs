@@ -164,7 +164,7 @@ internal sealed class SoftmaxEpilogue : CausalEpilogue
         // The block's last query is below its last key, so every valid key lies inside the computed columns.
         var live = values[..(int)Math.Min(query + 1, computed)];
         TensorPrimitives.Subtract(live, TensorPrimitives.Max(live), live);
-        TensorPrimitives.Exp(live, live);
+        VectorExp.Exp(live, live);
         TensorPrimitives.Divide(live, TensorPrimitives.Sum(live), live);
         values[live.Length..].Clear();
     }

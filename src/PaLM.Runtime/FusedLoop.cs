@@ -480,25 +480,25 @@ public static class Ew
     public static void Minimum(float a, ReadOnlySpan<float> b, Span<float> d) => TensorPrimitives.Min(b, a, d);
 
     public static void Neg(ReadOnlySpan<float> x, Span<float> d) => TensorPrimitives.Negate(x, d);
-    public static void Exp(ReadOnlySpan<float> x, Span<float> d) => TensorPrimitives.Exp(x, d);
+    public static void Exp(ReadOnlySpan<float> x, Span<float> d) => VectorExp.Exp(x, d);
     public static void Log(ReadOnlySpan<float> x, Span<float> d) => TensorPrimitives.Log(x, d);
     public static void Rsqrt(ReadOnlySpan<float> x, Span<float> d) => TensorPrimitives.ReciprocalSqrt(x, d);
     public static void Sqrt(ReadOnlySpan<float> x, Span<float> d) => TensorPrimitives.Sqrt(x, d);
     public static void Tanh(ReadOnlySpan<float> x, Span<float> d) => TensorPrimitives.Tanh(x, d);
-    public static void Sigmoid(ReadOnlySpan<float> x, Span<float> d) => TensorPrimitives.Sigmoid(x, d);
+    public static void Sigmoid(ReadOnlySpan<float> x, Span<float> d) => VectorExp.Sigmoid(x, d);
     public static void Square(ReadOnlySpan<float> x, Span<float> d) => TensorPrimitives.Multiply(x, x, d);
 
     /// <summary>x·sigmoid(x).</summary>
     public static void Silu(ReadOnlySpan<float> x, Span<float> d)
     {
-        TensorPrimitives.Sigmoid(x, d);
+        VectorExp.Sigmoid(x, d);
         TensorPrimitives.Multiply(d, x, d);
     }
 
     /// <summary>dy·s·(1 + x·(1 − s)), s = sigmoid(x): <see cref="Rt.SiluGrad"/>'s formula.</summary>
     public static void SiluGrad(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, Span<float> d)
     {
-        TensorPrimitives.Sigmoid(x, d);
+        VectorExp.Sigmoid(x, d);
         int i = 0, w = Vector<float>.Count;
         var one = Vector<float>.One;
         for (; i <= d.Length - w; i += w)
@@ -514,15 +514,13 @@ public static class Ew
 /// Vector forms of the <see cref="Ew"/> primitives whose span form is one IEEE operation per element: a generated
 /// kernel whose ops all have one here runs its chunk as a single pass over 16-float vectors (each operand loaded once,
 /// every intermediate in a register) and leaves only the ragged end to the span primitives. Each form rounds exactly as
-/// its span primitive does on whole vectors, so a kernel's results are the same bits either way, but for exp-based ops
-/// in a row's last few elements, where a span call shorter than a vector takes TensorPrimitives' scalar path
-/// (LoopVectorizationTests).
+/// its span primitive does, so a kernel's results are the same bits either way (LoopVectorizationTests); exp, sigmoid
+/// and silu too, since both forms run <see cref="VectorExp"/>, whose span form computes a ragged end as one more vector.
 /// <para>
 /// Why: the span primitives make a pass over the chunk per op, through the L2 cache; a chain of eight (the Adafactor
 /// update's) ran 2-2.6x slower that way than as one pass on 14M elements (docs/performance.md). Ops whose span form
 /// is its own approximation (log, tanh) or has its own NaN rules (maximum, minimum) have no form here, and kernels that
-/// use them keep the span path; exp, sigmoid and silu are here because TensorPrimitives computes them with the same
-/// vector operations.
+/// use them keep the span path.
 /// </para>
 /// </summary>
 public static class Ev
@@ -556,9 +554,9 @@ public static class Ev
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Sqrt(Vector512<float> x) => Vector512.Sqrt(x);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Rsqrt(Vector512<float> x) => Vector512<float>.One / Vector512.Sqrt(x);
 
-    // TensorPrimitives computes Exp and Sigmoid with these same vector operations (checked bit for bit).
-    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Exp(Vector512<float> x) => Vector512.Exp(x);
-    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Sigmoid(Vector512<float> x) => Vector512<float>.One / (Vector512<float>.One + Vector512.Exp(-x));
+    // The span primitives compute exp and sigmoid with these same vector operations, tails included (VectorExp).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Exp(Vector512<float> x) => VectorExp.Exp(x);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Sigmoid(Vector512<float> x) => VectorExp.Sigmoid(x);
 
     /// <summary><see cref="Ew.Silu"/>: sigmoid(x)·x.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Silu(Vector512<float> x) => Sigmoid(x) * x;

@@ -441,7 +441,7 @@ public static unsafe class RowKernels
             var ys = new Span<float>(At(y, index), length);
             var live = ys[..valid];
             TensorPrimitives.Subtract(xs, TensorPrimitives.Max(xs), live);
-            TensorPrimitives.Exp(live, live);
+            VectorExp.Exp(live, live);
             TensorPrimitives.Divide(live, TensorPrimitives.Sum(live), live);
             ys[valid..].Clear();
         }
@@ -613,7 +613,7 @@ public static unsafe class RowKernels
             }
             float max = TensorPrimitives.Max(xs);
             TensorPrimitives.Subtract(xs, max, e);
-            TensorPrimitives.Exp(e, e);
+            VectorExp.Exp(e, e);
             double sum = TensorPrimitives.Sum(e);
             double lse = max + Math.Log(sum);
             if (_dx is null)
