@@ -27,7 +27,7 @@ public enum GemmKernel
 
     /// <summary>
     /// <see cref="Dealt"/>'s pieces with the operand they share packed once in MKL's blocked format
-    /// (<see cref="Native.PackedSgemm"/>) instead of by every piece's own call.
+    /// (<see cref="Native.DealtSgemm.RunPacked"/>) instead of by every piece's own call.
     /// </summary>
     Packed,
 }
@@ -226,7 +226,7 @@ public static class Gemm
     private static unsafe void RunInto(GemmKernel kernel, long m, long n, long k, float* a, long aRow, long aCol, float* y, long yRow, long yCol, float* c, long ldc)
     {
         if (kernel == GemmKernel.Dealt) Native.DealtSgemm.Run(m, n, k, a, aRow, aCol, y, yRow, yCol, c, ldc, torch.get_num_threads());
-        else if (kernel == GemmKernel.Packed) Native.PackedSgemm.Run(m, n, k, a, aRow, aCol, y, yRow, yCol, c, ldc, torch.get_num_threads());
+        else if (kernel == GemmKernel.Packed) Native.DealtSgemm.RunPacked(m, n, k, a, aRow, aCol, y, yRow, yCol, c, ldc, torch.get_num_threads());
         else Native.Blas.Sgemm(m, n, k, a, aRow, aCol, y, yRow, yCol, c, ldc);
     }
 
@@ -252,7 +252,7 @@ public static class Gemm
 
     /// <summary>
     /// <see cref="GemmKernel.Dealt"/>'s or <see cref="GemmKernel.Packed"/>'s product: each matrix of the batch by
-    /// <see cref="Native.DealtSgemm"/> or <see cref="Native.PackedSgemm"/>, reading the
+    /// <c>Native.DealtSgemm.Run</c> or <see cref="Native.DealtSgemm.RunPacked"/>, reading the
     /// operands where they lie when BLAS can (a copy otherwise), into a new row-major result. Where the direct BLAS call
     /// does not apply (not fp32 on the CPU, no BLAS, broadcast batches, dims past BLAS's 32-bit integers) it is
     /// <c>torch.matmul</c>.

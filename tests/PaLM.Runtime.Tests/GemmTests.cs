@@ -71,7 +71,7 @@ public sealed class GemmTests
         var slice = wide.narrow(1, 4, n);
         float* ap = (float*)Native.TensorMemory.FirstElement(a), yp = (float*)Native.TensorMemory.FirstElement(y);
         float* cp = (float*)Native.TensorMemory.FirstElement(slice);
-        if (packed) Native.PackedSgemm.Run(m, n, k, ap, k, 1, yp, k, 1, cp, n + 9, threads: 2);
+        if (packed) Native.DealtSgemm.RunPacked(m, n, k, ap, k, 1, yp, k, 1, cp, n + 9, threads: 2);
         else Native.DealtSgemm.Run(m, n, k, ap, k, 1, yp, k, 1, cp, n + 9, threads: 2);
         AssertClose(a.mm(y.t()), slice, rtol: 1e-4, atol: 1e-4);
         Assert.True(wide.narrow(1, 0, 4).isnan().all().item<bool>() && wide.narrow(1, 4 + n, 5).isnan().all().item<bool>(),
