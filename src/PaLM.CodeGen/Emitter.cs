@@ -478,7 +478,8 @@ public sealed class Emitter
     /// <summary>
     /// The vector loop a fused kernel starts with, when every member's primitive has a vector form in
     /// <see cref="PaLM.Runtime.Ev"/> (else null): under <c>Ev.Accelerated</c>, whole vectors of the chunk, each input
-    /// loaded once, each member's result a local, results stored as they are made; then <c>c.Skip(i)</c> hands the
+    /// loaded once (its line <see cref="PaLM.Runtime.PrefetchStream.Distance"/> elements ahead prefetched where it is
+    /// walked as rows with gaps), each member's result a local, results stored as they are made; then <c>c.Skip(i)</c> hands the
     /// rest (fewer than a vector's elements) to the span statements that follow. Every name in it is made here.
     /// </summary>
     private static List<StatementSyntax>? VectorLoop(FusionGroup group)
@@ -488,6 +489,7 @@ public sealed class Emitter
         for (int k = 0; k < group.Scalars.Count; k++) local[group.Scalars[k]] = $"s{k}";
         for (int k = 0; k < group.Leads.Count; k++) local[group.Leads[k]] = $"l{k}";
         var loop = new System.Text.StringBuilder();
+        for (int k = 0; k < group.Inputs.Count; k++) loop.Append($"Ev.Prefetch(a{k}, i);\n");
         for (int k = 0; k < group.Inputs.Count; k++) loop.Append($"var x{k} = Ev.Load(in{k}, i);\n");
         for (int i = 0; i < group.Members.Count; i++)
         {
@@ -505,6 +507,7 @@ public sealed class Emitter
         }
         var text = new System.Text.StringBuilder("if (Ev.Accelerated)\n{\n");
         for (int k = 0; k < group.Inputs.Count; k++) text.Append($"var in{k} = c.In({k});\n");
+        for (int k = 0; k < group.Inputs.Count; k++) text.Append($"var a{k} = c.Ahead({k});\n");
         for (int k = 0; k < group.Outputs.Count; k++) text.Append($"var out{k} = c.Out({k});\n");
         for (int k = 0; k < group.Scalars.Count; k++) text.Append($"var s{k} = c.Scalar({k});\n");
         for (int k = 0; k < group.Leads.Count; k++) text.Append($"var l{k} = c.Lead({k});\n");

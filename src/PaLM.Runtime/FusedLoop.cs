@@ -27,6 +27,7 @@ public delegate void LoopKernel(LoopChunk chunk);
 public sealed unsafe class LoopChunk
 {
     private float*[] _in = [];
+    private PrefetchStream[] _ahead = [];
     private float*[] _out = [];
     private int _inputs, _outputs, _tempCount;
     private float[] _scalars = [];
@@ -46,7 +47,7 @@ public sealed unsafe class LoopChunk
     internal static LoopChunk ForThread(int inputs, int outputs, float[] scalars, int temps, LeadRows? leads = null)
     {
         var c = t_chunk ??= new LoopChunk();
-        if (c._in.Length < inputs) c._in = new float*[inputs];
+        if (c._in.Length < inputs) (c._in, c._ahead) = (new float*[inputs], new PrefetchStream[inputs]);
         if (c._out.Length < outputs) c._out = new float*[outputs];
         while (c._temps.Count < temps) c._temps.Add(new float[FusedLoop.ChunkElements]);
         (c._inputs, c._outputs, c._tempCount, c._scalars, c._leads) = (inputs, outputs, temps, scalars, leads);
@@ -60,10 +61,16 @@ public sealed unsafe class LoopChunk
     public int Length { get; private set; }
 
     /// <summary>Points every operand and result at element <paramref name="column"/> of row <paramref name="row"/> of
-    /// its own rows (<see cref="FusedLoop"/>'s row layout), for <paramref name="length"/> elements.</summary>
-    internal void MoveTo(RowOperand[] inputs, RowOperand[] outputs, long row, long column, int length)
+    /// its own rows (<see cref="FusedLoop"/>'s row layout, <paramref name="columns"/> elements a row), for
+    /// <paramref name="length"/> elements; each input's prefetch stream runs on into the chunk this thread does next
+    /// (row <paramref name="nextRow"/>, from <paramref name="nextColumn"/>; −1: none).</summary>
+    internal void MoveTo(RowOperand[] inputs, RowOperand[] outputs, long row, long column, int length, long columns, long nextRow = -1, long nextColumn = 0)
     {
-        for (int i = 0; i < _inputs; i++) _in[i] = inputs[i].At(row, column);
+        for (int i = 0; i < _inputs; i++)
+        {
+            _in[i] = inputs[i].At(row, column);
+            _ahead[i] = PrefetchStream.For(inputs[i], _in[i], length, columns, nextRow, nextColumn);
+        }
         for (int i = 0; i < _outputs; i++) _out[i] = outputs[i].At(row, column);
         Length = length;
         _row = row;
@@ -80,6 +87,9 @@ public sealed unsafe class LoopChunk
         _tempOffset += count;
         Length -= count;
     }
+
+    /// <summary>Operand <paramref name="i"/>'s prefetch stream for this chunk (<see cref="Ev.Prefetch"/>).</summary>
+    public PrefetchStream Ahead(int i) => (uint)i < (uint)_inputs ? _ahead[i] : throw new ArgumentOutOfRangeException(nameof(i));
 
     /// <summary>Operand <paramref name="i"/>'s elements in this chunk.</summary>
     public ReadOnlySpan<float> In(int i) => (uint)i < (uint)_inputs ? new(_in[i], Length) : throw new ArgumentOutOfRangeException(nameof(i));
@@ -105,6 +115,46 @@ public sealed unsafe class LoopChunk
 internal sealed record LeadRows(float[][] Values, long[] PerValue, long RowOffset)
 {
     public float Value(int i, long row) => Values[i][(RowOffset + row) / PerValue[i]];
+}
+
+/// <summary>
+/// Where a fused loop's vector pass prefetches one input, <see cref="Distance"/> elements ahead of the element it
+/// loads, running on into the next chunk the thread will do: element i's line is <c>Near + i</c> while
+/// <c>i &lt; Wrap</c>, else <c>Far + i</c>. Only for inputs walked as rows with gaps between them (a slice of a fused
+/// product, a member of a parameter group): each row's run restarts the hardware prefetchers, which on rows of 3072
+/// floats of a [2048, 7040] product made SwiGLU's forward loop 2.7–2.9 ms a layer against 1.9–2.0 with dense inputs;
+/// prefetching 2 KiB ahead across the rows' ends read 2.1 (scratch harness, 2026-12-06, median of 22). Dense inputs
+/// stream on their own and get none (<see cref="On"/> false).
+/// </summary>
+public readonly unsafe struct PrefetchStream
+{
+    /// <summary>Elements ahead of the load (2 KiB of fp32).</summary>
+    public const int Distance = 512;
+
+    internal readonly float* Near, Far;
+    internal readonly int Wrap;
+
+    /// <summary>Whether this input is prefetched.</summary>
+    public readonly bool On;
+
+    private PrefetchStream(float* near, float* far, int wrap)
+    {
+        Near = near;
+        Far = far;
+        Wrap = wrap;
+        On = true;
+    }
+
+    /// <summary>The stream of <paramref name="op"/> for a chunk of <paramref name="length"/> elements from
+    /// <paramref name="start"/>, followed by the chunk at (<paramref name="nextRow"/>, <paramref name="nextColumn"/>)
+    /// (−1: none; the prefetches then run past the chunk's end, which x86 prefetches allow).</summary>
+    internal static PrefetchStream For(RowOperand op, float* start, int length, long columns, long nextRow, long nextColumn)
+    {
+        if (!System.Runtime.Intrinsics.X86.Sse.IsSupported || op.RowStride == 0 || op.RowStride == columns) return default;
+        int wrap = length - Distance;
+        float* near = start + Distance;
+        return new PrefetchStream(near, nextRow >= 0 ? op.At(nextRow, nextColumn) - wrap : near, wrap);
+    }
 }
 
 /// <summary>One operand of a fused loop as rows of contiguous elements: row r starts <c>r · RowStride</c> elements after
@@ -438,7 +488,8 @@ public static class FusedLoop
                 for (long c = first; c < last; c++)
                 {
                     long row = c / perRow, column = c % perRow * ChunkElements;
-                    chunk.MoveTo(ins, outs, row, column, (int)Math.Min(ChunkElements, columns - column));
+                    long nextRow = c + 1 < last ? (c + 1) / perRow : -1, nextColumn = (c + 1) % perRow * ChunkElements;
+                    chunk.MoveTo(ins, outs, row, column, (int)Math.Min(ChunkElements, columns - column), columns, nextRow, nextColumn);
                     kernel(chunk);
                 }
             }
@@ -536,6 +587,15 @@ public static class Ev
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Store(Vector512<float> v, Span<float> s, int i) => v.StoreUnsafe(ref MemoryMarshal.GetReference(s), (nuint)i);
+
+    /// <summary>Prefetches the line <see cref="PrefetchStream.Distance"/> elements past element <paramref name="i"/> of an
+    /// input's stream (nothing for a dense input): a hint, no effect on results.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe void Prefetch(in PrefetchStream p, int i)
+    {
+        if (System.Runtime.Intrinsics.X86.Sse.IsSupported && p.On)
+            System.Runtime.Intrinsics.X86.Sse.Prefetch0(i < p.Wrap ? p.Near + i : p.Far + i);
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Add(Vector512<float> a, Vector512<float> b) => a + b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Add(Vector512<float> a, float b) => a + Vector512.Create(b);
