@@ -155,17 +155,15 @@ internal abstract unsafe class CausalEpilogue
     protected abstract void Row(long batch, long row, long query, Span<float> values, int computed);
 }
 
-/// <summary>causal_softmax over each row: keys up to the row's query, the same arithmetic as RowKernels' causal
-/// softmax, zeros after.</summary>
+/// <summary>causal_softmax over each row: keys up to the row's query, through the same row function as RowKernels'
+/// causal softmax, zeros after.</summary>
 internal sealed class SoftmaxEpilogue : CausalEpilogue
 {
     protected override void Row(long batch, long row, long query, Span<float> values, int computed)
     {
         // The block's last query is below its last key, so every valid key lies inside the computed columns.
         var live = values[..(int)Math.Min(query + 1, computed)];
-        TensorPrimitives.Subtract(live, TensorPrimitives.Max(live), live);
-        VectorExp.Exp(live, live);
-        TensorPrimitives.Divide(live, TensorPrimitives.Sum(live), live);
+        RowKernels.SoftmaxRow(live, live);
         values[live.Length..].Clear();
     }
 }

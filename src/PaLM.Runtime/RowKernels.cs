@@ -439,12 +439,21 @@ public static unsafe class RowKernels
             int length = x.Length, valid = (int)Math.Min(index[x.Query] + 1, length);
             var xs = new ReadOnlySpan<float>(At(x, index), valid);
             var ys = new Span<float>(At(y, index), length);
-            var live = ys[..valid];
-            TensorPrimitives.Subtract(xs, TensorPrimitives.Max(xs), live);
-            VectorExp.Exp(live, live);
-            TensorPrimitives.Divide(live, TensorPrimitives.Sum(live), live);
+            SoftmaxRow(xs, ys[..valid]);
             ys[valid..].Clear();
         }
+    }
+
+    /// <summary>
+    /// softmax of one row's live entries, <paramref name="x"/> into <paramref name="y"/> (the same length; they may be
+    /// the same memory): exp(x − max) / Σ. The causal softmax's row kernel and its epilogue inside the causal product
+    /// (<see cref="SoftmaxEpilogue"/>) both call it, which is what makes them the same bits.
+    /// </summary>
+    internal static void SoftmaxRow(ReadOnlySpan<float> x, Span<float> y)
+    {
+        TensorPrimitives.Subtract(x, TensorPrimitives.Max(x), y);
+        VectorExp.Exp(y, y);
+        TensorPrimitives.Divide(y, TensorPrimitives.Sum(y), y);
     }
 
     /// <summary>

@@ -74,19 +74,23 @@ public static class VectorExp
     /// <summary>1 / (1 + e^−x) of each element of <paramref name="x"/> into <paramref name="d"/>.</summary>
     public static void Sigmoid(ReadOnlySpan<float> x, Span<float> d) => Map<SigmoidOp>(x, d);
 
+    /// <summary>A lane function, and the span function that stands in for it where 512-bit vectors are emulated.</summary>
     private interface IOp
     {
         static abstract Vector512<float> Apply(Vector512<float> x);
+        static abstract void Fallback(ReadOnlySpan<float> x, Span<float> d);
     }
 
     private readonly struct ExpOp : IOp
     {
         public static Vector512<float> Apply(Vector512<float> x) => Exp(x);
+        public static void Fallback(ReadOnlySpan<float> x, Span<float> d) => System.Numerics.Tensors.TensorPrimitives.Exp(x, d);
     }
 
     private readonly struct SigmoidOp : IOp
     {
         public static Vector512<float> Apply(Vector512<float> x) => Sigmoid(x);
+        public static void Fallback(ReadOnlySpan<float> x, Span<float> d) => System.Numerics.Tensors.TensorPrimitives.Sigmoid(x, d);
     }
 
     private static void Map<TOp>(ReadOnlySpan<float> x, Span<float> d) where TOp : IOp
@@ -96,8 +100,7 @@ public static class VectorExp
         {
             // Emulated 512-bit vectors would be slow; where they are, every span user (and no vector loop: see
             // Ev.Accelerated) takes TensorPrimitives' exp, so the paths still agree with each other.
-            if (typeof(TOp) == typeof(ExpOp)) System.Numerics.Tensors.TensorPrimitives.Exp(x, d);
-            else System.Numerics.Tensors.TensorPrimitives.Sigmoid(x, d);
+            TOp.Fallback(x, d);
             return;
         }
         int w = Vector512<float>.Count, i = 0;

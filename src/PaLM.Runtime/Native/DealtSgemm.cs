@@ -54,7 +54,7 @@ internal sealed unsafe class DealtSgemm : TeamWork
 
     /// <summary>Whether <see cref="RunPacked"/> can run a product of this shape: MKL's packed GEMM is exported and the
     /// dims fit its 32-bit integers.</summary>
-    public static bool PackedApplies(long m, long n, long k) => Blas.PackAvailable && Math.Max(m, Math.Max(n, k)) <= int.MaxValue;
+    private static bool PackedApplies(long m, long n, long k) => Blas.PackAvailable && Math.Max(m, Math.Max(n, k)) <= int.MaxValue;
 
     /// <summary>
     /// <c>Run</c>'s pieces with the operand they share packed once: the operand every piece reads whole (the
