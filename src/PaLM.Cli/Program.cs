@@ -8,6 +8,8 @@ public static class Program
 {
     public static int Main(string[] args)
     {
+        // The matmul tuner's choices outlive the process under palmc's cache folder (PALMC_CACHE_DIR; off turns it off).
+        Runtime.Gemm.Store ??= Perf.GemmTuningCache.Default;
         var root = new RootCommand("palmc: compiles PaLM-family models written in the palmc DSL to C# over TorchSharp.")
         {
             CheckCommand.Create(),

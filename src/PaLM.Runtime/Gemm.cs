@@ -61,6 +61,13 @@ public enum GemmKernel
 /// or <c>PALMC_GEMM=onednn</c> (the convolution wherever it applies) make runs reproducible bit for bit.
 /// Products below <see cref="MinFlops"/>, operands broadcast over the batch and other dtypes always use BLAS.
 /// </para>
+/// <para>
+/// With a <see cref="Store"/> (the CLI sets palmc's cache; see PaLM.Perf.GemmTuningCache) choices outlive the process,
+/// as XLA's autotuning results can: a signature measured before on this machine, with this BLAS, kernel list and
+/// thread count, runs its stored kernel from its first call, without trial calls. That takes the trials (about 6 s of
+/// palm-cpu's first step) out of every later run, and makes two runs on one machine (or a run and its resumption)
+/// choose alike. <c>PALMC_GEMM=retune</c> measures every signature again and stores the new choices.
+/// </para>
 /// </summary>
 public static class Gemm
 {
@@ -75,7 +82,7 @@ public static class Gemm
     /// <summary>Timed calls per kernel, after its warm-up calls, that the choice is made on.</summary>
     public const int TrialsPerKernel = 3;
 
-    private enum Mode { Tune, Blas, OneDnn }
+    private enum Mode { Tune, Retune, Blas, OneDnn }
 
     /// <summary>Every kernel, in the order tuning tries them (and ties go to the first).</summary>
     private static readonly GemmKernel[] s_all = Enum.GetValues<GemmKernel>();
@@ -87,8 +94,19 @@ public static class Gemm
     {
         "blas" or "mkl" => Mode.Blas,
         "onednn" => Mode.OneDnn,
+        "retune" => Mode.Retune,
         _ => Mode.Tune,
     };
+
+    private static bool Tuned => s_mode is Mode.Tune or Mode.Retune;
+
+    /// <summary>
+    /// Where choices are kept between processes (null, the default: each process measures its own). Read when a
+    /// signature is first seen (a stored choice is taken only if its kernel is one this product may run on) and written
+    /// after each new measurement. Not consulted where tuning is off (<see cref="TuningAllowed"/>), nor for reading under
+    /// <c>PALMC_GEMM=retune</c>. Set it before the first product: signatures already seen keep their choice.
+    /// </summary>
+    public static IGemmTuningStore? Store { get; set; }
 
     private static volatile bool s_tuningAllowed = true;
 
@@ -106,34 +124,55 @@ public static class Gemm
     public static IReadOnlyList<GemmKernel> Kernels => s_mode switch
     {
         Mode.Blas => [GemmKernel.Blas],
-        Mode.Tune when !TuningAllowed => [GemmKernel.Blas],
+        Mode.Tune or Mode.Retune when !TuningAllowed => [GemmKernel.Blas],
         Mode.OneDnn => [GemmKernel.Blas, GemmKernel.OneDnn],
         _ => s_all,
     };
 
     /// <summary>A product's shape and operand layouts: what a kernel's speed depends on (an operand that is not
     /// contiguous is copied before oneDNN reads it), and whether it is written into a given destination.</summary>
-    private readonly record struct Signature(long Batch, long M, long K, long N, bool ARowMajor, bool BRowMajor, bool AContiguous, bool BContiguous, bool Into);
+    private readonly record struct Signature(long Batch, long M, long K, long N, bool ARowMajor, bool BRowMajor, bool AContiguous, bool BContiguous, bool Into)
+    {
+        /// <summary>The signature as a <see cref="Store"/> keys it, with the thread count it is measured on:
+        /// "1x2048x768x7040 row,col-strided into t2".</summary>
+        public string Key(int threads) => string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"{Batch}x{M}x{K}x{N} {Layout(ARowMajor, AContiguous)},{Layout(BRowMajor, BContiguous)}{(Into ? " into" : "")} t{threads}");
 
-    /// <summary>A signature's measurement, its choice and how often each kernel ran it since.</summary>
-    private sealed class Tuning
+        private static string Layout(bool rowMajor, bool contiguous) => (rowMajor ? "row" : "col") + (contiguous ? "" : "-strided");
+    }
+
+    /// <summary>A signature's measurement (or its stored one), its choice and how often each kernel ran it since.</summary>
+    private sealed class Tuning(Signature signature)
     {
         private readonly double[] _best = [.. s_all.Select(_ => double.PositiveInfinity)];
         private readonly long[] _runs = new long[s_all.Length];
         private GemmKernel? _chosen;
+        private DateTimeOffset? _storedAt;
+        private bool _storeRead;
 
-        /// <summary>The kernel chosen, counting this call on it; false while none is (the caller then
-        /// <see cref="Choose"/>s, building its trial calls only then: a closure per call would be garbage on every
-        /// product).</summary>
-        public bool TryChosen(out GemmKernel kernel)
+        /// <summary>The kernel chosen (measured, or stored for this signature and one of <paramref name="candidates"/>),
+        /// counting this call on it; false while none is (the caller then <see cref="Choose"/>s, building its trial calls
+        /// only then: a closure per call would be garbage on every product).</summary>
+        public bool TryChosen(GemmKernel[] candidates, out GemmKernel kernel)
         {
             lock (this)
             {
+                if (_chosen is null && !_storeRead) ReadStore(candidates);
                 kernel = _chosen.GetValueOrDefault();
                 if (_chosen is null) return false;
                 _runs[(int)kernel]++;
                 return true;
             }
+        }
+
+        private void ReadStore(GemmKernel[] candidates)
+        {
+            _storeRead = true;
+            if (s_mode == Mode.Retune || Store?.TryGet(signature.Key(torch.get_num_threads())) is not { } stored
+                || Array.IndexOf(candidates, stored.Kernel) < 0) return;
+            _chosen = stored.Kernel;
+            _storedAt = stored.MeasuredAt;
+            foreach (var (k, seconds) in stored.BestSeconds) _best[(int)k] = seconds;
         }
 
         /// <summary>The kernel for this call among <paramref name="candidates"/>: each timed through
@@ -155,6 +194,8 @@ public static class Gemm
                     var chosen = candidates[0];
                     foreach (var k in candidates) if (_best[(int)k] < _best[(int)chosen]) chosen = k;
                     _chosen = chosen;
+                    Store?.Put(signature.Key(torch.get_num_threads()), new StoredGemmChoice(chosen,
+                        candidates.ToDictionary(k => k, k => _best[(int)k]), DateTimeOffset.UtcNow));
                 }
                 _runs[(int)_chosen.Value]++;
                 return _chosen.Value;
@@ -166,15 +207,16 @@ public static class Gemm
             lock (this)
                 return new Choice(s.Batch, s.M, s.K, s.N, s.ARowMajor, s.BRowMajor, s.AContiguous, s.BContiguous, s.Into, _chosen,
                     s_all.Where(k => double.IsFinite(_best[(int)k])).ToDictionary(k => k, k => _best[(int)k]),
-                    s_all.ToDictionary(k => k, k => _runs[(int)k]));
+                    s_all.ToDictionary(k => k, k => _runs[(int)k]), _storedAt);
         }
     }
 
     /// <summary>A tuned product: its shape, whether it was written into a given destination, the kernel chosen, each
-    /// measured kernel's fastest timed call, and how many calls each kernel has run since (the tuning's own calls not
-    /// counted).</summary>
+    /// measured kernel's fastest timed call, how many calls each kernel has run since (the tuning's own calls not
+    /// counted), and when the choice was measured if it came from the <see cref="Store"/> (null: in this process).</summary>
     public sealed record Choice(long Batch, long M, long K, long N, bool ARowMajor, bool BRowMajor, bool AContiguous, bool BContiguous,
-        bool Into, GemmKernel? Kernel, IReadOnlyDictionary<GemmKernel, double> BestSeconds, IReadOnlyDictionary<GemmKernel, long> Calls)
+        bool Into, GemmKernel? Kernel, IReadOnlyDictionary<GemmKernel, double> BestSeconds, IReadOnlyDictionary<GemmKernel, long> Calls,
+        DateTimeOffset? StoredAt = null)
     {
         /// <summary>Calls since the choice, on every kernel.</summary>
         public long TotalCalls => Calls.Values.Sum();
@@ -190,8 +232,8 @@ public static class Gemm
         if (s_mode == Mode.Blas || !Applies(a, b)) return torch.matmul(a, b);
         if (s_mode == Mode.OneDnn) return Run(GemmKernel.OneDnn, a, b);
         if (!TuningAllowed) return torch.matmul(a, b);
-        var tuning = s_tunings.GetOrAdd(SignatureOf(a, b), _ => new Tuning());
-        return Run(tuning.TryChosen(out var kernel) ? kernel : Measure(tuning, a, b), a, b);
+        var tuning = s_tunings.GetOrAdd(SignatureOf(a, b), s => new Tuning(s));
+        return Run(tuning.TryChosen(s_all, out var kernel) ? kernel : Measure(tuning, a, b), a, b);
     }
 
     private static GemmKernel Measure(Tuning tuning, Tensor a, Tensor b) => tuning.Choose(s_all, k =>
@@ -209,13 +251,13 @@ public static class Gemm
     internal static unsafe void Into(long m, long n, long k, float* a, long aRow, long aCol, float* y, long yRow, long yCol, float* c, long ldc)
     {
         var kernel = GemmKernel.Blas;
-        if (s_mode == Mode.Tune && TuningAllowed && 2.0 * m * n * k >= MinFlops)
+        if (Tuned && TuningAllowed && 2.0 * m * n * k >= MinFlops)
         {
             // B [k, n] is Y transposed: B[p, j] = Y[j, p], so B is row-major where Y's rows are its unit stride.
             var signature = new Signature(1, m, k, n, ARowMajor: aCol == 1, BRowMajor: yRow == 1,
                 AContiguous: aCol == 1 ? aRow == k : aRow == 1 && aCol == m, BContiguous: yRow == 1 ? yCol == n : yCol == 1 && yRow == k, Into: true);
-            var tuning = s_tunings.GetOrAdd(signature, _ => new Tuning());
-            if (!tuning.TryChosen(out kernel)) kernel = MeasureInto(tuning, m, n, k, (nint)a, aRow, aCol, (nint)y, yRow, yCol, (nint)c, ldc);
+            var tuning = s_tunings.GetOrAdd(signature, s => new Tuning(s));
+            if (!tuning.TryChosen(s_into, out kernel)) kernel = MeasureInto(tuning, m, n, k, (nint)a, aRow, aCol, (nint)y, yRow, yCol, (nint)c, ldc);
         }
         RunInto(kernel, m, n, k, a, aRow, aCol, y, yRow, yCol, c, ldc);
     }
@@ -281,6 +323,9 @@ public static class Gemm
         return (batched ? c : c.view(m, n)).MoveToOuterDisposeScope();
     }
 
+    /// <summary>The kernel named <paramref name="name"/> (<see cref="Name"/>'s spelling), or null.</summary>
+    public static GemmKernel? Parse(string name) => s_all.Where(k => Name(k) == name).Select(k => (GemmKernel?)k).FirstOrDefault();
+
     /// <summary>The kernel's name in reports and JSON: "blas", "onednn", "blas-dealt", "blas-packed".</summary>
     public static string Name(GemmKernel kernel) => kernel switch
     {
@@ -296,4 +341,20 @@ public static class Gemm
 
     private static Signature SignatureOf(Tensor a, Tensor b) =>
         new(a.size(0), a.size(1), a.size(2), b.size(2), a.stride(2) == 1, b.stride(2) == 1, a.is_contiguous(), b.is_contiguous(), Into: false);
+}
+
+/// <summary>A kernel choice as kept between processes: the kernel, each candidate's fastest timed call, and when.</summary>
+public sealed record StoredGemmChoice(GemmKernel Kernel, IReadOnlyDictionary<GemmKernel, double> BestSeconds, DateTimeOffset MeasuredAt);
+
+/// <summary>
+/// Where <see cref="Gemm"/> keeps its choices between processes (<see cref="Gemm.Store"/>), keyed by a product's
+/// signature and thread count. The store answers for one machine, BLAS and kernel list: whoever sets it decides that.
+/// Both calls may come from several threads at once, and neither may throw: a store that cannot read or write answers
+/// null or drops the choice, and the product is measured as without one.
+/// </summary>
+public interface IGemmTuningStore
+{
+    StoredGemmChoice? TryGet(string signature);
+
+    void Put(string signature, StoredGemmChoice choice);
 }

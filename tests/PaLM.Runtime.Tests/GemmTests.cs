@@ -158,4 +158,91 @@ public sealed class GemmTests
         Assert.Equal(calls, choice.Calls[choice.Kernel!.Value]);
         Assert.Equal(calls, choice.TotalCalls);
     }
+
+    /// <summary>A store that answers from what a test gave it and records what it is given.</summary>
+    private sealed class RecordingStore(Dictionary<string, StoredGemmChoice> seeded) : IGemmTuningStore
+    {
+        public readonly System.Collections.Concurrent.ConcurrentDictionary<string, StoredGemmChoice> Puts = new();
+
+        public StoredGemmChoice? TryGet(string signature) => seeded.GetValueOrDefault(signature);
+
+        public void Put(string signature, StoredGemmChoice choice) => Puts[signature] = choice;
+    }
+
+    private static T WithStore<T>(IGemmTuningStore store, Func<T> body)
+    {
+        var previous = Gemm.Store;
+        Gemm.Store = store;
+        try { return body(); }
+        finally { Gemm.Store = previous; }
+    }
+
+    /// <summary>A signature the store has a choice for runs that kernel from its first call, with no trial calls, and
+    /// reports the stored times and when they were measured; a new signature is measured and its choice stored.</summary>
+    [Fact]
+    public void AStoredChoiceRunsFromTheFirstCallAndANewOneIsStored()
+    {
+        using var scope = Rt.Scope();
+        long m = 544, k = 768, n = 1056, m2 = 560;
+        var threads = get_num_threads();
+        var at = new DateTimeOffset(2026, 12, 1, 12, 0, 0, TimeSpan.Zero);
+        var storedTimes = new Dictionary<GemmKernel, double> { [GemmKernel.Blas] = 0.003, [GemmKernel.Dealt] = 0.002 };
+        var store = new RecordingStore(new()
+        {
+            [$"1x{m}x{k}x{n} row,col-strided t{threads}"] = new StoredGemmChoice(GemmKernel.Dealt, storedTimes, at),
+        });
+        var a = Matrix(21, m, k, rowMajor: true);
+        var b = Matrix(22, k, n, rowMajor: false);
+        var a2 = Matrix(23, m2, k, rowMajor: true);
+        const int calls = 3;
+        WithStore(store, () =>
+        {
+            for (int i = 0; i < calls; i++)
+            {
+                AssertClose(a.mm(b), Gemm.Matmul(a.unsqueeze(0), b.unsqueeze(0)).squeeze(0), rtol: 1e-4, atol: 1e-4);
+                AssertClose(a2.mm(b), Gemm.Matmul(a2.unsqueeze(0), b.unsqueeze(0)).squeeze(0), rtol: 1e-4, atol: 1e-4);
+            }
+            return 0;
+        });
+
+        var stored = Assert.Single(Gemm.Choices, c => c.M == m && c.K == k && c.N == n && !c.BRowMajor);
+        Assert.Equal(GemmKernel.Dealt, stored.Kernel);
+        Assert.Equal(at, stored.StoredAt);
+        Assert.Equal(storedTimes.OrderBy(p => p.Key), stored.BestSeconds.OrderBy(p => p.Key));
+        Assert.Equal(calls, stored.Calls[GemmKernel.Dealt]);
+        Assert.Equal(calls, stored.TotalCalls);
+        Assert.DoesNotContain($"1x{m}x{k}x{n} row,col-strided t{threads}", store.Puts.Keys);
+
+        var measured = Assert.Single(Gemm.Choices, c => c.M == m2 && c.K == k && c.N == n && !c.BRowMajor);
+        Assert.Null(measured.StoredAt);
+        var put = store.Puts[$"1x{m2}x{k}x{n} row,col-strided t{threads}"];
+        Assert.Equal(measured.Kernel, put.Kernel);
+        Assert.Equal(measured.BestSeconds.OrderBy(p => p.Key), put.BestSeconds.OrderBy(p => p.Key));
+    }
+
+    /// <summary>A stored kernel the product cannot run on (oneDNN for a product written into a slice) is ignored: the
+    /// product is measured between the kernels that can, and that choice replaces it.</summary>
+    [Fact]
+    public void AStoredKernelThatCannotWriteInPlaceIsMeasuredAgain()
+    {
+        using var scope = Rt.Scope();
+        long m = 536, k = 768, n = 1034;
+        var key = $"1x{m}x{k}x{n} row,col into t{get_num_threads()}";
+        var store = new RecordingStore(new() { [key] = new StoredGemmChoice(GemmKernel.OneDnn, new Dictionary<GemmKernel, double>(), DateTimeOffset.UtcNow) });
+        var x = Randn(24, m, k);
+        var w = Randn(25, n, k);
+        Assert.True(Contraction.TryParse("mk,nk->mn", out var c));
+        var wide = full(new long[] { m, n + 2 }, float.NaN);
+        WithStore(store, () =>
+        {
+            using var slice = wide.narrow(1, 2, n);
+            Assert.True(c.TryRunInto(x, w, slice));
+            AssertClose(x.mm(w.t()), slice, rtol: 1e-4, atol: 1e-4);
+            return 0;
+        });
+        var choice = Assert.Single(Gemm.Choices, ch => ch.Into && ch.M == m && ch.K == k && ch.N == n);
+        Assert.Null(choice.StoredAt);
+        Assert.Equal([GemmKernel.Blas, GemmKernel.Dealt, GemmKernel.Packed], choice.BestSeconds.Keys.Order());
+        Assert.Equal(choice.Kernel, store.Puts[key].Kernel);
+    }
 }

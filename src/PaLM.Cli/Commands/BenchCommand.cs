@@ -197,11 +197,14 @@ internal static class BenchCommand
         var choices = Runtime.Gemm.Choices;
         if (choices.Count == 0) return;
         var counts = string.Join(", ", Enum.GetValues<Runtime.GemmKernel>().Select(k => F($"{choices.Count(c => c.Kernel == k)} on {Runtime.Gemm.Name(k)}")));
-        Console.WriteLine(F($"matmul kernels: {choices.Count} tuned products, {counts} (PALMC_GEMM=blas turns tuning off)"));
+        int stored = choices.Count(c => c.StoredAt is not null);
+        var origin = stored == 0 ? "" : F($"; {stored} as stored on this machine, PALMC_GEMM=retune measures them again");
+        Console.WriteLine(F($"matmul kernels: {choices.Count} tuned products, {counts} (PALMC_GEMM=blas turns tuning off{origin})"));
         foreach (var c in choices)
         {
             var times = string.Join(", ", c.BestSeconds.OrderBy(p => p.Key).Select(p => F($"{Runtime.Gemm.Name(p.Key)} {Ms(p.Value)}")));
-            Console.WriteLine(F($"  {(c.Batch > 1 ? F($"{c.Batch} × ") : "")}{c.M}x{c.K} · {c.K}x{c.N} ({Layout(c.ARowMajor, c.AContiguous)}, {Layout(c.BRowMajor, c.BContiguous)}{(c.Into ? ", into a slice" : "")}): {(c.Kernel is { } k ? Runtime.Gemm.Name(k) : "still measuring")}   {times} (fastest of {Runtime.Gemm.TrialsPerKernel} timed calls each); {c.TotalCalls} calls since"));
+            var when = c.StoredAt is { } at ? F($", stored {at.UtcDateTime:yyyy-MM-dd HH:mm} UTC") : "";
+            Console.WriteLine(F($"  {(c.Batch > 1 ? F($"{c.Batch} × ") : "")}{c.M}x{c.K} · {c.K}x{c.N} ({Layout(c.ARowMajor, c.AContiguous)}, {Layout(c.BRowMajor, c.BContiguous)}{(c.Into ? ", into a slice" : "")}): {(c.Kernel is { } k ? Runtime.Gemm.Name(k) : "still measuring")}   {times} (fastest of {Runtime.Gemm.TrialsPerKernel} timed calls each{when}); {c.TotalCalls} calls since"));
         }
     }
 
@@ -241,6 +244,8 @@ internal static class BenchCommand
             {
                 ["batch"] = c.Batch, ["m"] = c.M, ["k"] = c.K, ["n"] = c.N, ["a_row_major"] = c.ARowMajor, ["b_row_major"] = c.BRowMajor, ["a_contiguous"] = c.AContiguous, ["b_contiguous"] = c.BContiguous,
                 ["into"] = c.Into, ["kernel"] = (c.Kernel is { } k ? Runtime.Gemm.Name(k) : null),
+                // When the choice was measured, if it was read from this machine's stored choices (null: measured in this run).
+                ["stored_at"] = c.StoredAt?.ToString("o", CultureInfo.InvariantCulture),
                 // Keyed by kernel ("blas", "onednn", "blas_dealt", "blas_packed"): its fastest timed call (null: not a candidate), its calls since.
                 ["seconds_best"] = new JsonObject([.. Enum.GetValues<Runtime.GemmKernel>().Select(k =>
                     KeyValuePair.Create(JsonName(k), (JsonNode?)(c.BestSeconds.TryGetValue(k, out var s) ? s : null)))]),
