@@ -170,6 +170,14 @@ public sealed record BenchReport
 
     public double? Ratio => Eager is null ? null : Generated.Median / Eager.Median;
 
+    /// <summary>
+    /// <see cref="Ratio"/> for a generated step at 100% MFU: the model's FLOPs at the measured peak over the eager
+    /// step, which is the eager MFU. No program that does the model's FLOPs through these kernels gets below it, so
+    /// it says how much of the gap to the peer is left to close (where the eager peer runs at 85% MFU, a ratio target
+    /// of 0.85 cannot be met).
+    /// </summary>
+    public double? RatioAtPeak => EagerMfu;
+
     /// <summary>What the run spent outside its steps: compiling and the peak (the full protocol, or the check of a stored one).</summary>
     public double OverheadSeconds => Compile.Total + (PeakSource?.SecondsThisRun ?? Peak.Seconds);
 }

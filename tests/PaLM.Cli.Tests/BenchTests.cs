@@ -23,6 +23,10 @@ public sealed class BenchTests
         Assert.Equal(128 / median, j.GetProperty("tokens_per_second").GetDouble(), 6);
         Assert.Equal(836_736, j.GetProperty("model_flops_per_token").GetInt64());
         Assert.Equal(median / j.GetProperty("eager_step_seconds_median").GetDouble(), j.GetProperty("ratio_generated_over_eager").GetDouble(), 9);
+        // The ratio a step at the measured peak would read: the eager step's MFU.
+        Assert.Equal(j.GetProperty("eager_mfu").GetDouble(), j.GetProperty("ratio_at_peak").GetDouble(), 12);
+        Assert.Equal(836_736.0 * 128 / j.GetProperty("peak_flops").GetDouble() / j.GetProperty("eager_step_seconds_median").GetDouble(),
+            j.GetProperty("ratio_at_peak").GetDouble(), 9);
         // Same weights, same batches: the two steps' losses differ by float rounding only.
         Assert.InRange(j.GetProperty("loss_max_relative_difference").GetDouble(), 0, 1e-5);
         // MFU is its definition over the reported figures. (Not a range: the peak and the steps are timed at different
