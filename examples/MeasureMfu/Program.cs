@@ -21,6 +21,9 @@ if (path is null)
 }
 var steps = args.Length > 1 && int.TryParse(args[1], CultureInfo.InvariantCulture, out var n) && n > 0 ? n : 10;
 
+// Keep the matmul autotuner's choices under palmc's cache folder, as the CLI does: later runs skip its trial calls.
+PaLM.Runtime.Gemm.Store = GemmTuningCache.Default;
+
 BenchReport report;
 try
 {
