@@ -1,5 +1,3 @@
-using System.Security.Cryptography;
-using System.Text;
 using System.Text.Json;
 using PaLM.IR;
 using PaLM.Runtime;
@@ -21,7 +19,7 @@ namespace PaLM.Perf;
 /// </summary>
 public sealed class GemmTuningCache : IGemmTuningStore
 {
-    public static readonly TimeSpan MaxAge = TimeSpan.FromDays(7);
+    public static readonly TimeSpan MaxAge = StoredMeasurement.MaxAge;
 
     /// <summary>The file: named after the machine's key, worked out on first use (it asks libtorch and MKL, which a
     /// process that never multiplies need not load).</summary>
@@ -40,11 +38,7 @@ public sealed class GemmTuningCache : IGemmTuningStore
 
     private GemmTuningCache(string directory, Func<string> machine, Func<DateTimeOffset>? now)
     {
-        _path = new Lazy<string>(() =>
-        {
-            var hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(machine())))[..16];
-            return System.IO.Path.Combine(directory, $"gemm-{hash}.json");
-        });
+        _path = new Lazy<string>(() => System.IO.Path.Combine(directory, $"gemm-{StoredMeasurement.Hash(machine())}.json"));
         _now = now ?? (() => DateTimeOffset.UtcNow);
     }
 
@@ -60,7 +54,7 @@ public sealed class GemmTuningCache : IGemmTuningStore
         lock (_lock)
         {
             _entries ??= Read();
-            return _entries.TryGetValue(signature, out var e) && ToChoice(e) is { } c && Fresh(c.MeasuredAt) ? c : null;
+            return _entries.TryGetValue(signature, out var e) && ToChoice(e) is { } c && StoredMeasurement.IsFresh(c.MeasuredAt, _now()) ? c : null;
         }
     }
 
@@ -82,8 +76,6 @@ public sealed class GemmTuningCache : IGemmTuningStore
             }
         }
     }
-
-    private bool Fresh(DateTimeOffset measuredAt) => _now() - measuredAt <= MaxAge && measuredAt <= _now() + TimeSpan.FromMinutes(5);
 
     /// <summary>The stored entries, or none when the file is missing, unreadable or damaged (it is then rewritten by the next
     /// <see cref="Put"/>).</summary>

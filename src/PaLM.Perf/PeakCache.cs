@@ -1,5 +1,3 @@
-using System.Security.Cryptography;
-using System.Text;
 using System.Text.Json;
 using PaLM.IR;
 using TorchSharp;
@@ -20,7 +18,7 @@ public sealed record CachedPeak(PeakMeasurement Measurement, DateTimeOffset Meas
 /// </summary>
 public sealed class PeakCache(string directory)
 {
-    public static readonly TimeSpan MaxAge = TimeSpan.FromDays(7);
+    public static readonly TimeSpan MaxAge = StoredMeasurement.MaxAge;
     public const double RemeasureMargin = 0.02;
     public const int CheckRepetitions = 5;
 
@@ -36,8 +34,7 @@ public sealed class PeakCache(string directory)
     {
         var key = string.Join("|", "palmc peak v3", string.Join(",", PaLM.Runtime.Gemm.Kernels), PaLM.Runtime.Native.MklDispatch.Path, PeakFlops.ThisDevice().Model, threads, dtype,
             typeof(torch).Assembly.GetName().Version, string.Join(",", sizes), repetitions);
-        var hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key)))[..16];
-        return Path.Combine(Directory, $"{dtype}-{threads}t-{hash}.json");
+        return Path.Combine(Directory, $"{dtype}-{threads}t-{StoredMeasurement.Hash(key)}.json");
     }
 
     /// <summary>The stored measurement, or null when there is none, it is unreadable or older than <see cref="MaxAge"/>.</summary>
@@ -47,7 +44,7 @@ public sealed class PeakCache(string directory)
         {
             var entry = JsonSerializer.Deserialize<CachedPeak>(File.ReadAllText(PathFor(dtype, threads, sizes, repetitions)), s_json);
             if (entry?.Measurement?.Samples is not { Count: > 0 } || entry.Measurement.Flops is not > 0) return null;
-            return now - entry.MeasuredAt > MaxAge || entry.MeasuredAt > now + TimeSpan.FromMinutes(5) ? null : entry;
+            return StoredMeasurement.IsFresh(entry.MeasuredAt, now) ? entry : null;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException or NotSupportedException)
         {

@@ -136,9 +136,7 @@ public static class Gemm
         /// <summary>The signature as a <see cref="Store"/> keys it, with the thread count it is measured on:
         /// "1x2048x768x7040 row,col-strided into t2".</summary>
         public string Key(int threads) => string.Create(System.Globalization.CultureInfo.InvariantCulture,
-            $"{Batch}x{M}x{K}x{N} {Layout(ARowMajor, AContiguous)},{Layout(BRowMajor, BContiguous)}{(Into ? " into" : "")} t{threads}");
-
-        private static string Layout(bool rowMajor, bool contiguous) => (rowMajor ? "row" : "col") + (contiguous ? "" : "-strided");
+            $"{Batch}x{M}x{K}x{N} {LayoutName(ARowMajor, AContiguous)},{LayoutName(BRowMajor, BContiguous)}{(Into ? " into" : "")} t{threads}");
     }
 
     /// <summary>A signature's measurement (or its stored one), its choice and how often each kernel ran it since.</summary>
@@ -322,6 +320,9 @@ public static class Gemm
         GC.KeepAlive(b3);
         return (batched ? c : c.view(m, n)).MoveToOuterDisposeScope();
     }
+
+    /// <summary>An operand's layout as reports and stored keys name it: "row", "col", "row-strided", "col-strided".</summary>
+    public static string LayoutName(bool rowMajor, bool contiguous) => (rowMajor ? "row" : "col") + (contiguous ? "" : "-strided");
 
     /// <summary>The kernel named <paramref name="name"/> (<see cref="Name"/>'s spelling), or null.</summary>
     public static GemmKernel? Parse(string name) => s_all.Where(k => Name(k) == name).Select(k => (GemmKernel?)k).FirstOrDefault();

@@ -183,8 +183,6 @@ internal static class BenchCommand
     }
 
     /// <summary>An operand's layout: row- or column-major, "strided" when it is not contiguous (a view that oneDNN copies first).</summary>
-    private static string Layout(bool rowMajor, bool contiguous) => (rowMajor ? "row" : "col") + (contiguous ? "" : " strided");
-
     /// <summary>A kernel's name as a JSON key: "blas", "onednn", "blas_dealt", "blas_packed".</summary>
     private static string JsonName(Runtime.GemmKernel k) => Runtime.Gemm.Name(k).Replace('-', '_');
 
@@ -204,7 +202,7 @@ internal static class BenchCommand
         {
             var times = string.Join(", ", c.BestSeconds.OrderBy(p => p.Key).Select(p => F($"{Runtime.Gemm.Name(p.Key)} {Ms(p.Value)}")));
             var when = c.StoredAt is { } at ? F($", stored {at.UtcDateTime:yyyy-MM-dd HH:mm} UTC") : "";
-            Console.WriteLine(F($"  {(c.Batch > 1 ? F($"{c.Batch} × ") : "")}{c.M}x{c.K} · {c.K}x{c.N} ({Layout(c.ARowMajor, c.AContiguous)}, {Layout(c.BRowMajor, c.BContiguous)}{(c.Into ? ", into a slice" : "")}): {(c.Kernel is { } k ? Runtime.Gemm.Name(k) : "still measuring")}   {times} (fastest of {Runtime.Gemm.TrialsPerKernel} timed calls each{when}); {c.TotalCalls} calls since"));
+            Console.WriteLine(F($"  {(c.Batch > 1 ? F($"{c.Batch} × ") : "")}{c.M}x{c.K} · {c.K}x{c.N} ({Runtime.Gemm.LayoutName(c.ARowMajor, c.AContiguous)}, {Runtime.Gemm.LayoutName(c.BRowMajor, c.BContiguous)}{(c.Into ? ", into a slice" : "")}): {(c.Kernel is { } k ? Runtime.Gemm.Name(k) : "still measuring")}   {times} (fastest of {Runtime.Gemm.TrialsPerKernel} timed calls each{when}); {c.TotalCalls} calls since"));
         }
     }
 
